@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The project's test command (README; CI runs it through .ci/run on a fresh clone).
+#
+#   scripts/test.sh [PYTEST_ARGS...]     e.g. scripts/test.sh -k roundtrip -x
+#
+# 1. installs what is missing: the pytest venv (${LITESTREAM_VENV_DIR:-<repo>/.venv}, from the
+#    default python3, pinned tests/integration/requirements.txt) and the reference Litestream
+#    (../shared/scripts/install-litestream.sh); SeaweedFS is installed by start-s3.sh;
+# 2. cargo build --release (target/release/liblitestream.so), then cargo test --release
+#    (same profile: the dependency tree is built once);
+# 3. starts SeaweedFS on a free loopback port with a throwaway state dir, SigV4 enforced;
+# 4. runs the integration tests (pytest; "no tests collected" counts as a failure);
+# 5. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
+#
+# Knobs: LITESTREAM_VENV_DIR, LITESTREAM_SHARED_DIR (default <repo>/../shared), CARGO (cargo).
+# Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SHARED=${LITESTREAM_SHARED_DIR:-$REPO/../shared}
+SHARED=$(cd "$SHARED" && pwd)
+VENV=${LITESTREAM_VENV_DIR:-$REPO/.venv}
+CARGO=${CARGO:-cargo}
+REQS=$REPO/tests/integration/requirements.txt
+cd "$REPO"
+
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN
+
+T_ALL=$(date +%s.%N)
+TIMES=()
+FAILED=()
+now() { date +%s.%N; }
+phase_start() { T0=$(now); echo; echo "=== $1"; }
+phase_end() { # NAME STATUS
+  local dt; dt=$(awk -v a="$T0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}')
+  TIMES+=("$(printf '%-28s %7ss  %s' "$1" "$dt" "$2")")
+  echo "=== $1: $2 in ${dt}s"
+  [ "$2" = ok ] || FAILED+=("$1")
+}
+summary() {
+  echo; echo "=== timing"
+  printf '  %s\n' "${TIMES[@]}"
+  awk -v a="$T_ALL" -v b="$(now)" 'BEGIN{printf "  %-28s %7.1fs\n", "total", b-a}'
+}
+
+# ---------------------------------------------------------------- 1. tools
+phase_start "python venv"
+stamp=$VENV/.requirements.sha256
+want=$(sha256sum "$REQS" | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/pytest" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r "$REQS"
+  echo "$want" >"$stamp"
+fi
+"$VENV/bin/python" -c 'import boto3, pytest; print("pytest", pytest.__version__, "boto3", boto3.__version__)'
+phase_end "python venv" ok
+
+phase_start "reference litestream"
+LITESTREAM_BIN=$(bash "$SHARED/scripts/install-litestream.sh" | tail -1)
+env -u AWS_CA_BUNDLE "$LITESTREAM_BIN" version
+export LITESTREAM_BIN
+phase_end "reference litestream" ok
+
+# ---------------------------------------------------------------- 2. build + unit tests
+phase_start "cargo build --release"
+if "$CARGO" build --release; then
+  phase_end "cargo build --release" ok
+else
+  phase_end "cargo build --release" FAILED
+  summary; exit 1
+fi
+export LITESTREAM_EXT=$REPO/target/release/liblitestream
+if [ ! -f "$LITESTREAM_EXT.so" ]; then
+  echo "cargo build --release produced no $LITESTREAM_EXT.so" >&2
+  summary; exit 1
+fi
+
+phase_start "cargo test --release"
+if "$CARGO" test --release; then phase_end "cargo test --release" ok
+else phase_end "cargo test --release" FAILED; fi
+
+# ---------------------------------------------------------------- 3. S3 server
+phase_start "seaweedfs start"
+S3_STATE=$(mktemp -d "${TMPDIR:-/tmp}/litestream-test-s3.XXXXXX")
+S3_PORT=$("$VENV/bin/python" "$REPO/tests/integration/free_port.py" s3)
+S3_BUCKETS=test,litestream
+export S3_PORT S3_STATE S3_BUCKETS S3_AUTH=1
+stop_s3() {
+  S3_PORT=$S3_PORT S3_STATE=$S3_STATE bash "$SHARED/scripts/start-s3.sh" stop || true
+  rm -rf "$S3_STATE"
+}
+trap stop_s3 EXIT
+bash "$SHARED/scripts/start-s3.sh" start >/dev/null
+export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+echo "S3_ENDPOINT=$S3_ENDPOINT (state $S3_STATE)"
+phase_end "seaweedfs start" ok
+
+# ---------------------------------------------------------------- 4. integration tests
+phase_start "pytest tests/integration"
+set +e
+"$VENV/bin/pytest" tests/integration "$@"
+rc=$?
+set -e
+case $rc in
+  0) phase_end "pytest tests/integration" ok ;;
+  5) phase_end "pytest tests/integration" "FAILED (no tests collected)" ;;
+  *) phase_end "pytest tests/integration" "FAILED (exit $rc)" ;;
+esac
+
+summary
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "FAILED: ${FAILED[*]}"
+  exit 1
+fi
+echo "all phases passed"

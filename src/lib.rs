@@ -1,0 +1,32 @@
+//! litestream: a SQLite loadable extension that streams every committed transaction of a
+//! database to S3 (or a directory) as a Litestream 0.5 replica, from inside the host process.
+//!
+//! Data flows one way: commit → WAL reader (`wal`) → LTX encoder (`ltx`) → uploader (`s3`,
+//! `replica_client`) → replica, driven by `replicator`; and replica → restore plan → decoder →
+//! file in `restore`. `sql` is the SQL surface, `runtime` the process-wide state, `config` the
+//! settings, `host` the only place with `unsafe` calls into the host's SQLite.
+
+pub mod config;
+pub mod error;
+mod host;
+pub mod ltx;
+pub mod replica_client;
+mod replicator;
+pub mod restore;
+mod runtime;
+pub mod s3;
+mod sql;
+pub mod state;
+pub mod wal;
+
+pub use host::sqlite3_litestream_init;
+pub use sql::FUNCTIONS;
+
+/// `litestream_version()`: crate version and the git commit it was built from.
+pub fn version() -> String {
+    format!(
+        "litestream-sqlite {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LITESTREAM_GIT_COMMIT")
+    )
+}

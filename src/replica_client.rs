@@ -1,0 +1,429 @@
+//! Where replica files live: the `ReplicaClient` trait, the local-directory implementation, and
+//! `Spool`, the buffer an LTX file is encoded into before it is uploaded.
+//!
+//! Invariants:
+//! - A file is visible under its final name only once it is complete (S3 PUT/multipart complete are
+//!   atomic; the file client writes `*.tmp`, fsyncs, renames, fsyncs the directory).
+//! - Listings are returned sorted by (min_txid, max_txid) whatever order the store gives; names
+//!   that are not `%016x-%016x.ltx` are skipped (a `.tmp` left by a crash, foreign files).
+//! - The S3 layout is `<path>/<%04x level>/<name>`; the file layout is `<dir>/ltx/<level>/<name>`
+//!   (Litestream uses the two schemes for its S3 and file backends; a replica made by either
+//!   program must be readable by the other).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crate::error::{Context, Error, Result};
+use crate::ltx;
+
+/// Litestream's snapshot level (`SnapshotLevel`); levels 1..=8 are compaction levels.
+pub const SNAPSHOT_LEVEL: u8 = 9;
+
+/// One LTX file in a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LtxFileInfo {
+    pub level: u8,
+    pub min_txid: u64,
+    pub max_txid: u64,
+    pub size: u64,
+    /// LIST LastModified (S3) or mtime (file).
+    pub created_at: SystemTime,
+    /// Full object key or path, for messages and listings.
+    pub key: String,
+}
+
+/// Where replica files are stored. Blocking: callers are the replicator's own thread and SQL
+/// functions; the S3 implementation drives the shared tokio runtime internally.
+pub trait ReplicaClient: Send + Sync {
+    /// `s3://bucket/path?endpoint=…` or `file:///dir`, never with credentials.
+    fn describe(&self) -> String;
+    /// Every LTX file of one level, sorted by (min_txid, max_txid).
+    fn list(&self, level: u8) -> Result<Vec<LtxFileInfo>>;
+    /// Store a complete LTX file under `<level>/<min>-<max>.ltx`, tagged with its header timestamp.
+    /// Returns the number of bytes stored.
+    fn put(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        body: &mut Spool,
+    ) -> Result<u64>;
+    /// A reader over the whole file.
+    fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>>;
+    /// Remove files (retention). Missing files are not an error.
+    fn delete(&self, files: &[LtxFileInfo]) -> Result<()>;
+    /// Upload counters and the upload in flight, for status.
+    fn progress(&self) -> Arc<Progress>;
+}
+/// Live figures for `litestream_status()`.
+#[derive(Default)]
+pub struct Progress {
+    pub bytes_uploaded: AtomicU64,
+    pub objects_uploaded: AtomicU64,
+    pub multipart_uploads: AtomicU64,
+    pub current: Mutex<Option<InFlight>>,
+}
+
+/// The multipart upload currently running, if any.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    pub key: String,
+    pub size: u64,
+    pub part_size: u64,
+    pub parts_total: u64,
+    pub parts_done: u64,
+    pub bytes_done: u64,
+    pub started: Instant,
+    /// Set when the configured part size had to be raised to stay within 10,000 parts.
+    pub part_size_raised_from: Option<u64>,
+}
+
+impl Progress {
+    pub fn to_json(&self) -> serde_json::Value {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        serde_json::json!({
+            "bytes_uploaded": self.bytes_uploaded.load(Ordering::Relaxed),
+            "objects_uploaded": self.objects_uploaded.load(Ordering::Relaxed),
+            "multipart_uploads": self.multipart_uploads.load(Ordering::Relaxed),
+            "in_flight": current.map(|c| {
+                let secs = c.started.elapsed().as_secs_f64().max(1e-3);
+                serde_json::json!({
+                    "key": c.key,
+                    "size": c.size,
+                    "part_size": c.part_size,
+                    "part_size_raised_from": c.part_size_raised_from,
+                    "parts_done": c.parts_done,
+                    "parts_total": c.parts_total,
+                    "bytes_per_second": (c.bytes_done as f64 / secs) as u64,
+                })
+            }),
+        })
+    }
+}
+
+/// Every level a replica may hold, lowest first: 0..=8 compaction levels and 9 for snapshots.
+pub fn all_levels() -> impl Iterator<Item = u8> {
+    0..=SNAPSHOT_LEVEL
+}
+
+/// Highest MaxTXID found in any level (0 for an empty replica).
+pub fn replica_max_txid(client: &dyn ReplicaClient) -> Result<u64> {
+    let mut max = 0;
+    for level in all_levels() {
+        if let Some(f) = client.list(level)?.last() {
+            max = max.max(f.max_txid);
+        }
+    }
+    Ok(max)
+}
+
+/// Litestream's `litestream-timestamp` metadata value: RFC 3339 in UTC with the fraction's
+/// trailing zeros trimmed (Go's RFC3339Nano), e.g. `2023-11-14T22:13:20.123Z`.
+pub fn format_timestamp_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if millis != 0 {
+        let frac = format!("{millis:03}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Spools an encoded LTX file: in memory while small, spilled to an unlinked temporary file once
+/// it passes `memory_limit`, so a multi-GiB snapshot never sits in RAM.
+pub struct Spool {
+    memory: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+    memory_limit: usize,
+    spill_dir: PathBuf,
+}
+
+impl Spool {
+    pub fn new(spill_dir: &Path, memory_limit: usize) -> Spool {
+        Spool {
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+            memory_limit,
+            spill_dir: spill_dir.to_path_buf(),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole content when it is held in memory.
+    pub fn as_memory(&self) -> Option<&[u8]> {
+        self.file.is_none().then_some(&self.memory[..])
+    }
+
+    /// Read `buf.len()` bytes at `offset` (for multipart parts and the file client).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.file {
+            None => {
+                let start = usize::try_from(offset).map_err(io::Error::other)?;
+                let src = self.memory.get(start..start + buf.len()).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "spool read past end")
+                })?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            Some(f) => {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(buf, offset)
+            }
+        }
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        fs::create_dir_all(&self.spill_dir)?;
+        let path =
+            self.spill_dir
+                .join(format!("spool-{}-{:x}.tmp", std::process::id(), rand_u64()));
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        // Unlinked at once: the space is freed when the handle drops, even after a crash.
+        let _ = fs::remove_file(&path);
+        f.write_all(&self.memory)?;
+        self.memory = Vec::new();
+        self.file = Some(f);
+        Ok(())
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.memory.len() + buf.len() > self.memory_limit {
+            self.spill()?;
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(buf)?,
+            None => self.memory.extend_from_slice(buf),
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A cheap non-cryptographic random number (temporary names, jitter).
+pub fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// A replica in a local directory, in Litestream's file-backend layout `<dir>/ltx/<level>/<name>`.
+pub struct FileReplicaClient {
+    dir: PathBuf,
+    progress: Arc<Progress>,
+}
+
+impl FileReplicaClient {
+    pub fn new(dir: &Path) -> FileReplicaClient {
+        FileReplicaClient {
+            dir: dir.to_path_buf(),
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    fn level_dir(&self, level: u8) -> PathBuf {
+        self.dir.join("ltx").join(level.to_string())
+    }
+}
+
+impl ReplicaClient for FileReplicaClient {
+    fn describe(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    fn list(&self, level: u8) -> Result<Vec<LtxFileInfo>> {
+        let dir = self.level_dir(level);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::msg(format!("listing {}: {e}", dir.display()))),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some((min_txid, max_txid)) = name.to_str().and_then(ltx::parse_file_name) else {
+                continue;
+            };
+            let meta = entry
+                .metadata()
+                .with_context(|| format!("stat {}", entry.path().display()))?;
+            out.push(LtxFileInfo {
+                level,
+                min_txid,
+                max_txid,
+                size: meta.len(),
+                created_at: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                key: entry.path().display().to_string(),
+            });
+        }
+        out.sort_by_key(|f| (f.min_txid, f.max_txid));
+        Ok(out)
+    }
+
+    fn put(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        body: &mut Spool,
+    ) -> Result<u64> {
+        let dir = self.level_dir(level);
+        let path = dir.join(ltx::file_name(min_txid, max_txid));
+        let tmp = path.with_extension("ltx.tmp");
+        let write = |body: &Spool| -> io::Result<()> {
+            fs::create_dir_all(&dir)?;
+            let mut f = File::create(&tmp)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < body.len() {
+                let n = ((body.len() - off) as usize).min(buf.len());
+                body.read_at(&mut buf[..n], off)?;
+                f.write_all(&buf[..n])?;
+                off += n as u64;
+            }
+            f.sync_all()?;
+            // The header timestamp doubles as mtime, as Litestream's file backend does, so that
+            // point-in-time restores see the same times on both backends.
+            let t = SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(timestamp_ms.max(0) as u64);
+            let _ = f.set_modified(t);
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            File::open(&dir)?.sync_all()
+        };
+        write(body).with_context(|| format!("writing {}", path.display()))?;
+        self.progress
+            .bytes_uploaded
+            .fetch_add(body.len(), Ordering::Relaxed);
+        self.progress
+            .objects_uploaded
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(body.len())
+    }
+
+    fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>> {
+        let path = self
+            .level_dir(file.level)
+            .join(ltx::file_name(file.min_txid, file.max_txid));
+        let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 16, f)))
+    }
+
+    fn delete(&self, files: &[LtxFileInfo]) -> Result<()> {
+        for file in files {
+            let path = self
+                .level_dir(file.level)
+                .join(ltx::file_name(file.min_txid, file.max_txid));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::msg(format!("deleting {}: {e}", path.display()))),
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Copy a spool to a writer (used by tests and by the file client).
+pub fn copy_spool(body: &mut Spool, w: &mut impl Write) -> io::Result<()> {
+    if let Some(f) = &mut body.file {
+        f.seek(SeekFrom::Start(0))?;
+        io::copy(f, w)?;
+        return Ok(());
+    }
+    w.write_all(&body.memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_match_go_rfc3339nano() {
+        assert_eq!(
+            format_timestamp_ms(1_700_000_000_000),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            format_timestamp_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            format_timestamp_ms(1_700_000_000_120),
+            "2023-11-14T22:13:20.12Z"
+        );
+        assert_eq!(format_timestamp_ms(1), "1970-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn spool_spills_and_reads_back() {
+        let dir = std::env::temp_dir();
+        let mut s = Spool::new(&dir, 10);
+        s.write_all(b"hello").unwrap();
+        assert!(s.as_memory().is_some());
+        s.write_all(b" world, spilled").unwrap();
+        assert!(s.as_memory().is_none());
+        let mut buf = [0u8; 5];
+        s.read_at(&mut buf, 6).unwrap();
+        assert_eq!(&buf, b"world");
+        let mut all = Vec::new();
+        copy_spool(&mut s, &mut all).unwrap();
+        assert_eq!(all, b"hello world, spilled");
+    }
+}

@@ -1,0 +1,900 @@
+//! One database's replicator: commit → WAL reader → LTX encoder → uploader → replica, and the
+//! checkpoints that keep the WAL bounded.
+//!
+//! Each replicated database has one background thread that owns two connections of its own,
+//! opened through the host's SQLite: `conn` holds a long read transaction that pins the WAL (no
+//! other connection can restart or truncate it while we have not read it), and `barrier` takes the
+//! write lock around our own checkpoints so no commit can slip between "read everything" and
+//! "checkpoint". The thread wakes on commits of hooked connections, on `litestream_sync()`, and
+//! polls at `sync-interval` for commits of other connections and processes.
+//!
+//! Invariants:
+//! - Nothing committed is lost: a checkpoint runs only after every frame it can backfill is in the
+//!   replica, and a WAL restart is accepted only when it is the single restart that follows such a
+//!   checkpoint (checkpoint_seq + 1). Any other discontinuity — a missed restart, a WAL rewritten
+//!   or deleted behind our back, a replica that moved — produces a full snapshot at the next TXID.
+//! - TXIDs are contiguous: each upload is `<txid>-<txid>.ltx` at the replica's max + 1.
+//! - `synced_gen` only advances after an upload that began after the corresponding sync request,
+//!   which is what lets `litestream_sync()` promise "everything committed before the call".
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::ResolvedConfig;
+use crate::error::{Context, Error, Result};
+use crate::host::DbFile;
+use crate::ltx::{self, Encoder, Header};
+use crate::replica_client::{self, Progress, ReplicaClient, Spool};
+use crate::state::{self, Position, WalPosition};
+use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
+
+/// Litestream's `max-sync-wal-bytes`: one L0 file covers at most this much WAL (more follows in the
+/// next file), so a burst of writes does not become one giant upload.
+const MAX_SYNC_WAL_BYTES: u64 = 64 << 20;
+/// Encoded LTX files up to this size stay in memory; larger ones spill to a temporary file.
+const SPOOL_MEMORY_LIMIT: usize = 8 << 20;
+/// How long our connections wait for locks (Litestream's `busy-timeout`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Without a sync interval (0 = upload on every commit) other processes' commits are still only
+/// seen by polling; this is how often.
+const MIN_POLL: Duration = Duration::from_millis(100);
+/// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
+pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Error,
+    Stopped,
+}
+
+impl RunState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Error => "error",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the SQL functions see and poke; guarded by `Shared::inner`.
+struct Inner {
+    state: RunState,
+    stop_requested: bool,
+    /// First commit notified by a hook that no completed cycle has covered yet.
+    dirty_since: Option<Instant>,
+    /// Sync requests made so far, and the highest request number a finished upload covers.
+    sync_requested: u64,
+    synced_gen: u64,
+    txid: u64,
+    last_sync_at: Option<SystemTime>,
+    last_error: Option<String>,
+    snapshots: u64,
+    checkpoints: u64,
+    wal_size: u64,
+}
+
+pub struct Shared {
+    db_path: String,
+    replica: String,
+    cfg: ResolvedConfig,
+    progress: Arc<Progress>,
+    inner: Mutex<Inner>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is caught at the thread boundary; the data stays usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Handle to a running replicator, shared by every connection of the process.
+pub struct Replicator {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Replicator {
+    /// Open the replicator's connections, put the database in WAL mode and start the thread.
+    /// Everything that can be checked without the network is checked here, so that mistakes are
+    /// SQL errors of `litestream_start()`; network problems show up in status instead.
+    pub fn start(
+        db_path: &Path,
+        vfs: Option<&str>,
+        cfg: ResolvedConfig,
+        client: Box<dyn ReplicaClient>,
+    ) -> Result<Replicator> {
+        let open = || -> Result<Connection> {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = match vfs {
+                Some(v) => Connection::open_with_flags_and_vfs(db_path, flags, v)?,
+                None => Connection::open_with_flags(db_path, flags)?,
+            };
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        };
+        let conn = open().with_context(|| format!("opening {}", db_path.display()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
+            .with_context(|| format!("switching {} to WAL mode", db_path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::msg(format!(
+                "{} cannot use WAL mode (journal_mode stays '{mode}'); replication reads the WAL, so the database must be able to use it",
+                db_path.display()
+            )));
+        }
+        crate::host::set_persist_wal(&conn)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let barrier = open().with_context(|| format!("opening {}", db_path.display()))?;
+
+        let progress = client.progress();
+        let replica = client.describe();
+        let meta = state::meta_dir(db_path);
+        let saved = state::load(&meta, &replica).filter(|p| p.page_size == page_size);
+
+        let shared = Arc::new(Shared {
+            db_path: db_path.display().to_string(),
+            replica,
+            cfg,
+            progress,
+            inner: Mutex::new(Inner {
+                state: RunState::Running,
+                stop_requested: false,
+                dirty_since: None,
+                sync_requested: 0,
+                synced_gen: 0,
+                txid: 0,
+                last_sync_at: None,
+                last_error: None,
+                snapshots: 0,
+                checkpoints: 0,
+                wal_size: 0,
+            }),
+            cond: Condvar::new(),
+        });
+        let mut worker = Worker {
+            shared: shared.clone(),
+            conn,
+            barrier,
+            in_read_txn: false,
+            wal_path: PathBuf::from(format!("{}-wal", db_path.display())),
+            db_file_path: db_path.to_path_buf(),
+            meta,
+            page_size,
+            client,
+            saved,
+            pos: None,
+            remote_max: None,
+            last_checkpoint: Instant::now(),
+            synced_since_checkpoint: false,
+        };
+        worker.begin_read()?;
+        let thread = std::thread::Builder::new()
+            .name("litestream-replicator".into())
+            .spawn(move || worker.run())
+            .context("starting the replicator thread")?;
+        Ok(Replicator {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().state == RunState::Stopped
+    }
+
+    /// Called from the WAL hook of a connection that started replication: a commit happened.
+    pub fn notify_commit(&self) {
+        let mut g = self.shared.lock();
+        if g.dirty_since.is_none() {
+            g.dirty_since = Some(Instant::now());
+        }
+        drop(g);
+        self.shared.cond.notify_all();
+    }
+
+    /// Block until everything committed before this call is in the replica; returns that TXID.
+    pub fn sync(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        g.sync_requested += 1;
+        let ticket = g.sync_requested;
+        self.shared.cond.notify_all();
+        loop {
+            if g.synced_gen >= ticket {
+                return Ok(g.txid);
+            }
+            if g.state == RunState::Stopped {
+                return Err(Error::msg(
+                    "replication is stopped; call litestream_start() first",
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let why = g
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default();
+                return Err(Error::msg(format!(
+                    "timed out after {} ms waiting for the replica ({}) to catch up{why}",
+                    timeout.as_millis(),
+                    self.shared.replica
+                )));
+            }
+            g = self
+                .shared
+                .cond
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
+    pub fn stop(&self) -> Result<u64> {
+        {
+            let mut g = self.shared.lock();
+            g.stop_requested = true;
+        }
+        self.shared.cond.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let g = self.shared.lock();
+        match &g.last_error {
+            Some(e) => Err(Error::msg(format!(
+                "replication stopped, but the final sync failed ({e}); the replica holds TXID {}",
+                ltx::format_txid(g.txid)
+            ))),
+            None => Ok(g.txid),
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let g = self.shared.lock();
+        let progress = self.shared.progress.to_json();
+        serde_json::json!({
+            "state": g.state.as_str(),
+            "db": self.shared.db_path,
+            "replica": self.shared.replica,
+            "txid": ltx::format_txid(g.txid),
+            "last_sync_at": g.last_sync_at.map(|t| replica_client::format_timestamp_ms(unix_ms(t))),
+            "lag_ms": g.dirty_since.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+            "bytes_uploaded": progress["bytes_uploaded"],
+            "objects_uploaded": progress["objects_uploaded"],
+            "multipart_uploads": progress["multipart_uploads"],
+            "upload": progress["in_flight"],
+            "snapshots": g.snapshots,
+            "checkpoints": g.checkpoints,
+            "wal_size": g.wal_size,
+            "sync_interval": crate::config::format_duration(self.shared.cfg.sync_interval),
+            "part_size": self.shared.cfg.part_size,
+            "concurrency": self.shared.cfg.concurrency,
+            "last_error": g.last_error,
+        })
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How the next L0 file is produced.
+enum Plan {
+    /// Continue the WAL from a proven position.
+    Incremental(Resume),
+    /// Full database image at the next TXID.
+    Snapshot { reason: String },
+}
+
+/// The replicator thread's state. Not shared: only the thread touches it.
+struct Worker {
+    shared: Arc<Shared>,
+    conn: Connection,
+    barrier: Connection,
+    in_read_txn: bool,
+    wal_path: PathBuf,
+    db_file_path: PathBuf,
+    meta: PathBuf,
+    page_size: u32,
+    client: Box<dyn ReplicaClient>,
+    /// Position from the state file, to be checked against the replica before it is trusted.
+    saved: Option<Position>,
+    /// Position of the last upload; None until known (then the next file is a snapshot).
+    pos: Option<Position>,
+    /// The replica's highest TXID, once listed.
+    remote_max: Option<u64>,
+    last_checkpoint: Instant,
+    synced_since_checkpoint: bool,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if let Err(panic) = body {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let mut g = shared.lock();
+            g.last_error = Some(format!("internal error in the replicator: {msg}"));
+            g.state = RunState::Stopped;
+        }
+        shared.cond.notify_all();
+    }
+
+    fn run_loop(&mut self) {
+        let interval = self.shared.cfg.sync_interval;
+        let poll = if interval.is_zero() {
+            MIN_POLL
+        } else {
+            interval
+        };
+        let mut next_poll = Instant::now();
+        let mut backoff: Option<(Duration, Instant)> = None;
+        loop {
+            // Wait for a reason to run a cycle.
+            let (stopping, ticket) = {
+                let mut g = self.shared.lock();
+                loop {
+                    let now = Instant::now();
+                    if g.stop_requested {
+                        break;
+                    }
+                    let retry_at = backoff.map(|(_, at)| at);
+                    let sync_wanted = g.sync_requested > g.synced_gen;
+                    let commit_due = g.dirty_since.map(|t| t + interval);
+                    let mut due = next_poll;
+                    if let Some(c) = commit_due {
+                        due = due.min(c);
+                    }
+                    if let Some(r) = retry_at {
+                        // While backing off, only an explicit sync request bypasses the wait.
+                        due = r;
+                    }
+                    if sync_wanted || now >= due {
+                        break;
+                    }
+                    g = self
+                        .shared
+                        .cond
+                        .wait_timeout(g, due - now)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                (g.stop_requested, g.sync_requested)
+            };
+            next_poll = Instant::now() + poll;
+            let started = Instant::now();
+            let result = self.cycle(ticket);
+            let mut g = self.shared.lock();
+            match result {
+                Ok(()) => {
+                    g.state = RunState::Running;
+                    g.last_error = None;
+                    if g.dirty_since.is_some_and(|t| t <= started) {
+                        g.dirty_since = None;
+                    }
+                    backoff = None;
+                }
+                Err(e) => {
+                    g.state = RunState::Error;
+                    g.last_error = Some(e.to_string());
+                    let delay = backoff
+                        .map(|(d, _)| (d * 2).min(BACKOFF_MAX))
+                        .unwrap_or(BACKOFF_START);
+                    backoff = Some((delay, Instant::now() + delay));
+                }
+            }
+            drop(g);
+            self.shared.cond.notify_all();
+            if stopping {
+                self.shutdown();
+                return;
+            }
+        }
+    }
+
+    /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
+    /// then a checkpoint that leaves a position the next start can continue from.
+    fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
+        let mut result = self.cycle(u64::MAX);
+        while result.is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            result = self.cycle(u64::MAX);
+        }
+        if result.is_ok() {
+            // Leave the WAL fully backfilled, so that the next start can prove continuity even if
+            // the WAL restarts once while we are not watching.
+            result = self.checkpoint(CheckpointMode::Passive, true);
+        }
+        let _ = self.end_read();
+        let mut g = self.shared.lock();
+        g.state = RunState::Stopped;
+        g.last_error = result.err().map(|e| e.to_string());
+        drop(g);
+        self.shared.cond.notify_all();
+    }
+
+    // ---- read transaction that pins the WAL -------------------------------------------------
+
+    fn begin_read(&mut self) -> Result<()> {
+        if !self.in_read_txn {
+            self.conn.execute_batch("BEGIN")?;
+            // The first read takes the WAL read mark; the transaction holds it until COMMIT.
+            if let Err(e) = self
+                .conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(
+                    Error::from(e).context("starting the read transaction that pins the WAL")
+                );
+            }
+            self.in_read_txn = true;
+        }
+        Ok(())
+    }
+
+    fn end_read(&mut self) -> Result<()> {
+        if self.in_read_txn {
+            self.conn.execute_batch("COMMIT")?;
+            self.in_read_txn = false;
+        }
+        Ok(())
+    }
+
+    // ---- one cycle ------------------------------------------------------------------------
+
+    /// Upload every committed frame not yet in the replica, then checkpoint if the policy says so.
+    fn cycle(&mut self, ticket: u64) -> Result<()> {
+        self.begin_read()?;
+        self.sync_wal()?;
+        {
+            let mut g = self.shared.lock();
+            g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
+            g.txid = self
+                .pos
+                .map(|p| p.txid)
+                .unwrap_or(self.remote_max.unwrap_or(0));
+            g.last_sync_at = Some(SystemTime::now());
+            g.wal_size = std::fs::metadata(&self.wal_path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        self.shared.cond.notify_all();
+        self.checkpoint_if_needed()
+    }
+
+    fn ensure_remote_position(&mut self) -> Result<u64> {
+        if let Some(max) = self.remote_max {
+            return Ok(max);
+        }
+        let max = replica_client::replica_max_txid(self.client.as_ref()).with_context(|| {
+            format!(
+                "reading the replica position from {}",
+                self.client.describe()
+            )
+        })?;
+        self.remote_max = Some(max);
+        // The saved position counts only if the replica still ends exactly where we left it.
+        self.pos = self.saved.take().filter(|p| p.txid == max && max > 0);
+        self.shared.lock().txid = max;
+        Ok(max)
+    }
+
+    /// Upload L0 files until the replica holds every committed frame of the WAL.
+    fn sync_wal(&mut self) -> Result<()> {
+        self.ensure_remote_position()?;
+        loop {
+            let wal = match File::open(&self.wal_path) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(Error::msg(format!(
+                        "opening {}: {e}",
+                        self.wal_path.display()
+                    )))
+                }
+            };
+            let header = match &wal {
+                Some(f) => WalHeader::read(f)?,
+                None => None,
+            };
+            let plan = self.plan(wal.as_ref(), header.as_ref())?;
+            let more = match plan {
+                Plan::Incremental(resume) => match wal.as_ref() {
+                    Some(f) => self.write_incremental(f, resume)?,
+                    None => false,
+                },
+                Plan::Snapshot { reason } => {
+                    self.write_snapshot(wal.as_ref(), &reason)?;
+                    false
+                }
+            };
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decide where to continue reading (the rules of litestream-format.md §3.6, with the WAL
+    /// checkpoint sequence used to prove that at most one restart happened).
+    fn plan(&self, wal: Option<&File>, header: Option<&WalHeader>) -> Result<Plan> {
+        let Some(pos) = self.pos else {
+            return Ok(Plan::Snapshot {
+                reason: "no continuous position in the replica".into(),
+            });
+        };
+        let Some(header) = header else {
+            // No valid WAL header: nothing committed since (a commit writes the header first).
+            return Ok(Plan::Incremental(Resume::At {
+                offset: pos.wal.end,
+                salt1: pos.wal.salt1,
+                salt2: pos.wal.salt2,
+            }));
+        };
+        if header.page_size != self.page_size {
+            return Ok(Plan::Snapshot {
+                reason: "the WAL page size changed".into(),
+            });
+        }
+        if header.salts() == (pos.wal.salt1, pos.wal.salt2) {
+            // Same WAL generation: the frame before our end must still be the one we read.
+            let f = wal.ok_or_else(|| Error::msg("WAL vanished while reading it"))?;
+            if pos.wal.end > 32 {
+                let prev = pos.wal.end - wal::frame_size(self.page_size);
+                match wal::read_frame_header(f, prev)? {
+                    Some(h)
+                        if h.salts() == header.salts()
+                            && h.checksum() == pos.wal.frame_checksum => {}
+                    _ => {
+                        return Ok(Plan::Snapshot {
+                            reason: "the WAL was overwritten behind the replicator".into(),
+                        })
+                    }
+                }
+            }
+            return Ok(Plan::Incremental(Resume::At {
+                offset: pos.wal.end,
+                salt1: pos.wal.salt1,
+                salt2: pos.wal.salt2,
+            }));
+        }
+        // New salts: the WAL restarted. Safe only if everything before it was checkpointed with
+        // writers held off, and this is the one restart that followed.
+        if pos.backfilled && header.checkpoint_seq == pos.wal.checkpoint_seq.wrapping_add(1) {
+            return Ok(Plan::Incremental(Resume::FromStart));
+        }
+        // Or: the database file is exactly as it was when everything was checkpointed at the last
+        // stop. Then nothing was backfilled since, so no generation can have come and gone: the
+        // current WAL (even a new file, as after the last connection deleted the old one) holds
+        // every change since.
+        if pos.backfilled
+            && pos.db_stamp.is_some()
+            && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
+        {
+            return Ok(Plan::Incremental(Resume::FromStart));
+        }
+        Ok(Plan::Snapshot {
+            reason: "the WAL restarted without a checkpoint the replicator could account for"
+                .into(),
+        })
+    }
+
+    /// Read committed frames from `resume` and upload them as the next L0 file. Returns true when
+    /// more WAL remains beyond the chunk limit.
+    fn write_incremental(&mut self, wal: &File, resume: Resume) -> Result<bool> {
+        let seg = match wal::scan(wal, resume, Some(MAX_SYNC_WAL_BYTES))? {
+            ScanOutcome::NoWal => return Ok(false),
+            ScanOutcome::PrevFrameMismatch { reason } => {
+                self.write_snapshot(Some(wal), &format!("WAL continuity lost ({reason})"))?;
+                return Ok(false);
+            }
+            ScanOutcome::Segment(s) => s,
+        };
+        let pos = self
+            .pos
+            .ok_or_else(|| Error::msg("internal: incremental sync without a position"))?;
+        if seg.commits == 0 {
+            // Nothing new. A restart with no frames yet still moves our position to the new
+            // generation, so the old frames' salts are never looked for again.
+            if matches!(resume, Resume::FromStart) {
+                self.pos = Some(Position {
+                    wal: wal_position(&seg, seg.header.checkpoint_seq),
+                    backfilled: false,
+                    db_stamp: None,
+                    ..pos
+                });
+            }
+            return Ok(false);
+        }
+        let txid = pos.txid + 1;
+        let db = DbFile::new(&self.conn)?;
+        let header = self.ltx_header(txid, seg.commit, &seg);
+        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let mut enc = Encoder::new(&mut spool, header)?;
+        let mut buf = vec![0u8; self.page_size as usize];
+        let lock_page = ltx::lock_page(self.page_size);
+        // Pages the transaction changed, plus pages the database grew by that are not in the WAL
+        // (read from the database file), as Litestream does.
+        let mut pages: Vec<u32> = seg.pages.keys().copied().collect();
+        if seg.commit > pos.commit {
+            pages.extend(
+                (pos.commit + 1..=seg.commit)
+                    .filter(|p| !seg.pages.contains_key(p) && *p != lock_page),
+            );
+            pages.sort_unstable();
+        }
+        for pgno in pages {
+            self.read_page(wal, &db, &seg, pgno, &mut buf)?;
+            enc.write_page(pgno, &buf)?;
+        }
+        enc.finish()?;
+        drop(db);
+        let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
+        self.upload(txid, header.timestamp_ms, &mut spool)?;
+        self.pos = Some(Position {
+            txid,
+            page_size: self.page_size,
+            commit: seg.commit,
+            wal: wal_position(&seg, seg.header.checkpoint_seq),
+            backfilled: false,
+            db_stamp: None,
+        });
+        self.after_upload()?;
+        Ok(more)
+    }
+
+    /// Upload a full image of the database at the next TXID.
+    fn write_snapshot(&mut self, wal: Option<&File>, reason: &str) -> Result<()> {
+        let txid = match self.pos {
+            Some(p) => p.txid + 1,
+            None => self.ensure_remote_position()? + 1,
+        };
+        let seg = match wal {
+            Some(f) => match wal::scan(f, Resume::FromStart, None)? {
+                ScanOutcome::Segment(s) => Some(s),
+                _ => None,
+            },
+            None => None,
+        };
+        let db = DbFile::new(&self.conn)?;
+        let commit = match &seg {
+            Some(s) if s.commits > 0 => s.commit,
+            _ => (db.size()? / self.page_size as u64) as u32,
+        };
+        if commit == 0 {
+            // An empty database has no pages to snapshot yet; the first write will give it some.
+            return Ok(());
+        }
+        let empty_seg;
+        let seg_ref = match &seg {
+            Some(s) => s,
+            None => {
+                empty_seg = Segment {
+                    header: WalHeader {
+                        magic: 0,
+                        version: 0,
+                        page_size: self.page_size,
+                        checkpoint_seq: 0,
+                        salt1: 0,
+                        salt2: 0,
+                        checksum1: 0,
+                        checksum2: 0,
+                    },
+                    start: 32,
+                    end: 32,
+                    commit,
+                    pages: Default::default(),
+                    last_frame_checksum: (0, 0),
+                    commits: 0,
+                };
+                &empty_seg
+            }
+        };
+        let header = self.ltx_header(txid, commit, seg_ref);
+        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let mut enc = Encoder::new(&mut spool, header)?;
+        let mut buf = vec![0u8; self.page_size as usize];
+        let lock_page = ltx::lock_page(self.page_size);
+        let dummy: &[u8] = &[];
+        for pgno in (1..=commit).filter(|p| *p != lock_page) {
+            match wal {
+                Some(f) => self.read_page(f, &db, seg_ref, pgno, &mut buf)?,
+                None => self.read_page(&dummy, &db, seg_ref, pgno, &mut buf)?,
+            }
+            enc.write_page(pgno, &buf)?;
+        }
+        enc.finish()?;
+        drop(db);
+        self.upload(txid, header.timestamp_ms, &mut spool)
+            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
+        self.pos = Some(Position {
+            txid,
+            page_size: self.page_size,
+            commit,
+            wal: wal_position(seg_ref, seg_ref.header.checkpoint_seq),
+            backfilled: false,
+            db_stamp: None,
+        });
+        self.shared.lock().snapshots += 1;
+        self.after_upload()
+    }
+
+    /// A page's latest committed content: the WAL frame if the segment has one, else the file.
+    fn read_page<F: ReadAt + ?Sized>(
+        &self,
+        wal: &F,
+        db: &DbFile,
+        seg: &Segment,
+        pgno: u32,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        match seg.pages.get(&pgno) {
+            Some(&frame) => wal::read_frame_page(wal, frame, buf)?,
+            None => db
+                .read_at(buf, (pgno as u64 - 1) * self.page_size as u64)
+                .with_context(|| format!("reading page {pgno} of {}", self.shared.db_path))?,
+        }
+        Ok(())
+    }
+
+    fn ltx_header(&self, txid: u64, commit: u32, seg: &Segment) -> Header {
+        let (salt1, salt2) = seg.header.salts();
+        Header {
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+            page_size: self.page_size,
+            commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp_ms: unix_ms(SystemTime::now()),
+            pre_apply_checksum: 0,
+            // Litestream resumes from WALOffset + WALSize of the newest L0 file when it takes a
+            // replica over; an offset below the WAL header size makes its verify step fail.
+            wal_offset: seg.start.max(32) as i64,
+            wal_size: seg.end.saturating_sub(seg.start) as i64,
+            wal_salt1: salt1,
+            wal_salt2: salt2,
+            node_id: 0,
+        }
+    }
+
+    fn upload(&mut self, txid: u64, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
+        self.client.put(0, txid, txid, timestamp_ms, spool)?;
+        self.remote_max = Some(txid);
+        Ok(())
+    }
+
+    fn after_upload(&mut self) -> Result<()> {
+        self.synced_since_checkpoint = true;
+        if let Some(pos) = &self.pos {
+            self.shared.lock().txid = pos.txid;
+            state::save(&self.meta, &self.client.describe(), pos)
+                .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
+        }
+        Ok(())
+    }
+
+    // ---- checkpoints ----------------------------------------------------------------------
+
+    fn checkpoint_if_needed(&mut self) -> Result<()> {
+        let Some(pos) = self.pos else { return Ok(()) };
+        let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
+        let cfg = &self.shared.cfg;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            CheckpointMode::Truncate
+        } else if frames >= cfg.min_checkpoint_page_count as u64 {
+            CheckpointMode::Passive
+        } else if cfg
+            .checkpoint_interval
+            .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
+            && self.synced_since_checkpoint
+            && frames > 1
+        {
+            CheckpointMode::Passive
+        } else {
+            return Ok(());
+        };
+        self.checkpoint(mode, false)
+    }
+
+    /// Checkpoint with writers held off: take the write lock on the barrier connection, upload
+    /// whatever was committed meanwhile (the WAL is now sealed), checkpoint, release. If every
+    /// frame was backfilled, the position is marked so the WAL's next restart is accepted.
+    /// `stamp`: also record the database file's identity while writers are still held off (at
+    /// stop), see `state::DbStamp`.
+    fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
+        if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // A writer holds the lock; try again next cycle rather than stall it.
+            return Ok(());
+        }
+        let mut db_stamp = None;
+        let result = (|| -> Result<(i64, i64)> {
+            self.sync_wal()?;
+            self.end_read()?;
+            let r: (i64, i64, i64) =
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+            if stamp && r.1 >= 0 && r.1 == r.2 {
+                db_stamp = state::DbStamp::take_settled(&self.db_file_path).ok();
+            }
+            self.begin_read()?;
+            Ok((r.1, r.2))
+        })();
+        let _ = self.barrier.execute_batch("ROLLBACK");
+        let (log, done) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.begin_read();
+                return Err(e.context("checkpoint"));
+            }
+        };
+        self.last_checkpoint = Instant::now();
+        self.synced_since_checkpoint = false;
+        self.shared.lock().checkpoints += 1;
+        let complete = log >= 0 && log == done;
+        if complete {
+            if let Some(p) = self.pos.as_mut() {
+                p.backfilled = true;
+                p.db_stamp = db_stamp;
+                let p = *p;
+                let _ = state::save(&self.meta, &self.client.describe(), &p);
+            }
+            if mode == CheckpointMode::Truncate {
+                // Shrink the WAL file. A commit that slips in between releasing the barrier and
+                // the truncation restarts the WAL twice; the checkpoint-sequence check in plan()
+                // sees that and takes a snapshot instead of continuing.
+                self.end_read()?;
+                let r = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    });
+                self.begin_read()?;
+                r.context("checkpoint(TRUNCATE)")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckpointMode {
+    Passive,
+    Truncate,
+}
+
+fn wal_position(seg: &Segment, checkpoint_seq: u32) -> WalPosition {
+    let (salt1, salt2) = seg.header.salts();
+    WalPosition {
+        end: seg.end,
+        salt1,
+        salt2,
+        checkpoint_seq,
+        frame_checksum: seg.last_frame_checksum,
+    }
+}

@@ -1,0 +1,167 @@
+//! The replication position, and the small state file that carries it across restarts.
+//!
+//! A position says: TXID `txid` is in the replica, and it covers the WAL up to byte `end` of the
+//! WAL generation identified by `salts` and `checkpoint_seq`; the frame just before `end` has the
+//! cumulative checksum `frame_checksum` (SQLite's checksums chain through every frame since the
+//! header, so a match proves the WAL up to `end` is the very one we read).
+//!
+//! Invariants:
+//! - The state file is only a hint. It is trusted only when its replica and TXID equal what the
+//!   replica itself says and the WAL still proves continuity; anything else means a full snapshot
+//!   at the replica's next TXID — never a silent gap.
+//! - It is written after the upload it describes has completed (write to `.tmp`, rename), so it can
+//!   lag the replica but never run ahead of it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the WAL stood when TXID `txid` was uploaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalPosition {
+    /// Offset just past the last frame included in the replica (32 = no frames).
+    pub end: u64,
+    pub salt1: u32,
+    pub salt2: u32,
+    /// The WAL header's checkpoint sequence: SQLite adds one at every WAL restart.
+    pub checkpoint_seq: u32,
+    /// Cumulative checksum of the frame ending at `end` (the header's checksum when end == 32).
+    pub frame_checksum: (u32, u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub txid: u64,
+    pub page_size: u32,
+    /// Database size in pages at `txid`.
+    pub commit: u32,
+    pub wal: WalPosition,
+    /// Every frame up to `wal.end` was checkpointed into the database file while writers were
+    /// held off, so the next WAL restart (checkpoint_seq + 1) cannot have discarded unseen frames.
+    pub backfilled: bool,
+    /// Identity of the database file taken right after that checkpoint, with writers held off
+    /// (only at `litestream_stop()`); lets the next start accept a WAL that was deleted and
+    /// recreated meanwhile, as long as the file did not change.
+    #[serde(default)]
+    pub db_stamp: Option<DbStamp>,
+}
+
+/// Size, inode and modification time of the database file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbStamp {
+    pub size: u64,
+    pub inode: u64,
+    pub mtime_ns: i128,
+}
+
+impl DbStamp {
+    pub fn of(path: &Path) -> std::io::Result<DbStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        Ok(DbStamp {
+            size: m.len(),
+            inode: m.ino(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+
+    /// Take a stamp that any later write is guaranteed to change: file times come from a coarse
+    /// kernel clock (a tick of a few ms), so wait until the clock has moved past the file's mtime —
+    /// otherwise a write in the same tick would leave the stamp unchanged.
+    pub fn take_settled(path: &Path) -> std::io::Result<DbStamp> {
+        let stamp = DbStamp::of(path)?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let settle_ns: i128 = 20_000_000;
+        if now_ns < stamp.mtime_ns + settle_ns {
+            std::thread::sleep(std::time::Duration::from_nanos(
+                (stamp.mtime_ns + settle_ns - now_ns).min(settle_ns) as u64,
+            ));
+        }
+        Ok(stamp)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    replica: String,
+    position: Position,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// `<dir>/.<name>-litestream` — the directory Litestream also uses for a database's local state.
+pub fn meta_dir(db_path: &Path) -> PathBuf {
+    let name = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    db_path.with_file_name(format!(".{name}-litestream"))
+}
+
+fn state_path(meta: &Path) -> PathBuf {
+    meta.join("extension-state.json")
+}
+
+/// The saved position, if the file exists, parses, and belongs to `replica`.
+pub fn load(meta: &Path, replica: &str) -> Option<Position> {
+    let text = fs::read_to_string(state_path(meta)).ok()?;
+    let state: StateFile = serde_json::from_str(&text).ok()?;
+    (state.version == STATE_VERSION && state.replica == replica).then_some(state.position)
+}
+
+pub fn save(meta: &Path, replica: &str, position: &Position) -> std::io::Result<()> {
+    fs::create_dir_all(meta)?;
+    let path = state_path(meta);
+    let tmp = path.with_extension("json.tmp");
+    let state = StateFile {
+        version: STATE_VERSION,
+        replica: replica.to_string(),
+        position: *position,
+    };
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?,
+    )?;
+    fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_replica_check() {
+        let dir = std::env::temp_dir().join(format!("ls-state-{}", std::process::id()));
+        let pos = Position {
+            txid: 7,
+            page_size: 4096,
+            commit: 3,
+            wal: WalPosition {
+                end: 32 + 3 * 4120,
+                salt1: 1,
+                salt2: 2,
+                checkpoint_seq: 0,
+                frame_checksum: (5, 6),
+            },
+            backfilled: false,
+            db_stamp: None,
+        };
+        save(&dir, "s3://b/p", &pos).unwrap();
+        assert_eq!(load(&dir, "s3://b/p"), Some(pos));
+        assert_eq!(load(&dir, "s3://b/other"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn meta_dir_is_litestreams() {
+        assert_eq!(
+            meta_dir(Path::new("/data/app.db")),
+            PathBuf::from("/data/.app.db-litestream")
+        );
+    }
+}

@@ -1,0 +1,69 @@
+"""Checkpointing: ~200 MB of changes through a replicated database keep the WAL bounded, the WAL
+restarts along the way, and the restore still equals the source.
+
+The writer is the connection that called litestream_start(): its sqlite3_wal_hook belongs to the
+replicator (auto-checkpoint is off for it), so only the replicator's checkpoints keep the WAL small.
+Set LITESTREAM_CHECKPOINT_MB to push a different amount.
+"""
+import os
+
+import pytest
+
+from harness import assert_same_db, restore_shell, s3_config, s3_url
+
+TOTAL_MB = int(os.environ.get("LITESTREAM_CHECKPOINT_MB", "200"))
+WAL_LIMIT = 64 * 1024 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_wal_stays_bounded_under_200mb_of_changes(pyhost, ext, s3, bucket, tmp_path):
+    src = tmp_path / "big.db"
+    r = pyhost.run("""
+        db = P["db"]
+        c = connect(db)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, gen INTEGER, b BLOB)")
+        c.execute("CREATE TABLE log(n INTEGER PRIMARY KEY, id INTEGER, size INTEGER)")
+        configure(c, P["config"])
+        one(c, "SELECT litestream_start()")
+        written, n, max_wal, salts = 0, 0, 0, set()
+        t0 = time.time()
+        while written < P["total"]:
+            n += 1
+            rid = n % P["rows"]
+            c.execute("BEGIN")
+            c.execute("INSERT OR REPLACE INTO blobs(id, gen, b) VALUES (?, ?, randomblob(?))",
+                      (rid, n, P["blob"]))
+            c.execute("INSERT INTO log(id, size) VALUES (?, ?)", (rid, P["blob"]))
+            if n % 7 == 0:      # free pages, so later transactions reuse them
+                c.execute("DELETE FROM blobs WHERE id = ?", ((n * 13) % P["rows"],))
+            if n % 50 == 0:
+                c.execute("DELETE FROM log WHERE n < ?", (n - 100,))
+            c.execute("COMMIT")
+            written += P["blob"]
+            max_wal = max(max_wal, wal_size(db))
+            with open(db + "-wal", "rb") as f:
+                hdr = f.read(32)
+            if len(hdr) == 32:
+                salts.add(hdr[16:24].hex())   # salt-1/salt-2 change on every WAL restart
+        write_s = time.time() - t0
+        synced = one(c, "SELECT litestream_sync(300000)")
+        st = status(c)
+        result = {"transactions": n, "written": written, "max_wal": max_wal,
+                  "wal_generations": len(salts), "write_s": write_s,
+                  "sync_s": time.time() - t0 - write_s, "synced": synced, "status": st,
+                  "stop": one(c, "SELECT litestream_stop()"), "final_wal": wal_size(db)}
+    """, timeout=800, db=str(src), total=TOTAL_MB << 20, rows=40, blob=1 << 20,
+        config=s3_config(bucket, "big.db", s3.endpoint, min_checkpoint_page_count="500"))
+    print("checkpoint run: %d transactions, %d MB written in %.1fs, sync %.1fs, max WAL %.1f MB, "
+          "%d WAL generations, %s objects / %s bytes uploaded" % (
+              r["transactions"], r["written"] >> 20, r["write_s"], r["sync_s"],
+              r["max_wal"] / 2**20, r["wal_generations"], r["status"].get("objects_uploaded"),
+              r["status"].get("bytes_uploaded")))
+    assert r["max_wal"] < WAL_LIMIT, "WAL reached %.1f MB" % (r["max_wal"] / 2**20)
+    assert r["wal_generations"] >= 2, "the WAL never restarted: nothing was checkpointed"
+
+    out = tmp_path / "restored.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "big.db", s3.endpoint), timeout=600) == r["stop"]
+    assert_same_db(src, out, big=True)

@@ -1,0 +1,58 @@
+"""Restart: stopping and starting again with no writes in between uploads nothing new (above all,
+no new full snapshot), and replication then continues incrementally from the replica's TXID."""
+from harness import (SQL_DIR, assert_same_db, check_s3_replica, is_full_snapshot, list_keys,
+                     replicate_shell, restore_shell, s3_config, s3_url)
+
+SMALL_WRITE = "UPDATE items SET qty = qty + 1 WHERE id IN (1, 2, 3);"
+
+
+def _check_after_restart(s3, bucket, first_stop, idle_sync, idle_stop, final_stop):
+    assert idle_sync == first_stop and idle_stop == first_stop, (
+        "a restart with no writes moved the replica from %s to sync=%s stop=%s"
+        % (first_stop, idle_sync, idle_stop))
+    infos = check_s3_replica(s3.client, bucket, "db")          # contiguous L0 chain from TXID 1
+    assert infos[-1]["max_txid"] == final_stop
+    later = [i for i in infos if i["min_txid"] > first_stop]
+    assert later, "the write after the restart was not replicated"
+    snapshots = [i["name"] for i in later if is_full_snapshot(i)]
+    assert not snapshots, "full snapshot(s) after a clean restart: %s" % snapshots
+
+
+def test_restart_in_new_processes(ext, s3, bucket, tmp_path):
+    src = tmp_path / "src.db"
+    cfg = s3_config(bucket, "db", s3.endpoint)
+    first = replicate_shell(ext, src, cfg)
+    keys = list_keys(s3.client, bucket)
+    idle = replicate_shell(ext, src, cfg, workload="")
+    assert list_keys(s3.client, bucket) == keys, "objects uploaded by a restart with no writes"
+    more = replicate_shell(ext, src, cfg, workload=SMALL_WRITE)
+    _check_after_restart(s3, bucket, first["stop"], idle["sync"], idle["stop"], more["stop"])
+    out = tmp_path / "out.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == more["stop"]
+    assert_same_db(src, out)
+
+
+def test_restart_in_same_process(pyhost, ext, s3, bucket, tmp_path):
+    src = tmp_path / "src.db"
+    r = pyhost.run("""
+        c = connect(P["db"])
+        c.execute("PRAGMA journal_mode=WAL")
+        configure(c, P["config"])
+        one(c, "SELECT litestream_start()")
+        c.executescript(P["workload"])
+        one(c, "SELECT litestream_sync(30000)")
+        first_stop = one(c, "SELECT litestream_stop()")
+        one(c, "SELECT litestream_start()")
+        idle_sync = one(c, "SELECT litestream_sync(30000)")
+        idle_stop = one(c, "SELECT litestream_stop()")
+        one(c, "SELECT litestream_start()")
+        c.executescript(P["small"])
+        one(c, "SELECT litestream_sync(30000)")
+        result = {"first_stop": first_stop, "idle_sync": idle_sync, "idle_stop": idle_stop,
+                  "final_stop": one(c, "SELECT litestream_stop()")}
+    """, db=str(src), config=s3_config(bucket, "db", s3.endpoint), small=SMALL_WRITE,
+        workload=(SQL_DIR / "workload.sql").read_text())
+    _check_after_restart(s3, bucket, r["first_stop"], r["idle_sync"], r["idle_stop"], r["final_stop"])
+    out = tmp_path / "out.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == r["final_stop"]
+    assert_same_db(src, out)
