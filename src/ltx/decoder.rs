@@ -2,15 +2,18 @@
 //!
 //! [`Decoder::new`] reads and validates the header; [`Decoder::next_page`] returns the pages in
 //! file order; [`Decoder::finish`] reads the page index and trailer and verifies the file
-//! checksum. It reads from any `Read` (a file, an HTTP body) through an internal buffer and
-//! keeps only one compressed-payload buffer and a (pgno, frame size) list of the pages seen.
+//! checksum. It reads from any `Read` (a file, an HTTP body) through an internal buffer; its
+//! memory use is constant (one compressed-payload buffer, and a digest of the page index it
+//! expects rather than the index itself).
 //! Both page encodings are read, even mixed in one file: flag 0x0001 (u32 size + raw LZ4 block)
 //! and the legacy flags 0 (one LZ4 frame, parsed here field by field because it has no length
 //! prefix). Invariants checked, each as soon as its data is read: pgnos non-zero and strictly
 //! ascending, never the lock page, never above `commit`; a snapshot holds every page
 //! 1..=commit except the lock page; every page decompresses to exactly `page_size` bytes; LZ4
-//! frame header and content checksums (XXH32) match; the index lists exactly the frames seen, at
-//! the offsets and sizes seen; the file checksum matches; nothing follows the trailer.
+//! frame header, block and content checksums (XXH32) match; the index lists exactly the frames
+//! seen, at the offsets and sizes seen; the file checksum matches; nothing follows the trailer.
+//! The file checksum covers decompressed pages, not LZ4 bytes, so the LZ4 layer is decoded
+//! strictly here (own block decoder, all frame checksums) to let no corrupted byte through.
 //! Pages are handed out before the file checksum can be checked, so callers must discard what
 //! they got if `finish` fails. After any error the decoder refuses further use.
 
@@ -19,9 +22,9 @@ use std::io::{self, BufRead, BufReader, Read};
 use lz4_flex::block::get_maximum_output_size;
 
 use super::{
-    last_snapshot_pgno, lock_page, next_snapshot_pgno, Crc64Digest, Header, LtxError, Trailer,
-    CHECKSUM_FLAG, CRC64, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE,
-    TRAILER_SIZE,
+    append_uvarint, last_snapshot_pgno, lock_page, next_snapshot_pgno, Crc64Digest, Header,
+    LtxError, Trailer, CHECKSUM_FLAG, CRC64, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, PAGE_FLAG_SIZE,
+    PAGE_HEADER_SIZE, TRAILER_SIZE,
 };
 
 /// Magic number that opens an LZ4 frame (0x184D2204, little-endian).
@@ -86,9 +89,14 @@ pub struct Decoder<R: Read> {
     state: State,
     /// Last pgno read, 0 before the first.
     prev_pgno: u32,
-    /// (pgno, frame size) of every frame read. Offsets are implied: frames are contiguous
-    /// from the end of the header.
-    frames: Vec<(u32, u64)>,
+    /// Number of page frames read.
+    pages_read: u64,
+    /// CRC of the page index this file must have: the (pgno, offset, size) varints of every
+    /// frame read. Comparing digests instead of keeping the entries keeps memory constant
+    /// however many pages the file holds.
+    expected_index: Crc64Digest,
+    /// Reused buffer for encoding one index entry.
+    entry: Vec<u8>,
     /// Compressed payload of the current page (or LZ4 block); sized for the largest valid one.
     scratch: Vec<u8>,
 }
@@ -114,7 +122,9 @@ impl<R: Read> Decoder<R> {
             hash,
             state: State::Pages,
             prev_pgno: 0,
-            frames: Vec::new(),
+            pages_read: 0,
+            expected_index: CRC64.digest(),
+            entry: Vec::with_capacity(30),
             scratch,
         })
     }
@@ -171,40 +181,46 @@ impl<R: Read> Decoder<R> {
 
         // Page index: one (pgno, offset, size) entry per frame, in order, then a 0 end marker.
         let index_start = self.src.pos;
-        let frames = std::mem::take(&mut self.frames);
-        let mut offset = HEADER_SIZE as u64;
-        for (i, &(pgno, size)) in frames.iter().enumerate() {
-            let entry_at = self.src.pos;
-            let got_pgno = self.read_uvarint()?;
-            if got_pgno == 0 {
+        let mut actual_index = CRC64.digest();
+        let mut entries = 0u64;
+        loop {
+            let pgno = self.read_uvarint()?;
+            if pgno == 0 {
+                break;
+            }
+            let offset = self.read_uvarint()?;
+            let size = self.read_uvarint()?;
+            entries += 1;
+            if entries > self.pages_read {
                 return Err(corrupt(
-                    entry_at,
+                    index_start,
                     format!(
-                        "page index ends after {i} entries, but the page block has {} pages",
-                        frames.len()
+                        "page index has more entries than the page block's {} pages",
+                        self.pages_read
                     ),
                 ));
             }
-            let got_offset = self.read_uvarint()?;
-            let got_size = self.read_uvarint()?;
-            if (got_pgno, got_offset, got_size) != (u64::from(pgno), offset, size) {
-                return Err(corrupt(
-                    entry_at,
-                    format!(
-                        "page index entry {i} is (pgno {got_pgno}, offset {got_offset}, size \
-                         {got_size}), but the page block has (pgno {pgno}, offset {offset}, \
-                         size {size})"
-                    ),
-                ));
-            }
-            offset += size;
+            // Re-encoded rather than hashed as read, so only the values have to match.
+            self.entry.clear();
+            append_uvarint(&mut self.entry, pgno);
+            append_uvarint(&mut self.entry, offset);
+            append_uvarint(&mut self.entry, size);
+            actual_index.update(&self.entry);
         }
-        let end_at = self.src.pos;
-        let extra = self.read_uvarint()?;
-        if extra != 0 {
+        if entries != self.pages_read {
             return Err(corrupt(
-                end_at,
-                format!("page index lists page {extra}, which is not in the page block"),
+                index_start,
+                format!(
+                    "page index has {entries} entries, the page block has {} pages",
+                    self.pages_read
+                ),
+            ));
+        }
+        if actual_index.finalize() != self.expected_index.finalize() {
+            return Err(corrupt(
+                index_start,
+                "page index entries do not match the pgnos, offsets and sizes of the page block"
+                    .into(),
             ));
         }
         let index_len = self.src.pos - index_start;
@@ -254,7 +270,8 @@ impl<R: Read> Decoder<R> {
         Ok(trailer)
     }
 
-    /// Reads one page frame (or the terminator) and updates the checksum and frame list.
+    /// Reads one page frame (or the terminator), updating the file checksum and the expected
+    /// page index.
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<Option<u32>, LtxError> {
         let offset = self.src.pos;
         let ph: [u8; PAGE_HEADER_SIZE] = self.src.read_array("page header")?;
@@ -287,7 +304,12 @@ impl<R: Read> Decoder<R> {
             })?;
         }
         self.hash.update(buf);
-        self.frames.push((pgno, self.src.pos - offset));
+        self.entry.clear();
+        append_uvarint(&mut self.entry, u64::from(pgno));
+        append_uvarint(&mut self.entry, offset);
+        append_uvarint(&mut self.entry, self.src.pos - offset);
+        self.expected_index.update(&self.entry);
+        self.pages_read += 1;
         self.prev_pgno = pgno;
         Ok(Some(pgno))
     }
@@ -556,7 +578,7 @@ fn lz4_block_decompress(src: &[u8], out: &mut [u8], start: usize) -> Result<usiz
 
         let mut lit_len = usize::from(token >> 4);
         if lit_len == 15 {
-            lit_len += read_length_extension(src, &mut i)?;
+            lit_len = lit_len.saturating_add(read_length_extension(src, &mut i)?);
         }
         let literals = i
             .checked_add(lit_len)
@@ -588,9 +610,9 @@ fn lz4_block_decompress(src: &[u8], out: &mut [u8], start: usize) -> Result<usiz
         }
         let mut match_len = usize::from(token & 0x0f);
         if match_len == 15 {
-            match_len += read_length_extension(src, &mut i)?;
+            match_len = match_len.saturating_add(read_length_extension(src, &mut i)?);
         }
-        match_len += 4; // the minimum match length is implied
+        match_len = match_len.saturating_add(4); // the minimum match length is implied
         let end = o
             .checked_add(match_len)
             .filter(|&end| end <= out.len())
@@ -614,7 +636,7 @@ fn read_length_extension(src: &[u8], i: &mut usize) -> Result<usize, String> {
     loop {
         let b = *src.get(*i).ok_or("block ends inside a length")?;
         *i += 1;
-        // A length cannot usefully exceed the block, so saturating never changes a valid one.
+        // Saturating: an absurd length must fail the bounds checks, not overflow.
         len = len.saturating_add(usize::from(b));
         if b != 255 {
             return Ok(len);
@@ -1193,13 +1215,17 @@ mod tests {
         // Index entry (0xac: pgno 1, off 100, size 66, end 0), then index size at 0xb0.
         let mut f = file.clone();
         f[0xad] = 101;
-        expect_corrupt(&f, "page index entry 0");
+        expect_corrupt(&f, "do not match");
         let mut f = file.clone();
         f[0xac] = 0;
-        expect_corrupt(&f, "page index ends after 0 entries");
+        expect_corrupt(&f, "page index has 0 entries, the page block has 1 pages");
         let mut f = file.clone();
         f[0xaf] = 7;
-        expect_corrupt(&f, "page index lists page 7");
+        expect_corrupt(&f, "more entries");
+        // A non-minimal varint with the right value is accepted up to the index size check.
+        let mut f = file.clone();
+        f.splice(0xac..0xad, [0x81, 0x00]);
+        expect_corrupt(&f, "page index size");
         let mut f = file.clone();
         f[0xb7] = 5;
         expect_corrupt(&f, "page index size");

@@ -14,10 +14,13 @@
 //! - the file checksum is CRC-64/GO-ISO over everything except itself, with the compressed
 //!   payload replaced by the decompressed page (§1.6), stored with bit 63 set.
 //!
-//! The writer always sets header flag NoChecksum (0x2), so both database checksums are 0, as in
-//! every file Litestream writes. The decoder is stricter than Go's in a few places (pgno order,
-//! lock page, `pgno <= commit`, snapshot completeness, exact page length, trailing bytes); all
-//! of these are guaranteed by every Go encoder, so valid Litestream files are never rejected.
+//! The writer requires header flag NoChecksum (0x2), so both database checksums are 0, as in
+//! every file Litestream writes, and it emits the size-prefixed LZ4 block page encoding. The
+//! decoder also reads the legacy LZ4 frame encoding. It is stricter than Go's in a few places
+//! (pgno order, lock page, `pgno <= commit`, snapshot completeness, exact page length, LZ4
+//! frame checksums, an LZ4 block's final token, trailing bytes). Every Go encoder guarantees all
+//! of these, so valid Litestream files are not rejected; in exchange, corruption is caught
+//! wherever the format makes that possible (every single-byte change to the test fixtures is).
 
 mod compactor;
 mod decoder;

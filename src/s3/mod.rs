@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
@@ -59,13 +59,28 @@ where
 pub fn sdk_error<E, R>(what: &str, key: &str, e: SdkError<E, R>) -> Error
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let detail = match e.code() {
         Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
-        None => format!("{}", DisplayErrorContext(&e)),
+        None => error_chain(&e),
     };
     Error::msg(format!("{what} {key}: {detail}"))
+}
+
+/// "a: b: c" from an error and its sources, Display only (the SDK's Debug output would dump
+/// whole responses).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// An S3 client bound to one bucket and key prefix.

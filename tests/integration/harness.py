@@ -429,6 +429,7 @@ _PRELUDE = r'''
 import json, os, sqlite3, subprocess, sys, time
 EXT = os.environ["LITESTREAM_EXT"]
 P = json.loads(sys.argv[1])
+T0 = time.time()
 
 def connect(path, load=True):
     """A connection in autocommit mode; with the extension loaded unless load=False."""
@@ -466,6 +467,10 @@ def cli(db, sql):
         raise RuntimeError("sqlite3 %s failed: %s" % (db, p.stderr))
     return p.stdout
 
+def log(*args):
+    """Progress to stderr: shown by run() when the snippet fails or times out."""
+    print("[pyhost %.2fs]" % (time.time() - T0), *args, file=sys.stderr, flush=True)
+
 def wal_size(db):
     try:
         return os.path.getsize(db + "-wal")
@@ -483,7 +488,7 @@ class PyHost:
 
     The snippet sees: EXT, P (the keyword arguments of run(), JSON round-tripped), connect(path),
     one(c, sql, *args), error_of(c, sql, *args), configure(c, pairs), status(c), cli(db, sql),
-    wal_size(db); whatever it assigns to `result` (JSON-serialisable) is returned by run()."""
+    log(*args) (progress, shown if the snippet fails or hangs), wal_size(db); whatever it assigns to `result` (JSON-serialisable) is returned by run()."""
 
     def __init__(self, ext):
         self.ext = ext
@@ -496,8 +501,9 @@ class PyHost:
                                capture_output=True, timeout=timeout,
                                env=child_env({"LITESTREAM_EXT": str(self.ext)}))
         except subprocess.TimeoutExpired as e:
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
             raise PyHostError("PyHost snippet timed out after %ss\n--- stderr\n%s" % (
-                timeout, (e.stderr or b"")[-4000:])) from None
+                timeout, err[-4000:])) from None
         if p.returncode != 0:
             raise PyHostError("PyHost snippet exited %d after %.1fs\n--- stderr\n%s--- stdout\n%s" % (
                 p.returncode, time.monotonic() - t0, p.stderr[-6000:], p.stdout[-2000:]))

@@ -17,6 +17,7 @@ def test_unreachable_endpoint(pyhost, tmp_path):
         c.execute("PRAGMA journal_mode=WAL")
         configure(c, P["config"])
         started = one(c, "SELECT litestream_start()")
+        log("started:", started)
         c.execute("CREATE TABLE t(x)")
         c.execute("INSERT INTO t VALUES (1)")
         deadline = time.time() + 15
@@ -24,12 +25,15 @@ def test_unreachable_endpoint(pyhost, tmp_path):
         while not st.get("last_error") and time.time() < deadline:
             time.sleep(0.1)
             st = status(c)
+        log("status:", st)
         t0 = time.time()
         sync_err = error_of(c, "SELECT litestream_sync(1000)")
         sync_s = time.time() - t0
+        log("sync(1000) after %.1fs:" % sync_s, sync_err)
         st_after = status(c)
         t0 = time.time()
         stop_err = error_of(c, "SELECT litestream_stop()")
+        log("stop after %.1fs:" % (time.time() - t0), stop_err)
         result = {"status": st, "sync_err": sync_err, "sync_s": sync_s, "status_after": st_after,
                   "stop_err": stop_err, "stop_s": time.time() - t0}
     """, timeout=150, db=str(tmp_path / "u.db"), config=s3_config("unreachable", "db", endpoint))
