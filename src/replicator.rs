@@ -113,7 +113,7 @@ impl Replicator {
         db_path: &Path,
         vfs: Option<&str>,
         cfg: ResolvedConfig,
-        client: Box<dyn ReplicaClient>,
+        client: Arc<dyn ReplicaClient>,
     ) -> Result<Replicator> {
         let open = || -> Result<Connection> {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -313,7 +313,7 @@ struct Worker {
     db_file_path: PathBuf,
     meta: PathBuf,
     page_size: u32,
-    client: Box<dyn ReplicaClient>,
+    client: Arc<dyn ReplicaClient>,
     /// Position from the state file, to be checked against the replica before it is trusted.
     saved: Option<Position>,
     /// Position of the last upload; None until known (then the next file is a snapshot).

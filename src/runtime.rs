@@ -132,9 +132,9 @@ pub fn notify_commit(db_path: &str) {
 }
 
 /// A client for a replica target (S3 clients share the process runtime).
-pub fn open_client(target: &ReplicaTarget) -> Result<Box<dyn ReplicaClient>> {
+pub fn open_client(target: &ReplicaTarget) -> Result<Arc<dyn ReplicaClient>> {
     Ok(match target {
-        ReplicaTarget::S3(t) => Box::new(S3Client::new(t, runtime_handle()?)?),
-        ReplicaTarget::File { dir } => Box::new(FileReplicaClient::new(dir)),
+        ReplicaTarget::S3(t) => Arc::new(S3Client::new(t, runtime_handle()?)?),
+        ReplicaTarget::File { dir } => Arc::new(FileReplicaClient::new(dir)),
     })
 }
