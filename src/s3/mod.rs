@@ -11,15 +11,25 @@
 //! - Error texts carry the operation, the key and the S3 error code/message; never credentials.
 //! - For custom endpoints, request checksums are computed only when an operation requires them:
 //!   S3-compatible stores reject the SDK's default aws-chunked trailers (Litestream #889, #918, #947).
+//! - No request can hang forever: connects time out, every attempt has a deadline (uploads: scaled
+//!   to the body size), a body that stops moving trips the SDK's stalled-stream protection, and
+//!   attempts are finite. A failing request is retried a few times within seconds; longer outages
+//!   are the replicator's to ride out (its own backoff), so `litestream_stop()` stays prompt.
+//! - `skip-verify=true` swaps in an HTTPS client that does not verify certificates
+//!   (`insecure_tls`); everything else is the SDK's default client.
 
+mod insecure_tls;
 pub mod upload;
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_s3::config::retry::RetryPartition;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -33,12 +43,30 @@ use crate::error::{Error, Result};
 use crate::ltx;
 use crate::replica_client::{format_timestamp_ms, LtxFileInfo, Progress, ReplicaClient, Spool};
 
-/// Litestream retries each S3 request up to 10 times (`LS:s3/replica_client.go`); so do we.
-const MAX_ATTEMPTS: u32 = 10;
+/// Attempts per request (the SDK's standard retry: 5xx, throttling, timeouts, resets). With the
+/// backoff below a request gives up within about 4 s on average (8 s at most) against a dead
+/// endpoint, so a failed sync shows in status quickly and `litestream_stop()` returns promptly;
+/// multipart parts get further rounds in the uploader, since a lost part costs the whole upload.
+const MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; doubles per attempt (with full jitter) up to `MAX_BACKOFF`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Upper bound for one request attempt: a part of up to 5 GiB at a slow link still fits.
-const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Upper bound for one attempt of a request without a large body (list, get headers, complete).
+/// CompleteMultipartUpload of thousands of parts may take minutes on AWS.
+const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A request body (or a download) that moves no bytes for this long is a stalled connection: the
+/// attempt fails as a timeout and is retried on a fresh connection.
+const STALL_GRACE: Duration = Duration::from_secs(10);
+
+/// The timeouts every request gets; uploads override the attempt timeout (see `upload`).
+pub(crate) fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .build()
+}
 
 /// Run a future on the extension's runtime from a plain thread and wait for its result.
 pub fn run<F>(rt: &Handle, fut: F) -> F::Output
@@ -61,10 +89,16 @@ where
     E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug + 'static,
 {
-    let detail = match e.code() {
+    let mut detail = match e.code() {
         Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
         None => error_chain(&e),
     };
+    if detail.contains("invalid peer certificate") {
+        detail.push_str(
+            " (an endpoint with a self-signed certificate needs skip-verify=true, or its CA in \
+             the system trust store)",
+        );
+    }
     Error::msg(format!("{what} {key}: {detail}"))
 }
 
@@ -89,17 +123,20 @@ pub struct S3Client {
     pub(crate) rt: Handle,
     pub(crate) target: S3Target,
     pub(crate) progress: Arc<Progress>,
+    /// When this client was made: multipart uploads under our prefix initiated before then and
+    /// not ours are leftovers of a process that died mid-upload (see `upload::sweep`).
+    pub(crate) created: SystemTime,
+    /// Whether this client has looked for such leftovers yet (once, before its first upload).
+    pub(crate) swept: AtomicBool,
+    /// Multipart uploads whose abort failed (server unreachable): (key, upload id). Retried before
+    /// every later upload and when the client is dropped.
+    pub(crate) pending_aborts: Mutex<Vec<(String, String)>>,
+    /// Upload ids of our multipart uploads in progress (never swept).
+    pub(crate) active_uploads: Mutex<Vec<String>>,
 }
 
 impl S3Client {
     pub fn new(target: &S3Target, rt: Handle) -> Result<S3Client> {
-        if target.skip_verify {
-            // The SDK's HTTPS client offers no switch to turn certificate checks off; refusing
-            // beats silently verifying anyway.
-            return Err(Error::msg(
-                "skip-verify=true is not supported yet: give the endpoint a certificate the system trusts, or use http:// on a private network",
-            ));
-        }
         let t = target.clone();
         let client = run(&rt, async move {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -116,11 +153,22 @@ impl S3Client {
             let sdk = loader.load().await;
             let mut b = aws_sdk_s3::config::Builder::from(&sdk)
                 .force_path_style(t.force_path_style)
-                .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .operation_attempt_timeout(OPERATION_ATTEMPT_TIMEOUT)
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_max_attempts(MAX_ATTEMPTS)
+                        .with_initial_backoff(INITIAL_BACKOFF)
+                        .with_max_backoff(MAX_BACKOFF),
+                )
+                // Each client has its own retry token bucket: one unreachable replica must not use
+                // up the retries of every other database in the process.
+                .retry_partition(RetryPartition::new(format!(
+                    "litestream-{}",
+                    crate::replica_client::rand_u64()
+                )))
+                .timeout_config(timeouts(OPERATION_ATTEMPT_TIMEOUT))
+                .stalled_stream_protection(
+                    StalledStreamProtectionConfig::enabled()
+                        .grace_period(STALL_GRACE)
                         .build(),
                 );
             if let Some(ep) = &t.endpoint {
@@ -129,6 +177,9 @@ impl S3Client {
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                     .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
             }
+            if t.skip_verify {
+                b = b.http_client(insecure_tls::http_client());
+            }
             Client::from_conf(b.build())
         });
         Ok(S3Client {
@@ -136,6 +187,10 @@ impl S3Client {
             rt,
             target: target.clone(),
             progress: Arc::new(Progress::default()),
+            created: SystemTime::now(),
+            swept: AtomicBool::new(false),
+            pending_aborts: Mutex::new(Vec::new()),
+            active_uploads: Mutex::new(Vec::new()),
         })
     }
 
@@ -150,6 +205,24 @@ impl S3Client {
 
     pub fn bucket(&self) -> &str {
         &self.target.bucket
+    }
+}
+
+impl Drop for S3Client {
+    fn drop(&mut self) {
+        // Uploads whose abort failed: one last try, in the background (the runtime outlives us).
+        let pending = std::mem::take(
+            &mut *self
+                .pending_aborts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (key, id) in pending {
+            let (client, bucket) = (self.client.clone(), self.target.bucket.clone());
+            self.rt.spawn(async move {
+                let _ = upload::abort(&client, &bucket, &key, &id).await;
+            });
+        }
     }
 }
 
