@@ -56,6 +56,14 @@ fn main() {
         std::process::exit(2);
     }
     let (url, key, file) = (&args[0], &args[1], &args[2]);
+    // Without credentials the SDK's default chain would ask the EC2 instance metadata service, a
+    // non-loopback address: refuse, and make sure it is never asked.
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    let has_key = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let configured = args[3..].iter().any(|a| a.starts_with("access-key-id="));
+    if !configured && !(has_key("AWS_ACCESS_KEY_ID") && has_key("AWS_SECRET_ACCESS_KEY")) {
+        fail("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or access-key-id=… secret-access-key=…)");
+    }
     let mut settings = Settings::new();
     if let Err(e) = settings.set("url", Some(url)) {
         fail(e);

@@ -4,9 +4,12 @@
 //! Invariants:
 //! - Memory is bounded by part-size × concurrency plus a small constant, whatever the object size:
 //!   a part is read from the spool only when a slot is free, and its buffer is gone once the part
-//!   is stored. A single PutObject of a spool that spilled to disk streams from the file in small
-//!   chunks (with a Content-MD5 computed beforehand, so the store still checks the bytes) instead of
+//!   is stored. A single PutObject of a spool that spilled to disk streams from the file instead of
 //!   being read into memory: with `part-size: 5GB` that object can be gigabytes.
+//! - Every body carries its Content-MD5 (checked by every S3-compatible store, SeaweedFS included)
+//!   and its SHA-256 signed into the request (checked by AWS), both computed before sending. So
+//!   bodies can stream in small frames: the SDK's stalled-stream protection then sees a body that
+//!   stops moving and fails the attempt within seconds instead of at the attempt deadline.
 //! - An upload never needs more than S3's 10,000 parts: when the size would exceed it, the part
 //!   size is raised just enough (to a whole MiB) and status shows the raised size and the
 //!   configured one.
@@ -33,6 +36,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -40,6 +46,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use super::{run, sdk_error, timeouts, S3Client};
 use crate::error::{Error, Result};
@@ -64,6 +71,9 @@ const PART_ROUND_PAUSE: Duration = Duration::from_secs(2);
 const TRACK_SINGLE_PUT_FROM: u64 = 5 * MIB;
 /// Chunk size when streaming a spool file; one chunk is read ahead while the previous one is sent.
 const FILE_CHUNK: u64 = 256 * 1024;
+/// Frame size of an in-memory body: small enough that the HTTP client pulls frames as the socket
+/// drains (so a stalled connection shows as a body that stops moving), large enough to be cheap.
+const MEMORY_FRAME: usize = 128 * 1024;
 
 /// The part size to use for an object of `size` bytes: the configured one, or the smallest whole
 /// number of MiB that keeps the upload within 10,000 parts.
@@ -298,70 +308,101 @@ fn sweep(c: &S3Client) -> Result<u64> {
     Ok(n)
 }
 
-// ---- single PUT ---------------------------------------------------------------------------------
+// ---- bodies -------------------------------------------------------------------------------------
 
-fn put_single(
-    c: &S3Client,
-    key: &str,
-    metadata: Vec<(String, String)>,
-    body: &mut Spool,
-) -> Result<()> {
-    let len = body.len();
-    let (stream, md5) = match body.file_handle() {
-        // In memory (at most the spool's memory limit): the SDK signs the payload's SHA-256.
-        None => (
-            ByteStream::from(body.as_memory().unwrap_or_default().to_vec()),
-            None,
-        ),
-        // Spilled to disk: stream it. The payload then goes unsigned, so send its MD5 instead.
-        Some(file) => {
-            let file =
-                Arc::new(file.map_err(|e| Error::msg(format!("reading spooled upload: {e}")))?);
-            let md5 = file_md5_base64(&file, len)
-                .map_err(|e| Error::msg(format!("reading spooled upload: {e}")))?;
-            (file_stream(file, len), Some(md5))
-        }
-    };
-    let tracked = (len >= TRACK_SINGLE_PUT_FROM)
-        .then(|| Tracked::start(&c.progress, key, len, len, c.target.part_size));
-    let client = c.client.clone();
-    let bucket = c.target.bucket.clone();
-    let key_owned = key.to_string();
-    run(&c.rt, async move {
-        let mut req = client
-            .put_object()
-            .bucket(&bucket)
-            .key(&key_owned)
-            .content_length(len as i64)
-            .set_content_md5(md5)
-            .body(stream);
-        for (k, v) in metadata {
-            req = req.metadata(k, v);
-        }
-        req.customize()
-            .config_override(upload_config(len))
-            .send()
-            .await
-            .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key_owned}"), e))?;
-        Ok::<(), Error>(())
-    })?;
-    if let Some(t) = &tracked {
-        t.part_done(len);
-    }
-    Ok(())
+/// A body's Content-MD5 (base64) and SHA-256 (lowercase hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Digests {
+    md5: String,
+    sha256: String,
 }
 
-fn file_md5_base64(file: &File, len: u64) -> io::Result<String> {
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(MIB) as usize;
-        file.read_exact_at(&mut buf[..n], off)?;
-        h.update(&buf[..n]);
-        off += n as u64;
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Digests {
+    fn of(data: &[u8]) -> Digests {
+        Digests {
+            md5: aws_smithy_types::base64::encode(Md5::digest(data)),
+            sha256: hex(&Sha256::digest(data)),
+        }
     }
-    Ok(aws_smithy_types::base64::encode(h.finalize()))
+
+    fn of_file(file: &File, len: u64) -> io::Result<Digests> {
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut buf = vec![0u8; MIB as usize];
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(MIB) as usize;
+            file.read_exact_at(&mut buf[..n], off)?;
+            md5.update(&buf[..n]);
+            sha.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(Digests {
+            md5: aws_smithy_types::base64::encode(md5.finalize()),
+            sha256: hex(&sha.finalize()),
+        })
+    }
+}
+
+/// Signs a streaming body with its precomputed SHA-256 instead of UNSIGNED-PAYLOAD. Stored at the
+/// start of the execution, so an SDK step that must sign differently (aws-chunked checksum
+/// trailers, used only without a custom endpoint) still overrides it later.
+#[derive(Debug)]
+struct SignedPayload(String);
+
+impl Intercept for SignedPayload {
+    fn name(&self) -> &'static str {
+        "litestream-precomputed-payload-sha256"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
+/// In-memory bytes sent in `MEMORY_FRAME` slices (no copies). Retryable.
+fn memory_stream(data: Bytes) -> ByteStream {
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(MemoryBody { data: data.clone() })
+    }))
+}
+
+struct MemoryBody {
+    data: Bytes,
+}
+
+impl http_body::Body for MemoryBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.data.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = this.data.len().min(MEMORY_FRAME);
+        Poll::Ready(Some(Ok(http_body::Frame::data(this.data.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.len() as u64)
+    }
 }
 
 /// A request body that reads `len` bytes of `file` from offset 0 in `FILE_CHUNK` pieces. Retryable:
@@ -447,6 +488,60 @@ impl http_body::Body for FileBody {
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.len - self.delivered)
     }
+}
+
+// ---- single PUT ---------------------------------------------------------------------------------
+
+fn put_single(
+    c: &S3Client,
+    key: &str,
+    metadata: Vec<(String, String)>,
+    body: &mut Spool,
+) -> Result<()> {
+    let len = body.len();
+    let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
+    let (stream, digests) = match body.file_handle() {
+        // In memory: at most the spool's memory limit.
+        None => {
+            let data = Bytes::from(body.as_memory().unwrap_or_default().to_vec());
+            let digests = Digests::of(&data);
+            (memory_stream(data), digests)
+        }
+        // Spilled to disk: stream it from the file.
+        Some(file) => {
+            let file = Arc::new(file.map_err(read_err)?);
+            let digests = Digests::of_file(&file, len).map_err(read_err)?;
+            (file_stream(file, len), digests)
+        }
+    };
+    let tracked = (len >= TRACK_SINGLE_PUT_FROM)
+        .then(|| Tracked::start(&c.progress, key, len, len, c.target.part_size));
+    let client = c.client.clone();
+    let bucket = c.target.bucket.clone();
+    let key_owned = key.to_string();
+    run(&c.rt, async move {
+        let mut req = client
+            .put_object()
+            .bucket(&bucket)
+            .key(&key_owned)
+            .content_length(len as i64)
+            .content_md5(digests.md5)
+            .body(stream);
+        for (k, v) in metadata {
+            req = req.metadata(k, v);
+        }
+        req.customize()
+            .interceptor(SignedPayload(digests.sha256))
+            .config_override(upload_config(len))
+            .send()
+            .await
+            .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key_owned}"), e))?;
+        Ok::<(), Error>(())
+    })?;
+    if let Some(t) = &tracked {
+        t.part_done(len);
+    }
+    Ok(())
 }
 
 // ---- multipart ----------------------------------------------------------------------------------
@@ -599,6 +694,8 @@ fn upload_parts(
                 break;
             }
             let part = (next + 1) as i32;
+            let data = Bytes::from(data);
+            let digests = Digests::of(&data);
             let report = Report {
                 tx: tx.clone(),
                 part,
@@ -615,7 +712,7 @@ fn upload_parts(
                 // Move the whole guard in (a closure would capture only the field it assigns).
                 let mut report = report;
                 let outcome =
-                    send_part(&client, &bucket, &key, &upload_id, part, Bytes::from(data)).await;
+                    send_part(&client, &bucket, &key, &upload_id, part, data, digests).await;
                 report.outcome = Some(outcome);
             });
             running.insert(part, handle);
@@ -688,6 +785,7 @@ async fn send_part(
     upload_id: &str,
     part: i32,
     data: Bytes,
+    digests: Digests,
 ) -> Result<String> {
     let len = data.len() as u64;
     let mut pause = PART_ROUND_PAUSE;
@@ -700,8 +798,10 @@ async fn send_part(
             .upload_id(upload_id)
             .part_number(part)
             .content_length(len as i64)
-            .body(ByteStream::from(data.clone()))
+            .content_md5(digests.md5.clone())
+            .body(memory_stream(data.clone()))
             .customize()
+            .interceptor(SignedPayload(digests.sha256.clone()))
             .config_override(upload_config(len))
             .send()
             .await;
@@ -795,6 +895,56 @@ mod tests {
     }
 
     #[test]
+    fn digests_are_content_md5_and_hex_sha256() {
+        let d = Digests::of(b"");
+        assert_eq!(d.md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(
+            d.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let d = Digests::of(b"abc");
+        assert_eq!(d.md5, "kAFQmDzST7DWlj99KOF/cg==");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn memory_body_frames_the_bytes_without_loss() {
+        use http_body::Body;
+        let data: Vec<u8> = (0..(MEMORY_FRAME * 2 + 5))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut body = MemoryBody {
+            data: Bytes::from(data.clone()),
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        let mut frames = 0;
+        loop {
+            assert_eq!(
+                body.size_hint().exact(),
+                Some((data.len() - out.len()) as u64)
+            );
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    let chunk = f.into_data().unwrap();
+                    assert!(chunk.len() <= MEMORY_FRAME);
+                    out.extend_from_slice(&chunk);
+                    frames += 1;
+                }
+                Poll::Ready(None) => break,
+                other => panic!("unexpected {:?}", other.is_pending()),
+            }
+        }
+        assert_eq!(out, data);
+        assert_eq!(frames, 3);
+        assert!(body.is_end_stream());
+    }
+
+    #[test]
     fn file_body_streams_exactly_the_file() {
         use http_body::Body;
         let dir = std::env::temp_dir().join(format!("ls-filebody-{}", std::process::id()));
@@ -828,10 +978,9 @@ mod tests {
             out
         });
         assert_eq!(got, data);
-        assert_eq!(
-            file_md5_base64(&file, data.len() as u64).unwrap(),
-            aws_smithy_types::base64::encode(Md5::digest(&data))
-        );
+        let d = Digests::of_file(&file, data.len() as u64).unwrap();
+        assert_eq!(d, Digests::of(&data));
+        assert_eq!(d.md5, aws_smithy_types::base64::encode(Md5::digest(&data)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
     proxy = S3Proxy(upstream_port, delay_ms=10, rule=fn, tls=(certfile, keyfile)).start()
     ... talk to http(s)://127.0.0.1:<proxy.port> ...
     proxy.requests   # [Request]: method, path, query, headers (lower-case), body_len, action
+                     # (and the body's sha256 / md5 with hash_bodies=True)
     proxy.stop()
 
 It understands just enough HTTP/1.1 on the client→server side (request line, headers,
@@ -24,6 +25,8 @@ talks plain HTTP upstream.
 Only 127.0.0.1 is ever bound or contacted. Runs on its own event-loop thread.
 """
 import asyncio
+import base64
+import hashlib
 import socket
 import ssl
 import struct
@@ -48,6 +51,9 @@ class Request:
     body_len: int = 0
     action: object = None
     started: float = field(default_factory=time.time)
+    # with hash_bodies=True: sha256 (hex) and md5 (base64) of the body bytes forwarded
+    sha256: str = None
+    md5: str = None
 
     def op(self):
         """S3 operation name, from method and query (enough for the uploader's requests)."""
@@ -75,8 +81,9 @@ class _Reset(Exception):
 
 class S3Proxy:
     def __init__(self, upstream_port, delay_ms=0, rule=None, tls=None, rate=None,
-                 upstream_host="127.0.0.1"):
+                 hash_bodies=False, upstream_host="127.0.0.1"):
         assert upstream_host == "127.0.0.1"
+        self.hash_bodies = hash_bodies
         self.upstream = (upstream_host, upstream_port)
         self.delay = delay_ms / 1000.0
         self.rate = rate
@@ -152,6 +159,12 @@ class S3Proxy:
 
     # ------------------------------------------------------------------ plumbing
     async def _handle(self, creader, cwriter):
+        try:
+            await self._handle_inner(creader, cwriter)
+        except asyncio.CancelledError:  # stop() cancels every connection
+            _hard_close(cwriter)
+
+    async def _handle_inner(self, creader, cwriter):
         self._conns += 1
         conn_id = self._conns
         try:
@@ -257,6 +270,7 @@ class S3Proxy:
                     self.active_bodies -= 1
 
     async def _forward_body(self, creader, up, req, length, action):
+        hashes = (hashlib.sha256(), hashlib.md5()) if self.hash_bodies else ()
         left = length
         reset_at = action[1] if action and action[0] == "reset" else None
         while left > 0:
@@ -272,7 +286,12 @@ class S3Proxy:
                 raise _Reset()
             left -= len(data)
             req.body_len += len(data)
+            for h in hashes:
+                h.update(data)
             await up.send(data)
+        if hashes:
+            req.sha256 = hashes[0].hexdigest()
+            req.md5 = base64.b64encode(hashes[1].digest()).decode()
 
 
 class DelayLine:

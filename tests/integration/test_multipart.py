@@ -78,11 +78,17 @@ def uploads_left(client, bucket):
 
 def assert_no_sdk_checksums(requests):
     """Custom endpoints: checksums only when required, so PutObject / UploadPart carry a plain
-    Content-Length body: no aws-chunked encoding, no trailer, no x-amz-checksum-* header."""
+    Content-Length body: no aws-chunked encoding, no trailer, no x-amz-checksum-* header. Every
+    complete body carries its own Content-MD5 and its SHA-256 as the signed payload hash (checked
+    against the bytes the proxy saw, when it hashed them)."""
     bodies = [r for r in requests if r.op() in ("PutObject", "UploadPart")]
     assert bodies, "no PutObject or UploadPart request seen"
     for r in bodies:
         h = r.headers
+        assert h.get("content-md5"), (r.op(), h)
+        if r.sha256 is not None and r.action is None:
+            assert h.get("x-amz-content-sha256") == r.sha256, (r.op(), h, r.sha256)
+            assert h["content-md5"] == r.md5, (r.op(), h, r.md5)
         assert "content-length" in h, (r.op(), h)
         assert "transfer-encoding" not in h, (r.op(), h)
         assert "aws-chunked" not in h.get("content-encoding", ""), (r.op(), h)
@@ -213,7 +219,7 @@ def test_guide_provider_examples_configure(pyhost, tmp_path):
 
 @pytest.mark.parametrize("concurrency", [1, 3, 10])
 def test_64mib_object_is_a_13_part_multipart_upload(uploader, blob64, s3, bucket, concurrency):
-    proxy = S3Proxy(s3.port).start()
+    proxy = S3Proxy(s3.port, hash_bodies=True).start()
     try:
         r = upload(uploader, proxy.url, bucket, "big/obj", blob64, "part-size=5MB",
                    "concurrency=%d" % concurrency)
@@ -259,7 +265,7 @@ def test_object_below_part_size_is_one_streamed_put(uploader, blob64, s3, bucket
                 return ("reset", 3 * MIB)
         return None
 
-    proxy = S3Proxy(s3.port, rule=rule).start()
+    proxy = S3Proxy(s3.port, rule=rule, hash_bodies=True).start()
     try:
         r = upload(uploader, proxy.url, bucket, "one/obj", blob64, "part-size=100MB")
     finally:
@@ -300,6 +306,35 @@ def test_part_faults_are_retried(uploader, blob64, s3, bucket):
     assert r["ok"], r
     assert len([q for q in proxy.requests if q.op() == "UploadPart"]) == 13 + len(faults)
     assert sha256(s3.client.get_object(Bucket=bucket, Key="faulty/obj")["Body"].read()) == \
+        sha256(blob64.read_bytes())
+    assert uploads_left(s3.client, bucket) == []
+
+
+def test_stalled_body_is_retried_within_seconds(uploader, blob64, s3, bucket):
+    """A 20 MiB part whose connection stops moving (the server stops reading mid-body): the SDK's
+    stalled-stream protection sees the body stop and retries long before the attempt deadline
+    (30 s + 80 s for 20 MiB); the upload completes."""
+    state = {"n": 0}
+
+    def rule(req):
+        if req.op() == "UploadPart":
+            state["n"] += 1
+            if state["n"] == 1:
+                return ("stall",)
+        return None
+
+    proxy = S3Proxy(s3.port, rule=rule).start()
+    try:
+        r = upload(uploader, proxy.url, bucket, "stall20/obj", blob64, "part-size=20MB",
+                   "concurrency=1", timeout=200)
+    finally:
+        proxy.stop()
+    assert r["ok"], r
+    parts = [q for q in proxy.requests if q.op() == "UploadPart"]
+    assert parts[0].action == ("stall",) and len(parts) == 5, [(q.query, q.action) for q in parts]
+    retry_after = parts[1].started - parts[0].started
+    assert retry_after < 60, "stalled part retried after %.0f s: the attempt deadline, not the stall" % retry_after
+    assert sha256(s3.client.get_object(Bucket=bucket, Key="stall20/obj")["Body"].read()) == \
         sha256(blob64.read_bytes())
     assert uploads_left(s3.client, bucket) == []
 
@@ -363,7 +398,8 @@ def test_failed_upload_is_aborted(uploader, blob64, s3, bucket):
 def test_snapshot_larger_than_part_size_goes_multipart(pyhost, s3, bucket, tmp_path):
     """A full replication run: the first snapshot (~24 MB) is a multipart upload at part-size 5MB,
     litestream_status() shows it in flight, and the replica restores intact."""
-    proxy = S3Proxy(s3.port, rate=8 * MIB).start()  # ~8 MiB/s per connection: status can see it
+    # ~8 MiB/s per connection, so status can see the upload in flight
+    proxy = S3Proxy(s3.port, rate=8 * MIB, hash_bodies=True).start()
     db = tmp_path / "big.db"
     try:
         r = pyhost.run("""
