@@ -61,7 +61,8 @@ fn main() {
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let has_key = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     let configured = args[3..].iter().any(|a| a.starts_with("access-key-id="));
-    if !configured && !(has_key("AWS_ACCESS_KEY_ID") && has_key("AWS_SECRET_ACCESS_KEY")) {
+    let from_env = has_key("AWS_ACCESS_KEY_ID") && has_key("AWS_SECRET_ACCESS_KEY");
+    if !(configured || from_env) {
         fail("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or access-key-id=… secret-access-key=…)");
     }
     let mut settings = Settings::new();
