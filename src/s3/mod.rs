@@ -131,8 +131,6 @@ pub struct S3Client {
     /// Multipart uploads whose abort failed (server unreachable): (key, upload id). Retried before
     /// every later upload and when the client is dropped.
     pub(crate) pending_aborts: Mutex<Vec<(String, String)>>,
-    /// Upload ids of our multipart uploads in progress (never swept).
-    pub(crate) active_uploads: Mutex<Vec<String>>,
 }
 
 impl S3Client {
@@ -190,7 +188,6 @@ impl S3Client {
             created: SystemTime::now(),
             swept: AtomicBool::new(false),
             pending_aborts: Mutex::new(Vec::new()),
-            active_uploads: Mutex::new(Vec::new()),
         })
     }
 

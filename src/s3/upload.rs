@@ -24,7 +24,7 @@
 //!   parts done / total, bytes per second and the part size in effect; the entry is removed however
 //!   the upload ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::fs::File;
 use std::future::Future;
@@ -32,7 +32,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,6 +46,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+use once_cell::sync::Lazy;
 use sha2::Sha256;
 
 use super::{run, sdk_error, timeouts, S3Client};
@@ -177,6 +178,21 @@ impl Drop for Tracked<'_> {
 
 // ---- leftovers ----------------------------------------------------------------------------------
 
+/// Multipart uploads in progress in this process, whatever client runs them: the sweep never
+/// aborts one of these (another client of this process may replicate to the same prefix).
+static ACTIVE_UPLOADS: Lazy<Mutex<HashSet<String>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+
+fn active_uploads() -> std::sync::MutexGuard<'static, HashSet<String>> {
+    ACTIVE_UPLOADS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why an abort (or a listing) failed: `retry` when it may work later (network, 5xx), not when
+/// the store refused (say, no permission for AbortMultipartUpload).
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
 /// Abort one multipart upload. An upload that no longer exists (completed, or aborted by someone
 /// else) counts as aborted.
 pub(crate) async fn abort(
@@ -185,6 +201,17 @@ pub(crate) async fn abort(
     key: &str,
     upload_id: &str,
 ) -> std::result::Result<(), String> {
+    try_abort(client, bucket, key, upload_id)
+        .await
+        .map_err(|f| f.message)
+}
+
+async fn try_abort(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> std::result::Result<(), Failure> {
     match client
         .abort_multipart_upload()
         .bucket(bucket)
@@ -195,37 +222,45 @@ pub(crate) async fn abort(
     {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
-        Err(e) => Err(sdk_error("aborting multipart upload of", key, e).to_string()),
+        Err(e) => Err(Failure {
+            retry: worth_another_round(&e),
+            message: sdk_error("aborting multipart upload of", key, e).to_string(),
+        }),
     }
 }
 
 /// Before an upload: retry aborts that failed earlier, and (once per client) abort multipart
-/// uploads a dead process left under our prefix. Best effort: failures are retried next time.
+/// uploads a dead process left under our prefix. Best effort: what failed for a reason that may
+/// pass (server unreachable) is tried again before the next upload; refusals are not.
 fn housekeeping(c: &S3Client) {
     let pending = std::mem::take(&mut *c.pending_aborts.lock().unwrap_or_else(|p| p.into_inner()));
     if !pending.is_empty() {
         let tried = pending.len();
         let (client, bucket) = (c.client.clone(), c.target.bucket.clone());
-        let failed = run(&c.rt, async move {
-            let mut failed = Vec::new();
+        let again = run(&c.rt, async move {
+            let mut again = Vec::new();
             for (key, id) in pending {
-                if abort(&client, &bucket, &key, &id).await.is_err() {
-                    failed.push((key, id));
+                if let Err(f) = try_abort(&client, &bucket, &key, &id).await {
+                    if f.retry {
+                        again.push((key, id));
+                    }
                 }
             }
-            failed
+            again
         });
         c.progress
             .uploads_aborted
-            .fetch_add((tried - failed.len()) as u64, Ordering::Relaxed);
+            .fetch_add((tried - again.len()) as u64, Ordering::Relaxed);
         c.pending_aborts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(failed);
+            .extend(again);
     }
-    if !c.swept.swap(true, Ordering::SeqCst) && sweep(c).is_err() {
-        // Listing failed (server unreachable?): look again before the next upload.
-        c.swept.store(false, Ordering::SeqCst);
+    if !c.swept.swap(true, Ordering::SeqCst) {
+        if let Err(f) = sweep(c) {
+            // Listing failed for a reason that may pass: look again before the next upload.
+            c.swept.store(!f.retry, Ordering::SeqCst);
+        }
     }
 }
 
@@ -245,13 +280,8 @@ fn is_replica_key(prefix: &str, key: &str) -> bool {
 /// Abort multipart uploads of replica files under our prefix that were started before this
 /// client existed and are not ours: a process replicating here died mid-upload. (Only one writer
 /// may replicate to a prefix at a time; Litestream's lease enforces that.) Returns how many.
-fn sweep(c: &S3Client) -> Result<u64> {
+fn sweep(c: &S3Client) -> std::result::Result<u64, Failure> {
     let prefix = format!("{}/", c.target.path);
-    let ours = c
-        .active_uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     let (client, bucket, created) = (c.client.clone(), c.target.bucket.clone(), c.created);
     let n = run(&c.rt, async move {
         let mut stale = Vec::new();
@@ -265,12 +295,14 @@ fn sweep(c: &S3Client) -> Result<u64> {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| {
-                    sdk_error(
+                .map_err(|e| Failure {
+                    retry: worth_another_round(&e),
+                    message: sdk_error(
                         "listing multipart uploads in",
                         &format!("s3://{bucket}/{prefix}"),
                         e,
                     )
+                    .to_string(),
                 })?;
             for u in resp.uploads() {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
@@ -280,10 +312,7 @@ fn sweep(c: &S3Client) -> Result<u64> {
                     .initiated()
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .unwrap_or(SystemTime::UNIX_EPOCH);
-                if is_replica_key(&prefix, key)
-                    && initiated < created
-                    && !ours.iter().any(|o| o == id)
-                {
+                if is_replica_key(&prefix, key) && initiated < created {
                     stale.push((key.to_string(), id.to_string()));
                 }
             }
@@ -298,11 +327,15 @@ fn sweep(c: &S3Client) -> Result<u64> {
         }
         let mut aborted = 0u64;
         for (key, id) in stale {
-            if abort(&client, &bucket, &key, &id).await.is_ok() {
+            // Checked at the last moment: an upload of this process is never swept.
+            if active_uploads().contains(&id) {
+                continue;
+            }
+            if try_abort(&client, &bucket, &key, &id).await.is_ok() {
                 aborted += 1;
             }
         }
-        Ok::<_, Error>(aborted)
+        Ok::<_, Failure>(aborted)
     })?;
     c.progress.uploads_aborted.fetch_add(n, Ordering::Relaxed);
     Ok(n)
@@ -576,10 +609,7 @@ fn put_multipart(
             })
         })?
     };
-    c.active_uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(upload_id.clone());
+    active_uploads().insert(upload_id.clone());
 
     let tracked = Tracked::start(&c.progress, key, size, part_size, configured);
     let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked).and_then(
@@ -637,10 +667,7 @@ fn put_multipart(
             })
         }
     };
-    c.active_uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|id| id != &upload_id);
+    active_uploads().remove(&upload_id);
     outcome
 }
 
