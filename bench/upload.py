@@ -98,9 +98,10 @@ def run_boto(endpoint, key, path, part_mib, conc):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def throughput(endpoint, blob, size, concs, parts, repeat, label):
+def throughput(endpoint, blob, size, concs, parts, repeat, label, reset):
     rows = []
     for conc in concs:
+        reset()  # a fresh server per row: SeaweedFS keeps overwritten data until a vacuum
         for part in parts:
             ours, boto = [], []
             for i in range(repeat):
@@ -156,11 +157,12 @@ def make_db(path, mib):
                    capture_output=True, timeout=3600)
 
 
-def rss(endpoint, workdir, db_mib, combos):
+def rss(endpoint, workdir, db_mib, combos, reset):
     db = workdir / "rss.db"
     make_db(db, db_mib)
     rows = []
     for i, (part, conc) in enumerate(combos):
+        reset()
         shutil.rmtree(workdir / ".rss.db-litestream", ignore_errors=True)
         cfg = [("url", "s3://%s/rss-%d-%d?endpoint=%s" % (BUCKET, i, int(time.time()), endpoint)),
                ("part-size", "%dMB" % part), ("concurrency", str(conc))]
@@ -214,6 +216,13 @@ def start_server(state):
     return port, e
 
 
+def restart_server(server_env):
+    """Same port, wiped data (start-s3.sh's S3_FRESH=1), bucket created again."""
+    script = str(SHARED / "scripts" / "start-s3.sh")
+    subprocess.run(["bash", script, "stop"], env=server_env, check=True, capture_output=True, timeout=120)
+    subprocess.run(["bash", script, "start"], env=server_env, check=True, capture_output=True, timeout=600)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=256, help="object size for throughput (256)")
@@ -260,21 +269,34 @@ def main():
                 f.write(os.urandom(MIB))
         size = a.size_mib * MIB
         print("machine: %s" % json.dumps(result["machine"]))
+
+        warm = work / "warm.bin"
+        warm.write_bytes(os.urandom(16 * MIB))
+
+        def reset():
+            if server_env:  # only a server of our own
+                restart_server(server_env)
+            # A fresh SeaweedFS grows its volumes on the first writes (seconds): do that untimed,
+            # with both clients, so neither pays it in a measured run.
+            run_ours(endpoint, "warm/ours", warm, 5, 2)
+            run_boto(endpoint, "warm/boto3", warm, 5, 2)
+
         if "throughput" not in skip:
             print("\nthroughput, loopback, %d MiB object (median of %d):" % (a.size_mib, a.repeat))
-            result["throughput"] = throughput(endpoint, blob, size, concs, parts, a.repeat, "0 ms")
+            result["throughput"] = throughput(endpoint, blob, size, concs, parts, a.repeat, "0 ms",
+                                              reset)
         if "latency" not in skip and a.rtt_ms > 0:
             proxy = S3Proxy(port, delay_ms=a.rtt_ms / 2).start()
             print("\nthroughput through a %d ms round-trip delay proxy (median of %d):" % (a.rtt_ms, a.repeat))
             result["latency"] = throughput(proxy.url, blob, size, concs, parts, a.repeat,
-                                           "%d ms" % a.rtt_ms)
+                                           "%d ms" % a.rtt_ms, reset)
             proxy.stop()
             proxy = None
         blob.unlink()
         if "rss" not in skip:
             combos = [(5, 1), (5, 5), (5, 10), (10, 5), (50, 2), (50, 5), (100, 5)]
             print("\npeak RSS of a /usr/bin/python3 host snapshotting a %d MiB database:" % a.rss_db_mib)
-            result["rss"] = rss(endpoint, work, a.rss_db_mib, combos)
+            result["rss"] = rss(endpoint, work, a.rss_db_mib, combos, reset)
     finally:
         if proxy:
             proxy.stop()
