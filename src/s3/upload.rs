@@ -2,10 +2,12 @@
 //! rest, with at most `concurrency` parts in flight.
 //!
 //! Invariants:
-//! - Memory is bounded by part-size × concurrency plus a small constant, whatever the object size:
-//!   a part is read from the spool only when a slot is free, and its buffer is gone once the part
-//!   is stored. A single PutObject of a spool that spilled to disk streams from the file instead of
-//!   being read into memory: with `part-size: 5GB` that object can be gigabytes.
+//! - Memory stays within part-size × concurrency plus a small constant, whatever the object size,
+//!   and in practice far below it: a spool that spilled to disk (every object over 8 MiB) is
+//!   streamed from its file, each part in flight holding only a couple of 256 KiB chunks plus the
+//!   HTTP client's write buffer, whatever the part size; an in-memory spool (at most 8 MiB) is sent
+//!   from copies of its slices. Parts start only when a slot is free. The same goes for a single
+//!   PutObject: with `part-size: 5GB` that object can be gigabytes, and is never read into memory.
 //! - Every body carries its Content-MD5 (checked by every S3-compatible store, SeaweedFS included)
 //!   and its SHA-256 signed into the request (checked by AWS), both computed before sending. So
 //!   bodies can stream in small frames: the SDK's stalled-stream protection then sees a body that
@@ -362,13 +364,14 @@ impl Digests {
         }
     }
 
-    fn of_file(file: &File, len: u64) -> io::Result<Digests> {
+    /// Of `len` bytes of `file` from `offset`, read in 1 MiB pieces.
+    fn of_file(file: &File, offset: u64, len: u64) -> io::Result<Digests> {
         let (mut md5, mut sha) = (Md5::new(), Sha256::new());
-        let mut buf = vec![0u8; MIB as usize];
+        let mut buf = vec![0u8; MIB.min(len) as usize];
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(MIB) as usize;
-            file.read_exact_at(&mut buf[..n], off)?;
+            file.read_exact_at(&mut buf[..n], offset + off)?;
             md5.update(&buf[..n]);
             sha.update(&buf[..n]);
             off += n as u64;
@@ -438,17 +441,11 @@ impl http_body::Body for MemoryBody {
     }
 }
 
-/// A request body that reads `len` bytes of `file` from offset 0 in `FILE_CHUNK` pieces. Retryable:
-/// every attempt gets a fresh reader over the same file.
-fn file_stream(file: Arc<File>, len: u64) -> ByteStream {
+/// A request body that reads `len` bytes of `file` from `offset` in `FILE_CHUNK` pieces.
+/// Retryable: every attempt gets a fresh reader over the same file.
+fn file_stream(file: Arc<File>, offset: u64, len: u64) -> ByteStream {
     ByteStream::new(SdkBody::retryable(move || {
-        SdkBody::from_body_1_x(FileBody {
-            file: file.clone(),
-            next: 0,
-            len,
-            delivered: 0,
-            reading: None,
-        })
+        SdkBody::from_body_1_x(FileBody::new(file.clone(), offset, len))
     }))
 }
 
@@ -456,7 +453,9 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 
 struct FileBody {
     file: Arc<File>,
-    /// Offset of the next read to start.
+    /// File offset of the body's first byte.
+    start: u64,
+    /// Body offset of the next read to start.
     next: u64,
     len: u64,
     /// Bytes handed to the HTTP client so far.
@@ -466,9 +465,20 @@ struct FileBody {
 }
 
 impl FileBody {
+    fn new(file: Arc<File>, start: u64, len: u64) -> FileBody {
+        FileBody {
+            file,
+            start,
+            next: 0,
+            len,
+            delivered: 0,
+            reading: None,
+        }
+    }
+
     fn start_read(&mut self) {
         let n = (self.len - self.next).min(FILE_CHUNK) as usize;
-        let (file, off) = (self.file.clone(), self.next);
+        let (file, off) = (self.file.clone(), self.start + self.next);
         self.next += n as u64;
         self.reading = Some(tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; n];
@@ -543,8 +553,8 @@ fn put_single(
         // Spilled to disk: stream it from the file.
         Some(file) => {
             let file = Arc::new(file.map_err(read_err)?);
-            let digests = Digests::of_file(&file, len).map_err(read_err)?;
-            (file_stream(file, len), digests)
+            let digests = Digests::of_file(&file, 0, len).map_err(read_err)?;
+            (file_stream(file, 0, len), digests)
         }
     };
     let tracked = (len >= TRACK_SINGLE_PUT_FROM)
@@ -671,6 +681,41 @@ fn put_multipart(
     outcome
 }
 
+/// Where a part's bytes come from: a copy of a slice of an in-memory spool (at most the spool's
+/// memory limit in all), or a region of the spool's file, streamed (then a part in flight costs
+/// a few chunks of memory, not part-size).
+enum PartBody {
+    Memory(Bytes),
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl PartBody {
+    fn len(&self) -> u64 {
+        match self {
+            PartBody::Memory(b) => b.len() as u64,
+            PartBody::File { len, .. } => *len,
+        }
+    }
+
+    fn stream(&self) -> ByteStream {
+        match self {
+            PartBody::Memory(b) => memory_stream(b.clone()),
+            PartBody::File { file, offset, len } => file_stream(file.clone(), *offset, *len),
+        }
+    }
+
+    fn digests(&self) -> io::Result<Digests> {
+        match self {
+            PartBody::Memory(b) => Ok(Digests::of(b)),
+            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len),
+        }
+    }
+}
+
 /// Sends its part's outcome when dropped: also when the task panics or is cancelled, so the
 /// uploader never waits for a message that cannot come.
 struct Report {
@@ -705,6 +750,11 @@ fn upload_parts(
 ) -> Result<Vec<CompletedPart>> {
     let size = body.len();
     let concurrency = c.target.concurrency.max(1);
+    let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
+    let file = match body.file_handle() {
+        Some(f) => Some(Arc::new(f.map_err(read_err)?)),
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel::<(i32, u64, Result<String>)>();
     let mut running: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
@@ -715,14 +765,30 @@ fn upload_parts(
         if next < parts_total && running.len() < concurrency {
             let offset = next * part_size;
             let len = part_size.min(size - offset);
-            let mut data = vec![0u8; len as usize];
-            if let Err(e) = body.read_at(&mut data, offset) {
-                failure = Some(Error::msg(format!("reading spooled upload: {e}")));
-                break;
-            }
+            let data = match &file {
+                Some(file) => PartBody::File {
+                    file: file.clone(),
+                    offset,
+                    len,
+                },
+                None => {
+                    let mut buf = vec![0u8; len as usize];
+                    if let Err(e) = body.read_at(&mut buf, offset) {
+                        failure = Some(read_err(e));
+                        break;
+                    }
+                    PartBody::Memory(Bytes::from(buf))
+                }
+            };
+            // Hashed here, on the uploader's own thread, not on the runtime's I/O workers.
+            let digests = match data.digests() {
+                Ok(d) => d,
+                Err(e) => {
+                    failure = Some(read_err(e));
+                    break;
+                }
+            };
             let part = (next + 1) as i32;
-            let data = Bytes::from(data);
-            let digests = Digests::of(&data);
             let report = Report {
                 tx: tx.clone(),
                 part,
@@ -811,10 +877,10 @@ async fn send_part(
     key: &str,
     upload_id: &str,
     part: i32,
-    data: Bytes,
+    data: PartBody,
     digests: Digests,
 ) -> Result<String> {
-    let len = data.len() as u64;
+    let len = data.len();
     let mut pause = PART_ROUND_PAUSE;
     let mut round = 1;
     loop {
@@ -826,7 +892,7 @@ async fn send_part(
             .part_number(part)
             .content_length(len as i64)
             .content_md5(digests.md5.clone())
-            .body(memory_stream(data.clone()))
+            .body(data.stream())
             .customize()
             .interceptor(SignedPayload(digests.sha256.clone()))
             .config_override(upload_config(len))
@@ -987,13 +1053,7 @@ mod tests {
             .build()
             .unwrap();
         let got = rt.block_on(async {
-            let mut body = FileBody {
-                file: file.clone(),
-                next: 0,
-                len: data.len() as u64,
-                delivered: 0,
-                reading: None,
-            };
+            let mut body = FileBody::new(file.clone(), 0, data.len() as u64);
             assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
             let mut out = Vec::new();
             while let Some(frame) =
@@ -1005,8 +1065,25 @@ mod tests {
             out
         });
         assert_eq!(got, data);
-        let d = Digests::of_file(&file, data.len() as u64).unwrap();
+        let d = Digests::of_file(&file, 0, data.len() as u64).unwrap();
         assert_eq!(d, Digests::of(&data));
+        // A region in the middle, as a multipart part streams it.
+        let (off, len) = (FILE_CHUNK + 3, FILE_CHUNK + 100);
+        let region = rt.block_on(async {
+            let mut body = FileBody::new(file.clone(), off, len);
+            let mut out = Vec::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                out.extend_from_slice(frame.unwrap().data_ref().unwrap());
+            }
+            out
+        });
+        assert_eq!(region, &data[off as usize..(off + len) as usize]);
+        assert_eq!(
+            Digests::of_file(&file, off, len).unwrap(),
+            Digests::of(&region)
+        );
         assert_eq!(d.md5, aws_smithy_types::base64::encode(Md5::digest(&data)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
