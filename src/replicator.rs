@@ -350,6 +350,9 @@ impl Worker {
         };
         let mut next_poll = Instant::now();
         let mut backoff: Option<(Duration, Instant)> = None;
+        // Sync requests up to this number have had a cycle started for them. A request bypasses
+        // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
+        let mut attempted = 0u64;
         loop {
             // Wait for a reason to run a cycle.
             let (stopping, ticket) = {
@@ -360,7 +363,7 @@ impl Worker {
                         break;
                     }
                     let retry_at = backoff.map(|(_, at)| at);
-                    let sync_wanted = g.sync_requested > g.synced_gen;
+                    let sync_wanted = g.sync_requested > attempted.max(g.synced_gen);
                     let commit_due = g.dirty_since.map(|t| t + interval);
                     let mut due = next_poll;
                     if let Some(c) = commit_due {
@@ -382,6 +385,7 @@ impl Worker {
                 }
                 (g.stop_requested, g.sync_requested)
             };
+            attempted = ticket;
             next_poll = Instant::now() + poll;
             let started = Instant::now();
             let result = self.cycle(ticket);
