@@ -25,7 +25,8 @@ def test_function_list_python_host(pyhost, tmp_path):
 
 
 def test_version(ext, tmp_path):
-    out = run_sqlite_shell(tmp_path / "v.db", load_sql(ext, marker=False) + "SELECT litestream_version();\n").strip()
+    sql = load_sql(ext, marker=False) + "SELECT litestream_version();\n"
+    out = run_sqlite_shell(tmp_path / "v.db", sql).strip()
     assert re.search(r"\d+\.\d+\.\d+", out), out
 
 
