@@ -46,6 +46,14 @@ const MIN_POLL: Duration = Duration::from_millis(100);
 /// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Backpressure: a hooked connection whose commit leaves the WAL larger than this waits (in the
+/// WAL hook, after its commit, holding no lock) until the replicator has caught up and attempted a
+/// checkpoint. Without it a writer faster than the upload grows the WAL without bound: the WAL can
+/// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
+/// grow its WAL to 558 MB, test-infrastructure.md).
+const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
+/// A writer never waits longer than this per commit, whatever the replica does.
+const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -80,6 +88,10 @@ struct Inner {
     last_error: Option<String>,
     snapshots: u64,
     checkpoints: u64,
+    /// Checkpoint attempts, successful or not (backpressure waiters watch this).
+    checkpoint_attempts: u64,
+    /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
+    pressure: bool,
     wal_size: u64,
 }
 
@@ -88,6 +100,7 @@ pub struct Shared {
     replica: String,
     cfg: ResolvedConfig,
     progress: Arc<Progress>,
+    frame_size: u64,
     inner: Mutex<Inner>,
     cond: Condvar,
 }
@@ -149,6 +162,7 @@ impl Replicator {
             replica,
             cfg,
             progress,
+            frame_size: wal::frame_size(page_size),
             inner: Mutex::new(Inner {
                 state: RunState::Running,
                 stop_requested: false,
@@ -160,6 +174,8 @@ impl Replicator {
                 last_error: None,
                 snapshots: 0,
                 checkpoints: 0,
+                checkpoint_attempts: 0,
+                pressure: false,
                 wal_size: 0,
             }),
             cond: Condvar::new(),
@@ -195,11 +211,34 @@ impl Replicator {
         self.shared.lock().state == RunState::Stopped
     }
 
-    /// Called from the WAL hook of a connection that started replication: a commit happened.
-    pub fn notify_commit(&self) {
+    /// Called from the WAL hook of a connection that started replication: a commit happened and
+    /// the WAL now holds `wal_frames` frames. Past the backpressure size, the committing thread
+    /// waits until the replicator has caught up and tried to checkpoint.
+    pub fn notify_commit(&self, wal_frames: u32) {
         let mut g = self.shared.lock();
         if g.dirty_since.is_none() {
             g.dirty_since = Some(Instant::now());
+        }
+        let pressured = wal_frames as u64 * self.shared.frame_size >= BACKPRESSURE_WAL_BYTES;
+        if pressured && g.state == RunState::Running && !g.stop_requested {
+            g.pressure = true;
+            self.shared.cond.notify_all();
+            let seen = g.checkpoint_attempts;
+            let deadline = Instant::now() + BACKPRESSURE_MAX_WAIT;
+            while g.checkpoint_attempts == seen && g.state == RunState::Running && !g.stop_requested
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                g = self
+                    .shared
+                    .cond
+                    .wait_timeout(g, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            return;
         }
         drop(g);
         self.shared.cond.notify_all();
@@ -363,7 +402,7 @@ impl Worker {
                         break;
                     }
                     let retry_at = backoff.map(|(_, at)| at);
-                    let sync_wanted = g.sync_requested > attempted.max(g.synced_gen);
+                    let sync_wanted = g.sync_requested > attempted.max(g.synced_gen) || g.pressure;
                     let commit_due = g.dirty_since.map(|t| t + interval);
                     let mut due = next_poll;
                     if let Some(c) = commit_due {
@@ -390,6 +429,12 @@ impl Worker {
             let started = Instant::now();
             let result = self.cycle(ticket);
             let mut g = self.shared.lock();
+            if g.pressure {
+                // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
+                // release backpressure waiters anyway rather than spin on the flag.
+                g.pressure = false;
+                g.checkpoint_attempts += 1;
+            }
             match result {
                 Ok(()) => {
                     g.state = RunState::Running;
@@ -807,9 +852,10 @@ impl Worker {
         let Some(pos) = self.pos else { return Ok(()) };
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
+        let pressured = self.shared.lock().pressure;
         let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
             CheckpointMode::Truncate
-        } else if frames >= cfg.min_checkpoint_page_count as u64 {
+        } else if frames >= cfg.min_checkpoint_page_count as u64 || pressured {
             CheckpointMode::Passive
         } else if cfg
             .checkpoint_interval
@@ -830,6 +876,16 @@ impl Worker {
     /// `stamp`: also record the database file's identity while writers are still held off (at
     /// stop), see `state::DbStamp`.
     fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
+        let result = self.checkpoint_inner(mode, stamp);
+        let mut g = self.shared.lock();
+        g.checkpoint_attempts += 1;
+        g.pressure = false;
+        drop(g);
+        self.shared.cond.notify_all();
+        result
+    }
+
+    fn checkpoint_inner(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
