@@ -701,7 +701,6 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        drop(db);
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
         self.upload(txid, header.timestamp_ms, &mut spool)?;
         self.pos = Some(Position {
@@ -777,7 +776,6 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        drop(db);
         self.upload(txid, header.timestamp_ms, &mut spool)
             .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         self.pos = Some(Position {
@@ -853,16 +851,14 @@ impl Worker {
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
         let pressured = self.shared.lock().pressure;
-        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
-            CheckpointMode::Truncate
-        } else if frames >= cfg.min_checkpoint_page_count as u64 || pressured {
-            CheckpointMode::Passive
-        } else if cfg
+        let interval_due = cfg
             .checkpoint_interval
             .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
             && self.synced_since_checkpoint
-            && frames > 1
-        {
+            && frames > 1;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            CheckpointMode::Truncate
+        } else if frames >= cfg.min_checkpoint_page_count as u64 || pressured || interval_due {
             CheckpointMode::Passive
         } else {
             return Ok(());
