@@ -106,6 +106,15 @@ def test_start_without_bucket(ext, tmp_path, s3):
     assert "bucket" in err, err
 
 
+def test_start_refuses_database_that_cannot_use_wal(ext, tmp_path, s3):
+    # The unix-dotfile VFS has no shared memory, so SQLite keeps such a database out of WAL mode;
+    # the replicator opens its own connection through the same VFS and must say why it stops.
+    db = "file:%s?vfs=unix-dotfile" % (tmp_path / "nowal.db")
+    err = ext_error(ext, db, "CREATE TABLE t(x);\n" + config_sql(
+        [("bucket", "nowhere"), ("path", "db"), ("endpoint", s3.endpoint)]) + "\nSELECT litestream_start();\n")
+    assert "cannot use WAL" in err and "delete" in err, err
+
+
 @pytest.mark.parametrize("db", [":memory:", ""], ids=["memory", "temporary"])
 def test_start_refuses_memory_and_temporary_databases(pyhost, s3, db):
     r = pyhost.run("""
