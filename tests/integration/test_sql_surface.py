@@ -1,6 +1,7 @@
 """The SQL surface: which functions exist, configuration values, and each bad input's SQL error."""
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -179,3 +180,12 @@ def test_restore_from_empty_replica(ext, s3, bucket, tmp_path):
     assert p.returncode != 0, "restore from an empty replica succeeded: %s" % p.stdout
     assert p.stderr.strip()
     assert not out.exists() and not (tmp_path / "out.db.tmp").exists()
+
+
+def test_no_second_sqlite_in_the_library(ext):
+    # One SQLite per process: the cdylib must export its entry point and define no sqlite3_* of its
+    # own (a bundled SQLite would define hundreds and break POSIX locking in the host).
+    out = subprocess.run(["nm", "-D", "--defined-only", ext + ".so"], capture_output=True, text=True,
+                         check=True).stdout
+    defined = sorted(line.split()[-1] for line in out.splitlines() if " sqlite3" in line)
+    assert defined == ["sqlite3_litestream_init"], defined
