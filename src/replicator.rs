@@ -195,6 +195,7 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
+            checkpointed_this_run: false,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -361,6 +362,9 @@ struct Worker {
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
+    /// A complete checkpoint ran in this process since the last upload: the database file is
+    /// known to equal the replica at `pos`.
+    checkpointed_this_run: bool,
 }
 
 impl Worker {
@@ -597,12 +601,22 @@ impl Worker {
             });
         };
         let Some(header) = header else {
-            // No valid WAL header: nothing committed since (a commit writes the header first).
-            return Ok(Plan::Incremental(Resume::At {
-                offset: pos.wal.end,
-                salt1: pos.wal.salt1,
-                salt2: pos.wal.salt2,
-            }));
+            // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing
+            // is new only if the database file is known to equal the replica: we checkpointed
+            // everything ourselves in this run, or the file is untouched since the checkpoint at
+            // the last stop. Otherwise a connection may have checkpointed commits we never saw
+            // and then deleted or truncated the WAL.
+            if pos.backfilled && (self.checkpointed_this_run || self.db_unchanged_since_stop(&pos))
+            {
+                return Ok(Plan::Incremental(Resume::At {
+                    offset: pos.wal.end,
+                    salt1: pos.wal.salt1,
+                    salt2: pos.wal.salt2,
+                }));
+            }
+            return Ok(Plan::Snapshot {
+                reason: "the WAL was emptied by a checkpoint the replicator did not see".into(),
+            });
         };
         if header.page_size != self.page_size {
             return Ok(Plan::Snapshot {
@@ -640,16 +654,18 @@ impl Worker {
         // stop. Then nothing was backfilled since, so no generation can have come and gone: the
         // current WAL (even a new file, as after the last connection deleted the old one) holds
         // every change since.
-        if pos.backfilled
-            && pos.db_stamp.is_some()
-            && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
-        {
+        if pos.backfilled && self.db_unchanged_since_stop(&pos) {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         Ok(Plan::Snapshot {
             reason: "the WAL restarted without a checkpoint the replicator could account for"
                 .into(),
         })
+    }
+
+    /// The database file still has the identity recorded at the last stop's checkpoint.
+    fn db_unchanged_since_stop(&self, pos: &Position) -> bool {
+        pos.db_stamp.is_some() && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
     }
 
     /// Read committed frames from `resume` and upload them as the next L0 file. Returns true when
@@ -836,6 +852,7 @@ impl Worker {
 
     fn after_upload(&mut self) -> Result<()> {
         self.synced_since_checkpoint = true;
+        self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
             state::save(&self.meta, &self.client.describe(), pos)
@@ -913,6 +930,7 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
+        self.checkpointed_this_run = complete;
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;
