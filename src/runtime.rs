@@ -92,8 +92,17 @@ pub fn start(db: &Path, vfs: Option<&str>) -> Result<(Arc<Replicator>, bool)> {
         }
     }
     let cfg = with_settings(db, |s| s.resolve())?;
-    let client = open_client(&cfg.target)?;
-    let r = Arc::new(Replicator::start(db, vfs, cfg, client)?);
+    // Lease (issue 4): an S3 replica with the lease on gets its lock.json keeper; this probes
+    // the provider and fails start() if it ignores conditional writes.
+    let (client, lease): (Arc<dyn ReplicaClient>, _) = match &cfg.target {
+        ReplicaTarget::S3(t) if cfg.lease => {
+            let s3 = Arc::new(S3Client::new(t, runtime_handle()?)?);
+            let setup = crate::s3::lease::prepare(&s3, cfg.lease_ttl, &cfg.lease_owner)?;
+            (s3, Some(setup))
+        }
+        _ => (open_client(&cfg.target)?, None),
+    };
+    let r = Arc::new(Replicator::start(db, vfs, cfg, client, lease)?);
     let mut p = process();
     // Another connection may have raced us here; keep the first one.
     if let Some(existing) = p.replicators.get(db) {
