@@ -402,6 +402,11 @@ pub trait LeaseStore: Send + Sync {
     fn delete(&self, etag: &str) -> std::result::Result<(), StoreError>;
     /// Check that conditional writes are honoured.
     fn probe(&self) -> std::result::Result<(), ProbeError>;
+    /// The lease token on the replica's newest L0 object (0 if none). A new holder's token is
+    /// above it, so tokens never decrease in TXID order even after a release deleted lock.json.
+    fn replica_token(&self) -> std::result::Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// lock.json in an S3 bucket, through a client tuned for small, quick requests.
@@ -612,6 +617,63 @@ impl LeaseStore for S3LeaseStore {
         })();
         let _ = self.delete_key(&key, None);
         verdict
+    }
+
+    fn replica_token(&self) -> std::result::Result<u64, StoreError> {
+        let client = self.client.clone();
+        let bucket = self.bucket.clone();
+        // L0 always keeps its newest file (retention never removes it), and every holder's first
+        // upload is an L0 file at the replica's max + 1: its token is the newest holder's.
+        let prefix = format!("{}/{:04x}/", self.prefix, 0);
+        run(&self.rt, async move {
+            let url = format!("s3://{bucket}/{prefix}");
+            let mut newest: Option<((u64, u64), String)> = None;
+            let mut token: Option<String> = None;
+            loop {
+                let resp = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| classify("listing", &url, e))?;
+                for obj in resp.contents() {
+                    let Some(key) = obj.key() else { continue };
+                    let name = &key[prefix.len().min(key.len())..];
+                    if let Some(ids) = crate::ltx::parse_file_name(name) {
+                        if newest.as_ref().is_none_or(|(n, _)| (ids.1, ids.0) > *n) {
+                            newest = Some(((ids.1, ids.0), key.to_string()));
+                        }
+                    }
+                }
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            let Some((_, key)) = newest else {
+                return Ok(0);
+            };
+            let head = client
+                .head_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(
+                        "reading the metadata of",
+                        &format!("s3://{bucket}/{key}"),
+                        e,
+                    )
+                })?;
+            Ok(head
+                .metadata()
+                .and_then(|m| m.get(TOKEN_METADATA))
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(0))
+        })
     }
 }
 
@@ -1134,6 +1196,17 @@ impl Keeper {
                 Ok(rec) => (Cond::Matches(etag), rec.token.saturating_add(1)),
             },
         };
+        // Tokens must also stay above those in the replica (a release deletes lock.json).
+        let token = match self.store.replica_token() {
+            Ok(t) => token.max(t.saturating_add(1)),
+            Err(e) => {
+                self.set_error(format!(
+                    "reading the newest lease token in the replica beside {}: {e}",
+                    self.lock_url
+                ));
+                return poll;
+            }
+        };
         let sent = Instant::now();
         let rec = LeaseRecord::new(
             token,
@@ -1406,7 +1479,7 @@ mod tests {
         assert_eq!(r.token, 4);
         assert_eq!(r.owner, "web-2:77");
         assert!(
-            (r.expires_at - 1740151473.206179123).abs() < 1e-6,
+            (r.expires_at - 1740151473.206179).abs() < 1e-6,
             "{}",
             r.expires_at
         );
@@ -1492,6 +1565,7 @@ mod tests {
         version: AtomicU64,
         ignore_conditions: AtomicBool,
         writes: AtomicU64,
+        replica_token: AtomicU64,
     }
 
     impl MemStore {
@@ -1547,6 +1621,9 @@ mod tests {
             } else {
                 Ok(())
             }
+        }
+        fn replica_token(&self) -> std::result::Result<u64, StoreError> {
+            Ok(self.replica_token.load(Ordering::SeqCst))
         }
     }
 
@@ -1672,6 +1749,23 @@ mod tests {
         l.stop();
         // Not ours: stop must not delete it.
         assert_eq!(store.record().unwrap().owner, "thief:9");
+    }
+
+    #[test]
+    fn tokens_stay_above_the_replicas_after_a_release() {
+        // lock.json was deleted by a release; the replica's newest object carries token 5.
+        let store = Arc::new(MemStore::default());
+        store.replica_token.store(5, Ordering::SeqCst);
+        let l = start(&store, "n:1", &tmpdir("floor"), 2000);
+        wait_for("hold", 3.0, || l.holding().is_some());
+        assert_eq!(store.record().unwrap().token, 6);
+        l.stop();
+        // An expired lock with a lower token than the replica's: still above the replica.
+        store.set(&LeaseRecord::new(2, unix_now() - 1.0, "old:1").to_json());
+        let l = start(&store, "n:2", &tmpdir("floor2"), 2000);
+        wait_for("hold", 3.0, || l.holding().is_some());
+        assert_eq!(store.record().unwrap().token, 6);
+        l.stop();
     }
 
     #[test]
