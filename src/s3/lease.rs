@@ -402,8 +402,9 @@ pub trait LeaseStore: Send + Sync {
     fn delete(&self, etag: &str) -> std::result::Result<(), StoreError>;
     /// Check that conditional writes are honoured.
     fn probe(&self) -> std::result::Result<(), ProbeError>;
-    /// The lease token on the replica's newest L0 object (0 if none). A new holder's token is
-    /// above it, so tokens never decrease in TXID order even after a release deleted lock.json.
+    /// The highest lease token on the newest object of each level (0 if none). A new holder's
+    /// token is above it, so tokens never decrease in TXID order even after a release deleted
+    /// lock.json. (A holder that wrote nothing may see its token reused; no object carries it.)
     fn replica_token(&self) -> std::result::Result<u64, StoreError> {
         Ok(0)
     }
@@ -622,57 +623,60 @@ impl LeaseStore for S3LeaseStore {
     fn replica_token(&self) -> std::result::Result<u64, StoreError> {
         let client = self.client.clone();
         let bucket = self.bucket.clone();
-        // L0 always keeps its newest file (retention never removes it), and every holder's first
-        // upload is an L0 file at the replica's max + 1: its token is the newest holder's.
-        let prefix = format!("{}/{:04x}/", self.prefix, 0);
+        let base = self.prefix.clone();
+        // The newest file of each level (by TXID) is the last one written there, so the highest
+        // token among them is the newest token of any holder that wrote anything.
         run(&self.rt, async move {
-            let url = format!("s3://{bucket}/{prefix}");
-            let mut newest: Option<((u64, u64), String)> = None;
-            let mut token: Option<String> = None;
-            loop {
-                let resp = client
-                    .list_objects_v2()
-                    .bucket(&bucket)
-                    .prefix(&prefix)
-                    .set_continuation_token(token.take())
-                    .send()
-                    .await
-                    .map_err(|e| classify("listing", &url, e))?;
-                for obj in resp.contents() {
-                    let Some(key) = obj.key() else { continue };
-                    let name = &key[prefix.len().min(key.len())..];
-                    if let Some(ids) = crate::ltx::parse_file_name(name) {
-                        if newest.as_ref().is_none_or(|(n, _)| (ids.1, ids.0) > *n) {
-                            newest = Some(((ids.1, ids.0), key.to_string()));
+            let mut best = 0u64;
+            for level in crate::replica_client::all_levels() {
+                let prefix = format!("{base}/{level:04x}/");
+                let url = format!("s3://{bucket}/{prefix}");
+                let mut newest: Option<((u64, u64), String)> = None;
+                let mut cont: Option<String> = None;
+                loop {
+                    let resp = client
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .prefix(&prefix)
+                        .set_continuation_token(cont.take())
+                        .send()
+                        .await
+                        .map_err(|e| classify("listing", &url, e))?;
+                    for obj in resp.contents() {
+                        let Some(key) = obj.key() else { continue };
+                        let name = &key[prefix.len().min(key.len())..];
+                        if let Some((min, max)) = crate::ltx::parse_file_name(name) {
+                            if newest.as_ref().is_none_or(|(n, _)| (max, min) > *n) {
+                                newest = Some(((max, min), key.to_string()));
+                            }
                         }
                     }
+                    match resp.next_continuation_token() {
+                        Some(t) if resp.is_truncated() == Some(true) => cont = Some(t.to_string()),
+                        _ => break,
+                    }
                 }
-                match resp.next_continuation_token() {
-                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            let Some((_, key)) = newest else {
-                return Ok(0);
-            };
-            let head = client
-                .head_object()
-                .bucket(&bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| {
-                    classify(
+                let Some((_, key)) = newest else { continue };
+                let head = match client.head_object().bucket(&bucket).key(&key).send().await {
+                    Ok(h) => h,
+                    Err(e) => match classify(
                         "reading the metadata of",
                         &format!("s3://{bucket}/{key}"),
                         e,
-                    )
-                })?;
-            Ok(head
-                .metadata()
-                .and_then(|m| m.get(TOKEN_METADATA))
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .unwrap_or(0))
+                    ) {
+                        // Removed meanwhile (retention): a newer file took its place.
+                        StoreError::NotFound => continue,
+                        e => return Err(e),
+                    },
+                };
+                let token = head
+                    .metadata()
+                    .and_then(|m| m.get(TOKEN_METADATA))
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                best = best.max(token);
+            }
+            Ok(best)
         })
     }
 }
