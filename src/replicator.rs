@@ -382,6 +382,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let shared = self.shared.clone();
+        let lease = self.lease.clone();
         let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
         if let Err(panic) = body {
             let msg = panic
@@ -392,6 +393,11 @@ impl Worker {
             let mut g = shared.lock();
             g.last_error = Some(format!("internal error in the replicator: {msg}"));
             g.state = RunState::Stopped;
+            drop(g);
+            // Lease (issue 4): a dead replicator must not keep the lease from a standby.
+            if let Some(l) = &lease {
+                l.stop();
+            }
         }
         shared.cond.notify_all();
     }

@@ -784,6 +784,7 @@ impl View {
             "expires_at": self.lock.as_ref().map(|l| l.expires_at),
             "instance": self.me,
             "local_standby": self.local_waiting,
+            "error": self.error,
         })
     }
 
@@ -1560,6 +1561,76 @@ mod tests {
         assert!(f.check().unwrap_err().contains("lost lease"));
         f.revoke();
         assert!(f.check().is_err());
+    }
+
+    /// The fence interceptor refuses mutating requests at the wire while the lease is not held,
+    /// and lets reads through: a fake connector counts what is actually sent.
+    #[test]
+    fn interceptor_stops_writes_before_they_are_sent() {
+        use aws_sdk_s3::config::{Credentials, Region};
+        use aws_smithy_runtime_api::client::http::{
+            http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+        };
+        use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+        use std::sync::atomic::AtomicUsize;
+
+        #[derive(Debug)]
+        struct Counting(Arc<AtomicUsize>);
+        impl HttpConnector for Counting {
+            fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                let ok = aws_sdk_s3::config::http::HttpResponse::new(
+                    200.try_into().unwrap(),
+                    aws_smithy_types::body::SdkBody::from(""),
+                );
+                HttpConnectorFuture::ready(Ok(ok))
+            }
+        }
+        let sent = Arc::new(AtomicUsize::new(0));
+        let connector = SharedHttpConnector::new(Counting(sent.clone()));
+        let fence = Arc::new(Fence::new());
+        fence.enable();
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("a", "b", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:9")
+            .force_path_style(true)
+            .http_client(http_client_fn(move |_, _| connector.clone()))
+            .interceptor(FenceInterceptor(fence.clone()))
+            .build();
+        let client = Client::from_conf(conf);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let put = || {
+            rt.block_on(
+                client
+                    .put_object()
+                    .bucket("b")
+                    .key("p/0000/x.ltx")
+                    .body(ByteStream::from_static(b"x"))
+                    .send(),
+            )
+        };
+        let err = put().unwrap_err();
+        assert_eq!(sent.load(Ordering::SeqCst), 0, "a write reached the wire");
+        let chain = crate::s3::error_chain(&err);
+        assert!(chain.contains("does not hold the lease"), "{chain}");
+        let _ = rt.block_on(client.head_object().bucket("b").key("k").send());
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "reads are not fenced");
+        fence.grant(4, Instant::now() + Duration::from_secs(5));
+        put().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+        fence.grant(4, Instant::now() - Duration::from_millis(1));
+        assert!(put().is_err());
+        let _ = rt.block_on(client.delete_object().bucket("b").key("k").send());
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            2,
+            "an expired lease still wrote"
+        );
     }
 
     /// lock.json in memory, with S3's conditional-write semantics (or none, to test the probe).

@@ -71,7 +71,7 @@ where
 
 /// "a: b: c" from an error and its sources, Display only (the SDK's Debug output would dump
 /// whole responses).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
