@@ -1613,10 +1613,11 @@ mod tests {
                     .body(ByteStream::from_static(b"x"))
                     .send(),
             )
+            .map(|_| ())
+            .map_err(|e| crate::s3::error_chain(&e))
         };
-        let err = put().unwrap_err();
+        let chain = put().unwrap_err();
         assert_eq!(sent.load(Ordering::SeqCst), 0, "a write reached the wire");
-        let chain = crate::s3::error_chain(&err);
         assert!(chain.contains("does not hold the lease"), "{chain}");
         let _ = rt.block_on(client.head_object().bucket("b").key("k").send());
         assert_eq!(sent.load(Ordering::SeqCst), 1, "reads are not fenced");
@@ -1702,14 +1703,28 @@ mod tests {
         }
     }
 
-    fn tmpdir(tag: &str) -> PathBuf {
+    /// A temporary meta directory, removed when dropped.
+    struct TmpDir(PathBuf);
+    impl std::ops::Deref for TmpDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir(tag: &str) -> TmpDir {
         let d = std::env::temp_dir().join(format!(
             "ls-lease-{tag}-{}-{:x}",
             std::process::id(),
             crate::replica_client::rand_u64()
         ));
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TmpDir(d)
     }
 
     fn start(store: &Arc<MemStore>, owner: &str, dir: &Path, ttl_ms: u64) -> Lease {
@@ -1831,13 +1846,14 @@ mod tests {
         // lock.json was deleted by a release; the replica's newest object carries token 5.
         let store = Arc::new(MemStore::default());
         store.replica_token.store(5, Ordering::SeqCst);
-        let l = start(&store, "n:1", &tmpdir("floor"), 2000);
+        let d = tmpdir("floor");
+        let l = start(&store, "n:1", &d, 2000);
         wait_for("hold", 3.0, || l.holding().is_some());
         assert_eq!(store.record().unwrap().token, 6);
         l.stop();
         // An expired lock with a lower token than the replica's: still above the replica.
         store.set(&LeaseRecord::new(2, unix_now() - 1.0, "old:1").to_json());
-        let l = start(&store, "n:2", &tmpdir("floor2"), 2000);
+        let l = start(&store, "n:2", &d, 2000);
         wait_for("hold", 3.0, || l.holding().is_some());
         assert_eq!(store.record().unwrap().token, 6);
         l.stop();
@@ -1871,8 +1887,9 @@ mod tests {
     fn racing_keepers_elect_exactly_one() {
         for _round in 0..5 {
             let store = Arc::new(MemStore::default());
+            let dirs: Vec<TmpDir> = (0..8).map(|_| tmpdir("race")).collect();
             let leases: Vec<Lease> = (0..8)
-                .map(|i| start(&store, &format!("n{i}:1"), &tmpdir("race"), 3000))
+                .map(|i| start(&store, &format!("n{i}:1"), &dirs[i], 3000))
                 .collect();
             wait_for("all resolved", 5.0, || {
                 leases
@@ -1889,7 +1906,8 @@ mod tests {
     fn a_provider_ignoring_conditions_never_grants() {
         let store = Arc::new(MemStore::default());
         store.ignore_conditions.store(true, Ordering::SeqCst);
-        let l = start(&store, "x:1", &tmpdir("ign"), 1000);
+        let d = tmpdir("ign");
+        let l = start(&store, "x:1", &d, 1000);
         wait_for("fatal", 3.0, || l.view().fatal);
         let v = l.view();
         assert!(v
