@@ -323,8 +323,9 @@ impl Fence {
     }
 }
 
-/// Refuses every mutating S3 request (PUT, POST, DELETE) while the fence is closed, at the last
-/// moment before the request is transmitted (after signing, before the bytes go out).
+/// Refuses every mutating S3 request (PUT, POST, DELETE; not AbortMultipartUpload) while the fence
+/// is closed, at the last moment before the request is transmitted (after signing, before the
+/// bytes go out).
 #[derive(Debug)]
 pub struct FenceInterceptor(pub Arc<Fence>);
 
@@ -339,8 +340,11 @@ impl Intercept for FenceInterceptor {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> std::result::Result<(), BoxError> {
-        match context.request().method() {
+        let request = context.request();
+        match request.method() {
             "GET" | "HEAD" => Ok(()),
+            // AbortMultipartUpload changes no object; letting it through leaves no orphaned parts.
+            "DELETE" if request.uri().contains("uploadId=") => Ok(()),
             _ => self.0.check().map_err(BoxError::from),
         }
     }
@@ -1632,6 +1636,16 @@ mod tests {
             2,
             "an expired lease still wrote"
         );
+        // Aborting a multipart upload is allowed: it only cleans up parts.
+        let _ = rt.block_on(
+            client
+                .abort_multipart_upload()
+                .bucket("b")
+                .key("k")
+                .upload_id("u1")
+                .send(),
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 3, "abort was fenced");
     }
 
     /// lock.json in memory, with S3's conditional-write semantics (or none, to test the probe).
