@@ -310,8 +310,16 @@ impl Replicator {
     pub fn status(&self) -> serde_json::Value {
         let g = self.shared.lock();
         let progress = self.shared.progress.to_json();
+        // Lease (issue 4): not holding means not running, even before the worker has noticed.
+        let lease = self.lease.as_ref().map(|l| l.view());
+        let state = match (&lease, g.state) {
+            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
+                RunState::Standby
+            }
+            (_, s) => s,
+        };
         serde_json::json!({
-            "state": g.state.as_str(),
+            "state": state.as_str(),
             "db": self.shared.db_path,
             "replica": self.shared.replica,
             "txid": ltx::format_txid(g.txid),
@@ -328,8 +336,8 @@ impl Replicator {
             "part_size": self.shared.cfg.part_size,
             "concurrency": self.shared.cfg.concurrency,
             "last_error": g.last_error,
-            "lease": match &self.lease {
-                Some(l) => l.view().to_json(),
+            "lease": match &lease {
+                Some(v) => v.to_json(),
                 None => serde_json::json!({
                     "role": "off", "owner": null, "token": null, "expires_at": null,
                 }),
