@@ -50,6 +50,9 @@ fn process() -> MutexGuard<'static, Process> {
         std::mem::forget(p.runtime.take());
         let old = std::mem::take(&mut p.replicators);
         std::mem::forget(old);
+        // Lease (issue 4): close inherited local-lock descriptors, or this child would hold the
+        // parent's claim on its databases forever.
+        crate::s3::lease::after_fork();
         p.pid = pid;
     }
     p

@@ -859,6 +859,8 @@ struct KState {
 }
 
 struct Keeper {
+    /// Key of this keeper's local lock file in LOCAL_LOCKS.
+    id: u64,
     store: Arc<dyn LeaseStore>,
     fence: Arc<Fence>,
     timing: Timing,
@@ -888,6 +890,7 @@ impl Lease {
             .map_err(|e| Error::msg(format!("creating {}: {e}", meta_dir.display())))?;
         setup.fence.enable();
         let keeper = Arc::new(Keeper {
+            id: NEXT_KEEPER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             lock_url: setup.store.describe(),
             store: setup.store,
             fence: setup.fence,
@@ -1065,17 +1068,18 @@ impl Keeper {
     }
 
     fn run(&self) {
-        let mut local: Option<File> = None;
+        let mut local = false;
         let mut last_note = String::new();
         loop {
             if self.lock().stop {
                 break;
             }
             // 1. The local lock: only its holder talks to S3 about the lease.
-            if local.is_none() {
+            if !local {
                 match claim_local(&self.local_path) {
                     Ok(Some(f)) => {
-                        local = Some(f);
+                        local_locks().insert(self.id, f);
+                        local = true;
                         self.update(|s| {
                             s.local_claim = true;
                             s.local_waiting = false;
@@ -1146,10 +1150,14 @@ impl Keeper {
                 None => self.acquire_step(),
                 Some(h) => self.renew_step(h),
             };
-            if let Some(f) = local.as_mut() {
+            if local {
                 let note = self.local_note();
-                if note != last_note && write_local_note(f, &note).is_ok() {
-                    last_note = note;
+                if note != last_note {
+                    if let Some(f) = local_locks().get_mut(&self.id) {
+                        if write_local_note(f, &note).is_ok() {
+                            last_note = note;
+                        }
+                    }
                 }
             }
             if self.sleep(wait) {
@@ -1157,7 +1165,8 @@ impl Keeper {
             }
         }
         self.release();
-        drop(local); // closing the descriptor frees the flock for the next local process
+        // Closing the descriptor frees the flock for the next local process.
+        local_locks().remove(&self.id);
         self.update(|s| s.local_claim = false);
     }
 
@@ -1418,6 +1427,33 @@ impl Keeper {
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis().max(1) as u64;
     d + Duration::from_millis(crate::replica_client::rand_u64() % ms)
+}
+
+/// The local lock files this process holds, by keeper. They live here rather than on the lease
+/// thread's stack so that a forked child can close its inherited copies ([`after_fork`]): a flock
+/// belongs to the open file description, so a child keeping a copy would hold this host's claim
+/// after its parent died — and keep itself from ever taking it.
+static LOCAL_LOCKS: Lazy<Mutex<std::collections::HashMap<u64, File>>> =
+    Lazy::new(|| Mutex::new(Default::default()));
+static NEXT_KEEPER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn local_locks() -> MutexGuard<'static, std::collections::HashMap<u64, File>> {
+    LOCAL_LOCKS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Called in a forked child (by the runtime, before anything else): close the local lock files
+/// inherited from the parent, whose lease threads do not exist here. The parent keeps its claim.
+pub fn after_fork() {
+    // try_lock: a lock held by a parent thread at fork time stays held forever in the child;
+    // then leaking the descriptors is the only option left.
+    let guard = match LOCAL_LOCKS.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    if let Some(mut g) = guard {
+        g.clear();
+    }
 }
 
 /// Try the local advisory lock (flock, exclusive, non-blocking). Some(file) = ours while the

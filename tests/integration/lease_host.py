@@ -12,6 +12,7 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "sync", "ms": 5000}           -> {"ok": txid, "s": seconds} or {"error": ..., "s": ...}
   {"op": "stop"}                       -> {"ok": txid} or {"error": ...}
   {"op": "pid"}                        -> {"ok": pid}
+  {"op": "fork_child", "out": PATH}    -> {"ok": child pid}; see fork_child()
   {"op": "exit"}                       -> exits
 Errors of one command never end the process."""
 import json
@@ -70,6 +71,42 @@ def writer():
 threading.Thread(target=writer, daemon=True).start()
 
 
+def fork_child(out, wait):
+    """fork(); the child (a pre-fork server's worker) opens its own connection, starts replication
+    of the same database, watches its lease role until it holds the lease (or `wait` s pass),
+    writes, syncs, stops, and leaves its findings as JSON in `out`. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    res = {"roles": []}
+    try:
+        c = sqlite3.connect(DB, isolation_level=None, timeout=30)   # never a parent's connection
+        c.enable_load_extension(True)
+        c.load_extension(EXT)
+        for k, v in CONFIG:
+            c.execute("SELECT litestream_configure(?, ?)", (k, v)).fetchone()
+        res["start"] = c.execute("SELECT litestream_start()").fetchone()[0]
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            st = json.loads(c.execute("SELECT litestream_status()").fetchone()[0])
+            seen = (st["lease"]["role"], st["lease"]["local_standby"])
+            if not res["roles"] or res["roles"][-1] != list(seen):
+                res["roles"].append(list(seen))
+            if seen[0] == "holder":
+                res["holder_at"] = time.time()
+                break
+            time.sleep(0.01)
+        c.execute("INSERT INTO t(who, at, pad) VALUES ('child', ?, randomblob(100))", (time.time(),))
+        res["sync"] = c.execute("SELECT litestream_sync(10000)").fetchone()[0]
+        res["stop"] = c.execute("SELECT litestream_stop()").fetchone()[0]
+    except Exception as e:  # noqa: BLE001 - reported through the file
+        res["error"] = str(e)
+    with open(out + ".tmp", "w") as f:
+        json.dump(res, f)
+    os.rename(out + ".tmp", out)
+    os._exit(0)
+
+
 def handle(cmd):
     op = cmd["op"]
     if op == "start":
@@ -89,6 +126,8 @@ def handle(cmd):
         return one("SELECT litestream_stop()")
     if op == "pid":
         return os.getpid()
+    if op == "fork_child":
+        return fork_child(cmd["out"], float(cmd.get("wait", 30)))
     raise ValueError("unknown op %r" % op)
 
 

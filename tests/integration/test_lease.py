@@ -372,6 +372,33 @@ def test_same_database_local_lock(ext, s3, bucket, tmp_path, hosts):
     restore_equals(ext, s3, bucket, tmp_path, db)
 
 
+def test_forked_child_takes_over_after_parent_dies(ext, s3, bucket, tmp_path, hosts):
+    """A pre-fork server: the parent replicates, forks a worker that calls litestream_start() on
+    the same database (a local standby), then dies. The child must not keep the parent's local
+    lock alive through its inherited descriptor: it takes over within TTL + one renewal."""
+    db = tmp_path / "fork.db"
+    a = Host(ext, db, cfg(s3, bucket))
+    hosts.append(a)
+    a.ok("start")
+    a.ok("write", n=3)
+    a.ok("sync", ms=10000)
+    out = tmp_path / "child.json"
+    child = a.ok("fork_child", out=str(out), wait=TTL * 5)
+    time.sleep(1.0)                  # the child is up and waiting on the local lock
+    t0 = time.time()
+    os.kill(a.p.pid, signal.SIGKILL)
+    a.p.wait()
+    wait_until("the child's report", TTL * 5 + 20, out.exists, every=0.05)
+    res = json.loads(out.read_text())
+    assert "error" not in res, res
+    assert ["standby", True] in res["roles"], res       # waited on the parent's local lock
+    assert res["roles"][-1][0] == "holder" and "holder_at" in res, res
+    takeover = res["holder_at"] - t0
+    print("\nforked child takeover after the parent's kill -9: %.2fs (child pid %d)" % (takeover, child))
+    assert takeover <= TTL + RENEW + 0.5, takeover
+    restore_equals(ext, s3, bucket, tmp_path, db)
+
+
 def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
     a = Host(ext, tmp_path / "a.db", cfg(s3, bucket, lease="off"))
     hosts.append(a)
