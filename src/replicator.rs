@@ -11,11 +11,17 @@
 //! Invariants:
 //! - Nothing committed is lost: a checkpoint runs only after every frame it can backfill is in the
 //!   replica, and a WAL restart is accepted only when it is the single restart that follows such a
-//!   checkpoint (checkpoint_seq + 1). Any other discontinuity — a missed restart, a WAL rewritten
+//!   checkpoint in this run: from that checkpoint on, our read transaction sits on read mark 0,
+//!   which forbids any further backfill and hence a second restart. Any other discontinuity — a
+//!   missed restart, a WAL rewritten
 //!   or deleted behind our back, a replica that moved — produces a full snapshot at the next TXID.
 //! - TXIDs are contiguous: each upload is `<txid>-<txid>.ltx` at the replica's max + 1.
 //! - `synced_gen` only advances after an upload that began after the corresponding sync request,
 //!   which is what lets `litestream_sync()` promise "everything committed before the call".
+//! - With a lease (`s3::lease`), nothing touches the replica unless the lease is held: a standby
+//!   holds no read transaction (it must not pin a WAL it does not replicate), and on every new
+//!   acquisition the replica's position is re-read, so an instance continues at the replica's
+//!   max + 1 — incrementally only when its saved position is that max and the WAL proves it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,7 @@ use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx::{self, Encoder, Header};
 use crate::replica_client::{self, Progress, ReplicaClient, Spool};
+use crate::s3::lease::{Lease, LeaseSetup};
 use crate::state::{self, Position, WalPosition};
 use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
 
@@ -46,14 +53,27 @@ const MIN_POLL: Duration = Duration::from_millis(100);
 /// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Backpressure: a hooked connection whose commit leaves the WAL larger than this waits (in the
+/// WAL hook, after its commit, holding no lock) until the replicator has caught up and attempted a
+/// checkpoint. Without it a writer faster than the upload grows the WAL without bound: the WAL can
+/// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
+/// grow its WAL to 558 MB, test-infrastructure.md).
+const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
+/// A writer never waits longer than this per commit, whatever the replica does.
+const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// A standby wakes at least this often (besides lease changes) to refresh status and to run the
+/// checkpoints of a database nobody else on this host replicates.
+const STANDBY_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     Running,
     Error,
     Stopped,
+    /// Another instance holds the lease; this one waits to take over.
+    Standby,
 }
 
 impl RunState {
@@ -62,6 +82,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Error => "error",
             RunState::Stopped => "stopped",
+            RunState::Standby => "standby",
         }
     }
 }
@@ -80,7 +101,13 @@ struct Inner {
     last_error: Option<String>,
     snapshots: u64,
     checkpoints: u64,
+    /// Checkpoint attempts, successful or not (backpressure waiters watch this).
+    checkpoint_attempts: u64,
+    /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
+    pressure: bool,
     wal_size: u64,
+    /// The lease thread changed role or error since the worker last looked.
+    lease_changed: bool,
 }
 
 pub struct Shared {
@@ -88,6 +115,7 @@ pub struct Shared {
     replica: String,
     cfg: ResolvedConfig,
     progress: Arc<Progress>,
+    frame_size: u64,
     inner: Mutex<Inner>,
     cond: Condvar,
 }
@@ -103,6 +131,7 @@ impl Shared {
 pub struct Replicator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl Replicator {
@@ -114,6 +143,7 @@ impl Replicator {
         vfs: Option<&str>,
         cfg: ResolvedConfig,
         client: Arc<dyn ReplicaClient>,
+        lease: Option<LeaseSetup>,
     ) -> Result<Replicator> {
         let open = || -> Result<Connection> {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -149,6 +179,7 @@ impl Replicator {
             replica,
             cfg,
             progress,
+            frame_size: wal::frame_size(page_size),
             inner: Mutex::new(Inner {
                 state: RunState::Running,
                 stop_requested: false,
@@ -160,10 +191,26 @@ impl Replicator {
                 last_error: None,
                 snapshots: 0,
                 checkpoints: 0,
+                checkpoint_attempts: 0,
+                pressure: false,
                 wal_size: 0,
+                lease_changed: false,
             }),
             cond: Condvar::new(),
         });
+        let lease = match lease {
+            Some(setup) => {
+                let weak = Arc::downgrade(&shared);
+                let waker = Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.lock().lease_changed = true;
+                        s.cond.notify_all();
+                    }
+                });
+                Some(Arc::new(Lease::start(setup, &meta, waker)?))
+            }
+            None => None,
+        };
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
@@ -179,6 +226,10 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
+            checkpointed_this_run: false,
+            lease: lease.clone(),
+            lease_epoch: None,
+            standby_wal_len: 0,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -188,6 +239,7 @@ impl Replicator {
         Ok(Replicator {
             shared,
             thread: Mutex::new(Some(thread)),
+            lease,
         })
     }
 
@@ -195,11 +247,34 @@ impl Replicator {
         self.shared.lock().state == RunState::Stopped
     }
 
-    /// Called from the WAL hook of a connection that started replication: a commit happened.
-    pub fn notify_commit(&self) {
+    /// Called from the WAL hook of a connection that started replication: a commit happened and
+    /// the WAL now holds `wal_frames` frames. Past the backpressure size, the committing thread
+    /// waits until the replicator has caught up and tried to checkpoint.
+    pub fn notify_commit(&self, wal_frames: u32) {
         let mut g = self.shared.lock();
         if g.dirty_since.is_none() {
             g.dirty_since = Some(Instant::now());
+        }
+        let pressured = wal_frames as u64 * self.shared.frame_size >= BACKPRESSURE_WAL_BYTES;
+        if pressured && g.state == RunState::Running && !g.stop_requested {
+            g.pressure = true;
+            self.shared.cond.notify_all();
+            let seen = g.checkpoint_attempts;
+            let deadline = Instant::now() + BACKPRESSURE_MAX_WAIT;
+            while g.checkpoint_attempts == seen && g.state == RunState::Running && !g.stop_requested
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                g = self
+                    .shared
+                    .cond
+                    .wait_timeout(g, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            return;
         }
         drop(g);
         self.shared.cond.notify_all();
@@ -213,6 +288,12 @@ impl Replicator {
         let ticket = g.sync_requested;
         self.shared.cond.notify_all();
         loop {
+            // Lease (issue 4): a standby answers at once instead of timing out.
+            if let Some(l) = &self.lease {
+                if let Some(m) = l.view().standby_message(l.lock_url()) {
+                    return Err(Error::msg(m));
+                }
+            }
             if g.synced_gen >= ticket {
                 return Ok(g.txid);
             }
@@ -254,6 +335,10 @@ impl Replicator {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Lease (issue 4): after the final sync, release so a standby takes over at once.
+        if let Some(l) = &self.lease {
+            l.stop();
+        }
         let g = self.shared.lock();
         match &g.last_error {
             Some(e) => Err(Error::msg(format!(
@@ -267,8 +352,16 @@ impl Replicator {
     pub fn status(&self) -> serde_json::Value {
         let g = self.shared.lock();
         let progress = self.shared.progress.to_json();
+        // Lease (issue 4): not holding means not running, even before the worker has noticed.
+        let lease = self.lease.as_ref().map(|l| l.view());
+        let state = match (&lease, g.state) {
+            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
+                RunState::Standby
+            }
+            (_, s) => s,
+        };
         serde_json::json!({
-            "state": g.state.as_str(),
+            "state": state.as_str(),
             "db": self.shared.db_path,
             "replica": self.shared.replica,
             "txid": ltx::format_txid(g.txid),
@@ -285,6 +378,12 @@ impl Replicator {
             "part_size": self.shared.cfg.part_size,
             "concurrency": self.shared.cfg.concurrency,
             "last_error": g.last_error,
+            "lease": match &lease {
+                Some(v) => v.to_json(),
+                None => serde_json::json!({
+                    "role": "off", "owner": null, "token": null, "expires_at": null,
+                }),
+            },
         })
     }
 }
@@ -322,11 +421,21 @@ struct Worker {
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
+    /// A complete checkpoint ran in this process since the last upload: the database file is
+    /// known to equal the replica at `pos`.
+    checkpointed_this_run: bool,
+    /// Lease (issue 4): None = lease off.
+    lease: Option<Arc<Lease>>,
+    /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
+    lease_epoch: Option<u64>,
+    /// WAL size at the last standby checkpoint (skip checkpoints when nothing was written).
+    standby_wal_len: u64,
 }
 
 impl Worker {
     fn run(mut self) {
         let shared = self.shared.clone();
+        let lease = self.lease.clone();
         let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
         if let Err(panic) = body {
             let msg = panic
@@ -337,6 +446,11 @@ impl Worker {
             let mut g = shared.lock();
             g.last_error = Some(format!("internal error in the replicator: {msg}"));
             g.state = RunState::Stopped;
+            drop(g);
+            // Lease (issue 4): a dead replicator must not keep the lease from a standby.
+            if let Some(l) = &lease {
+                l.stop();
+            }
         }
         shared.cond.notify_all();
     }
@@ -350,17 +464,44 @@ impl Worker {
         };
         let mut next_poll = Instant::now();
         let mut backoff: Option<(Duration, Instant)> = None;
+        // Sync requests up to this number have had a cycle started for them. A request bypasses
+        // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
+        let mut attempted = 0u64;
         loop {
+            // ---- lease gate (issue 4): replicate only while holding the lease ----
+            if let Some(lease) = self.lease.clone() {
+                match lease.holding() {
+                    Some((_, epoch)) => {
+                        if self.lease_epoch != Some(epoch) {
+                            self.take_over(epoch);
+                            backoff = None;
+                            next_poll = Instant::now();
+                        }
+                    }
+                    None => {
+                        if self.standby_wait(&lease) {
+                            self.shutdown();
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             // Wait for a reason to run a cycle.
-            let (stopping, ticket) = {
+            let (stopping, ticket, lease_poke) = {
                 let mut g = self.shared.lock();
+                let mut lease_poke = false;
                 loop {
                     let now = Instant::now();
                     if g.stop_requested {
                         break;
                     }
+                    if std::mem::take(&mut g.lease_changed) && self.lease.is_some() {
+                        lease_poke = true;
+                        break;
+                    }
                     let retry_at = backoff.map(|(_, at)| at);
-                    let sync_wanted = g.sync_requested > g.synced_gen;
+                    let sync_wanted = g.sync_requested > attempted.max(g.synced_gen) || g.pressure;
                     let commit_due = g.dirty_since.map(|t| t + interval);
                     let mut due = next_poll;
                     if let Some(c) = commit_due {
@@ -380,12 +521,22 @@ impl Worker {
                         .map(|(g, _)| g)
                         .unwrap_or_else(|p| p.into_inner().0);
                 }
-                (g.stop_requested, g.sync_requested)
+                (g.stop_requested, g.sync_requested, lease_poke)
             };
+            if lease_poke && !stopping {
+                continue; // back to the lease gate
+            }
+            attempted = ticket;
             next_poll = Instant::now() + poll;
             let started = Instant::now();
             let result = self.cycle(ticket);
             let mut g = self.shared.lock();
+            if g.pressure {
+                // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
+                // release backpressure waiters anyway rather than spin on the flag.
+                g.pressure = false;
+                g.checkpoint_attempts += 1;
+            }
             match result {
                 Ok(()) => {
                     g.state = RunState::Running;
@@ -416,6 +567,16 @@ impl Worker {
     /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
     /// then a checkpoint that leaves a position the next start can continue from.
     fn shutdown(&mut self) {
+        if self.lease.as_ref().is_some_and(|l| l.holding().is_none()) {
+            // A standby has nothing to flush: the holder owns the replica.
+            let _ = self.end_read();
+            let mut g = self.shared.lock();
+            g.state = RunState::Stopped;
+            g.last_error = None;
+            drop(g);
+            self.shared.cond.notify_all();
+            return;
+        }
         let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
         let mut result = self.cycle(u64::MAX);
         while result.is_err() && Instant::now() < deadline {
@@ -539,8 +700,8 @@ impl Worker {
         }
     }
 
-    /// Decide where to continue reading (the rules of litestream-format.md §3.6, with the WAL
-    /// checkpoint sequence used to prove that at most one restart happened).
+    /// Decide where to continue reading (litestream-format.md §3.6, with our own checkpoints and
+    /// read mark used to prove that at most one restart happened).
     fn plan(&self, wal: Option<&File>, header: Option<&WalHeader>) -> Result<Plan> {
         let Some(pos) = self.pos else {
             return Ok(Plan::Snapshot {
@@ -548,12 +709,22 @@ impl Worker {
             });
         };
         let Some(header) = header else {
-            // No valid WAL header: nothing committed since (a commit writes the header first).
-            return Ok(Plan::Incremental(Resume::At {
-                offset: pos.wal.end,
-                salt1: pos.wal.salt1,
-                salt2: pos.wal.salt2,
-            }));
+            // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing
+            // is new only if the database file is known to equal the replica: we checkpointed
+            // everything ourselves in this run, or the file is untouched since the checkpoint at
+            // the last stop. Otherwise a connection may have checkpointed commits we never saw
+            // and then deleted or truncated the WAL.
+            if pos.backfilled && (self.checkpointed_this_run || self.db_unchanged_since_stop(&pos))
+            {
+                return Ok(Plan::Incremental(Resume::At {
+                    offset: pos.wal.end,
+                    salt1: pos.wal.salt1,
+                    salt2: pos.wal.salt2,
+                }));
+            }
+            return Ok(Plan::Snapshot {
+                reason: "the WAL was emptied by a checkpoint the replicator did not see".into(),
+            });
         };
         if header.page_size != self.page_size {
             return Ok(Plan::Snapshot {
@@ -582,25 +753,30 @@ impl Worker {
                 salt2: pos.wal.salt2,
             }));
         }
-        // New salts: the WAL restarted. Safe only if everything before it was checkpointed with
-        // writers held off, and this is the one restart that followed.
-        if pos.backfilled && header.checkpoint_seq == pos.wal.checkpoint_seq.wrapping_add(1) {
+        // New salts: the WAL restarted. Safe if everything before it was checkpointed by us with
+        // writers held off, in this run: since then our read transaction has held read mark 0
+        // (the WAL was fully backfilled when it began), which forbids any further backfill, so
+        // this generation is the only one since and it is still whole. (The header's checkpoint
+        // sequence cannot prove this: SQLite keeps that counter per connection.)
+        if pos.backfilled && self.checkpointed_this_run {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         // Or: the database file is exactly as it was when everything was checkpointed at the last
         // stop. Then nothing was backfilled since, so no generation can have come and gone: the
         // current WAL (even a new file, as after the last connection deleted the old one) holds
         // every change since.
-        if pos.backfilled
-            && pos.db_stamp.is_some()
-            && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
-        {
+        if pos.backfilled && self.db_unchanged_since_stop(&pos) {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         Ok(Plan::Snapshot {
             reason: "the WAL restarted without a checkpoint the replicator could account for"
                 .into(),
         })
+    }
+
+    /// The database file still has the identity recorded at the last stop's checkpoint.
+    fn db_unchanged_since_stop(&self, pos: &Position) -> bool {
+        pos.db_stamp.is_some() && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
     }
 
     /// Read committed frames from `resume` and upload them as the next L0 file. Returns true when
@@ -652,7 +828,6 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        drop(db);
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
         self.upload(txid, header.timestamp_ms, &mut spool)?;
         self.pos = Some(Position {
@@ -728,7 +903,6 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        drop(db);
         self.upload(txid, header.timestamp_ms, &mut spool)
             .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         self.pos = Some(Position {
@@ -782,6 +956,9 @@ impl Worker {
     }
 
     fn upload(&mut self, txid: u64, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
+        if let Some(l) = &self.lease {
+            l.check()?;
+        }
         self.client.put(0, txid, txid, timestamp_ms, spool)?;
         self.remote_max = Some(txid);
         Ok(())
@@ -789,11 +966,123 @@ impl Worker {
 
     fn after_upload(&mut self) -> Result<()> {
         self.synced_since_checkpoint = true;
+        self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
             state::save(&self.meta, &self.client.describe(), pos)
                 .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         }
+        Ok(())
+    }
+
+    // ---- lease (issue 4) --------------------------------------------------------------------
+
+    /// Just acquired the lease (or kept it across a lapse): whatever we knew about the replica may
+    /// be stale — another holder may have written to it. Re-read its max TXID and offer the newest
+    /// saved position (the state file may be newer than ours: another process on this host may
+    /// have replicated this very database); `ensure_remote_position` trusts it only if it is the
+    /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
+    fn take_over(&mut self, epoch: u64) {
+        self.lease_epoch = Some(epoch);
+        let from_disk = state::load(&self.meta, &self.client.describe())
+            .filter(|p| p.page_size == self.page_size);
+        let newest = [from_disk, self.pos.take(), self.saved.take()]
+            .into_iter()
+            .flatten()
+            .max_by_key(|p| p.txid);
+        self.saved = newest;
+        self.pos = None;
+        self.remote_max = None;
+        let mut g = self.shared.lock();
+        g.state = RunState::Running;
+        g.last_error = None;
+    }
+
+    /// One standby period: no read transaction, status from the lease, checkpoints if this
+    /// process is the one responsible for the database on this host. Returns true on stop.
+    fn standby_wait(&mut self, lease: &Lease) -> bool {
+        if self.lease_epoch.take().is_some() {
+            // Lost the lease: keep our position only as a hint for the next acquisition.
+            self.saved = self.pos.take().or(self.saved.take());
+            self.remote_max = None;
+        }
+        let _ = self.end_read();
+        let view = lease.view();
+        let checkpoint = if lease.has_local_claim() {
+            self.standby_checkpoint().err()
+        } else {
+            None
+        };
+        let mut g = self.shared.lock();
+        let (state, error) = if view.fatal {
+            (RunState::Error, view.error.clone())
+        } else if let Some(lost) = &view.lost {
+            (RunState::Standby, Some(lost.clone()))
+        } else if let Some(e) = &view.error {
+            (RunState::Error, Some(format!("lease: {e}")))
+        } else {
+            (RunState::Standby, checkpoint.map(|e| e.to_string()))
+        };
+        g.state = state;
+        g.last_error = error;
+        g.dirty_since = None;
+        drop(g);
+        self.shared.cond.notify_all();
+        let deadline = Instant::now() + STANDBY_TICK;
+        let mut g = self.shared.lock();
+        loop {
+            if g.stop_requested {
+                return true;
+            }
+            if std::mem::take(&mut g.lease_changed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .shared
+                .cond
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// A standby's database still needs checkpoints (the extension replaced the host's
+    /// auto-checkpoint). Plain ones: nothing of it is being replicated from here, and whatever
+    /// it does to the WAL only means a snapshot when this instance takes over.
+    fn standby_checkpoint(&mut self) -> Result<()> {
+        let len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len == self.standby_wal_len {
+            return Ok(());
+        }
+        let frames = len.saturating_sub(32) / wal::frame_size(self.page_size);
+        let cfg = &self.shared.cfg;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            "TRUNCATE"
+        } else if frames >= cfg.min_checkpoint_page_count as u64
+            || cfg
+                .checkpoint_interval
+                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
+        {
+            "PASSIVE"
+        } else {
+            return Ok(());
+        };
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .with_context(|| format!("standby checkpoint({mode})"))?;
+        self.last_checkpoint = Instant::now();
+        self.standby_wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.shared.lock().checkpoints += 1;
         Ok(())
     }
 
@@ -803,16 +1092,15 @@ impl Worker {
         let Some(pos) = self.pos else { return Ok(()) };
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
-        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
-            CheckpointMode::Truncate
-        } else if frames >= cfg.min_checkpoint_page_count as u64 {
-            CheckpointMode::Passive
-        } else if cfg
+        let pressured = self.shared.lock().pressure;
+        let interval_due = cfg
             .checkpoint_interval
             .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
             && self.synced_since_checkpoint
-            && frames > 1
-        {
+            && frames > 1;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            CheckpointMode::Truncate
+        } else if frames >= cfg.min_checkpoint_page_count as u64 || pressured || interval_due {
             CheckpointMode::Passive
         } else {
             return Ok(());
@@ -826,6 +1114,16 @@ impl Worker {
     /// `stamp`: also record the database file's identity while writers are still held off (at
     /// stop), see `state::DbStamp`.
     fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
+        let result = self.checkpoint_inner(mode, stamp);
+        let mut g = self.shared.lock();
+        g.checkpoint_attempts += 1;
+        g.pressure = false;
+        drop(g);
+        self.shared.cond.notify_all();
+        result
+    }
+
+    fn checkpoint_inner(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
@@ -857,6 +1155,7 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
+        self.checkpointed_this_run = complete;
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;
@@ -865,20 +1164,34 @@ impl Worker {
                 let _ = state::save(&self.meta, &self.client.describe(), &p);
             }
             if mode == CheckpointMode::Truncate {
-                // Shrink the WAL file. A commit that slips in between releasing the barrier and
-                // the truncation restarts the WAL twice; the checkpoint-sequence check in plan()
-                // sees that and takes a snapshot instead of continuing.
-                self.end_read()?;
-                let r = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        r.get::<_, i64>(0)
-                    });
-                self.begin_read()?;
-                r.context("checkpoint(TRUNCATE)")?;
+                self.truncate_wal()?;
             }
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Shrink the WAL file after a complete checkpoint. Run from the barrier connection (no longer
+    /// in its write transaction) while `conn` keeps its read transaction on read mark 0: a commit
+    /// that slips in before the truncation restarts the WAL and appends frames, which TRUNCATE
+    /// would have to backfill — and backfilling needs read mark 0 exclusively, so it gives up
+    /// (SQLITE_BUSY) instead of truncating frames we have not read. Busy timeout 0: never hold
+    /// the write lock while waiting for that.
+    fn truncate_wal(&mut self) -> Result<()> {
+        self.barrier.busy_timeout(Duration::ZERO)?;
+        let r = self
+            .barrier
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.barrier.busy_timeout(BUSY_TIMEOUT)?;
+        match r {
+            // busy = 1: a writer or reader was in the way; the next checkpoint tries again.
+            Ok(_) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
+            Err(e) => Err(Error::from(e).context("checkpoint(TRUNCATE)")),
+        }
     }
 }
 

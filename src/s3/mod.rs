@@ -19,6 +19,7 @@
 //!   (`insecure_tls`); everything else is the SDK's default client.
 
 mod insecure_tls;
+pub mod lease;
 pub mod upload;
 
 use std::io::Read;
@@ -43,14 +44,14 @@ use crate::error::{Error, Result};
 use crate::ltx;
 use crate::replica_client::{format_timestamp_ms, LtxFileInfo, Progress, ReplicaClient, Spool};
 
-/// Attempts per request (the SDK's standard retry: 5xx, throttling, timeouts, resets). With the
-/// backoff below a request gives up within about 4 s on average (8 s at most) against a dead
-/// endpoint, so a failed sync shows in status quickly and `litestream_stop()` returns promptly;
-/// multipart parts get further rounds in the uploader, since a lost part costs the whole upload.
+/// Attempts per S3 request (the SDK's standard retry: 5xx, throttling, timeouts, resets).
+/// Litestream uses 10 with the SDK's default backoff (up to 20 s apart), which hides an unreachable
+/// endpoint from status for minutes. We retry a request a few times, quickly, and let the
+/// replicator's own cycle-level backoff (and its status) handle outages; multipart parts get
+/// further rounds in the uploader, since a lost part costs the whole upload.
 const MAX_ATTEMPTS: u32 = 5;
-/// First retry delay; doubles per attempt (with full jitter) up to `MAX_BACKOFF`.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for one attempt of a request without a large body (list, get headers, complete).
@@ -104,7 +105,7 @@ where
 
 /// "a: b: c" from an error and its sources, Display only (the SDK's Debug output would dump
 /// whole responses).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
@@ -131,12 +132,16 @@ pub struct S3Client {
     /// Multipart uploads whose abort failed (server unreachable): (key, upload id). Retried before
     /// every later upload and when the client is dropped.
     pub(crate) pending_aborts: Mutex<Vec<(String, String)>>,
+    /// Lease (issue 4): closed fence = no mutating request leaves `client`; its token tags uploads.
+    pub(crate) fence: Arc<lease::Fence>,
+    /// `client`'s configuration without the fence, for the lease's own requests.
+    pub(crate) base_conf: aws_sdk_s3::Config,
 }
 
 impl S3Client {
     pub fn new(target: &S3Target, rt: Handle) -> Result<S3Client> {
         let t = target.clone();
-        let client = run(&rt, async move {
+        let base_conf = run(&rt, async move {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(Region::new(t.region.clone()));
             if let (Some(ak), Some(sk)) = (t.access_key_id.clone(), t.secret_access_key.clone()) {
@@ -178,8 +183,15 @@ impl S3Client {
             if t.skip_verify {
                 b = b.http_client(insecure_tls::http_client());
             }
-            Client::from_conf(b.build())
+            b.build()
         });
+        let fence = Arc::new(lease::Fence::new());
+        let client = Client::from_conf(
+            base_conf
+                .to_builder()
+                .interceptor(lease::FenceInterceptor(fence.clone()))
+                .build(),
+        );
         Ok(S3Client {
             client,
             rt,
@@ -188,6 +200,8 @@ impl S3Client {
             created: SystemTime::now(),
             swept: AtomicBool::new(false),
             pending_aborts: Mutex::new(Vec::new()),
+            fence,
+            base_conf,
         })
     }
 
@@ -287,10 +301,15 @@ impl ReplicaClient for S3Client {
         body: &mut Spool,
     ) -> Result<u64> {
         let key = self.key(level, min_txid, max_txid);
-        let meta = vec![(
+        let mut meta = vec![(
             "litestream-timestamp".to_string(),
             format_timestamp_ms(timestamp_ms),
         )];
+        // Lease (issue 4): refuse early when the lease is not held; tag the object with the token.
+        self.fence.check().map_err(Error::msg)?;
+        if let Some(token) = self.fence.token() {
+            meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));
+        }
         upload::put_object(self, &key, meta, body)
     }
 

@@ -65,9 +65,10 @@ const ATTEMPT_BASE: Duration = Duration::from_secs(30);
 /// …plus the body at this rate (256 KiB/s: a slow uplink still finishes a 100 MiB part in under
 /// 7 minutes, while a stuck response to a 5 MiB part is given up after 50 s).
 const ATTEMPT_FLOOR_RATE: u64 = 256 * 1024;
-/// Rounds per part (each round is the SDK's own retries); pauses between rounds start at
-/// `PART_ROUND_PAUSE` and double, so a part survives an outage of about half a minute.
-const PART_ROUNDS: u32 = 4;
+/// Rounds per part (each round is the SDK's own quick retries); pauses between rounds start at
+/// `PART_ROUND_PAUSE` and double (2, 4, 8, 16 s), so a part survives an outage of about half a
+/// minute before the upload is given up (and aborted); the replicator then retries it whole.
+const PART_ROUNDS: u32 = 5;
 const PART_ROUND_PAUSE: Duration = Duration::from_secs(2);
 /// Single PUTs at least this large are shown in status while they run (smaller ones take
 /// milliseconds and would only flicker).

@@ -53,6 +53,7 @@ CONFIG_KEYS = [
     "type", "url", "bucket", "path", "region", "endpoint", "force-path-style", "skip-verify",
     "access-key-id", "secret-access-key", "sync-interval", "part-size", "concurrency",
     "min-checkpoint-page-count", "checkpoint-interval", "truncate-page-n",
+    "lease", "lease-ttl", "lease-owner",
 ]
 BUSY_TIMEOUT_MS = 10000
 TXID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -488,7 +489,8 @@ class PyHost:
 
     The snippet sees: EXT, P (the keyword arguments of run(), JSON round-tripped), connect(path),
     one(c, sql, *args), error_of(c, sql, *args), configure(c, pairs), status(c), cli(db, sql),
-    log(*args) (progress, shown if the snippet fails or hangs), wal_size(db); whatever it assigns to `result` (JSON-serialisable) is returned by run()."""
+    log(*args) (progress, shown if the snippet fails or hangs), wal_size(db); whatever it
+    assigns to `result` (JSON-serialisable) is returned by run()."""
 
     def __init__(self, ext):
         self.ext = ext
