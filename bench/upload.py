@@ -98,29 +98,36 @@ def run_boto(endpoint, key, path, part_mib, conc):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def throughput(endpoint, blob, size, concs, parts, repeat, label, reset):
+def throughput(server, blob, size, concs, parts, repeat, rtt_ms):
+    label = "%d ms" % rtt_ms
     rows = []
     for conc in concs:
-        reset()  # a fresh server per row: SeaweedFS keeps overwritten data until a vacuum
-        for part in parts:
-            ours, boto = [], []
-            for i in range(repeat):
-                # alternate who goes first, so drift in the machine's load hits both alike
-                order = [("ours", ours), ("boto3", boto)] if i % 2 == 0 else [("boto3", boto), ("ours", ours)]
-                for who, acc in order:
-                    key = "tp/%s" % who
-                    fn = run_ours if who == "ours" else run_boto
-                    r = fn(endpoint, key, blob, part, conc)
-                    acc.append(size / r["seconds"] / MIB)
-            row = {"rtt": label, "concurrency": conc, "part_mib": part,
-                   "parts": -(-size // (part * MIB)),
-                   "ours_mib_s": statistics.median(ours), "boto3_mib_s": statistics.median(boto),
-                   "ours_runs": ours, "boto3_runs": boto}
-            row["ratio"] = row["ours_mib_s"] / row["boto3_mib_s"]
-            rows.append(row)
-            print("  %-6s conc %2d  part %3d MiB (%3d parts)  ours %7.1f MiB/s  boto3 %7.1f MiB/s  ratio %.2f"
-                  % (label, conc, part, row["parts"], row["ours_mib_s"], row["boto3_mib_s"], row["ratio"]),
-                  flush=True)
+        # A fresh server per row: SeaweedFS keeps overwritten data until a vacuum.
+        endpoint = server.fresh()
+        proxy = S3Proxy(server.port, delay_ms=rtt_ms / 2).start() if rtt_ms else None
+        target = proxy.url if proxy else endpoint
+        try:
+            for part in parts:
+                ours, boto = [], []
+                for i in range(repeat):
+                    # alternate who goes first, so drift in the machine's load hits both alike
+                    order = [("ours", ours), ("boto3", boto)] if i % 2 == 0 else [("boto3", boto), ("ours", ours)]
+                    for who, acc in order:
+                        fn = run_ours if who == "ours" else run_boto
+                        r = fn(target, "tp/%s" % who, blob, part, conc)
+                        acc.append(size / r["seconds"] / MIB)
+                row = {"rtt": label, "concurrency": conc, "part_mib": part,
+                       "parts": -(-size // (part * MIB)),
+                       "ours_mib_s": statistics.median(ours), "boto3_mib_s": statistics.median(boto),
+                       "ours_runs": ours, "boto3_runs": boto}
+                row["ratio"] = row["ours_mib_s"] / row["boto3_mib_s"]
+                rows.append(row)
+                print("  %-6s conc %2d  part %3d MiB (%3d parts)  ours %7.1f MiB/s  boto3 %7.1f MiB/s  ratio %.2f"
+                      % (label, conc, part, row["parts"], row["ours_mib_s"], row["boto3_mib_s"], row["ratio"]),
+                      flush=True)
+        finally:
+            if proxy:
+                proxy.stop()
     return rows
 
 
@@ -157,12 +164,12 @@ def make_db(path, mib):
                    capture_output=True, timeout=3600)
 
 
-def rss(endpoint, workdir, db_mib, combos, reset):
+def rss(server, workdir, db_mib, combos):
     db = workdir / "rss.db"
     make_db(db, db_mib)
     rows = []
     for i, (part, conc) in enumerate(combos):
-        reset()
+        endpoint = server.fresh()
         shutil.rmtree(workdir / ".rss.db-litestream", ignore_errors=True)
         cfg = [("url", "s3://%s/rss-%d-%d?endpoint=%s" % (BUCKET, i, int(time.time()), endpoint)),
                ("part-size", "%dMB" % part), ("concurrency", str(conc))]
@@ -206,21 +213,55 @@ def machine():
             "cpus": os.cpu_count(), "memory": mem, "python": platform.python_version()}
 
 
-def start_server(state):
-    from free_port import free_s3_port
-    port = free_s3_port()
-    e = env()
-    e.update({"S3_PORT": str(port), "S3_STATE": str(state), "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
-    subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=e, check=True,
-                   capture_output=True, timeout=600)
-    return port, e
+class Server:
+    """The S3 server under test: S3_ENDPOINT if set, else our own SeaweedFS, started afresh (new
+    port, new data directory) by fresh() and warmed up untimed: a new SeaweedFS grows its volumes
+    on the first writes, which takes seconds that neither client should be charged."""
 
+    def __init__(self, work, external=None):
+        self.work = work
+        self.external = external
+        self.env = None
+        self.port = None
+        self.n = 0
+        self.warm = work / "warm.bin"
+        self.warm.write_bytes(os.urandom(16 * MIB))
 
-def restart_server(server_env):
-    """Same port, wiped data (start-s3.sh's S3_FRESH=1), bucket created again."""
-    script = str(SHARED / "scripts" / "start-s3.sh")
-    subprocess.run(["bash", script, "stop"], env=server_env, check=True, capture_output=True, timeout=120)
-    subprocess.run(["bash", script, "start"], env=server_env, check=True, capture_output=True, timeout=600)
+    def fresh(self):
+        if self.external:
+            endpoint = self.external
+        else:
+            from free_port import free_s3_port
+            self.stop()
+            self.n += 1
+            self.port = free_s3_port()
+            e = env()
+            e.update({"S3_PORT": str(self.port), "S3_STATE": str(self.work / ("s3-%d" % self.n)),
+                      "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
+            p = subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=e,
+                               capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError("start-s3.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
+            self.env = e
+            endpoint = "http://127.0.0.1:%d" % self.port
+        assert endpoint.startswith("http://127.0.0.1:"), "loopback only: %s" % endpoint
+        self.port = int(endpoint.rstrip("/").rsplit(":", 1)[1])
+        import boto3
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        try:
+            s3.create_bucket(Bucket=BUCKET)
+        except Exception:  # noqa: BLE001 - exists already
+            pass
+        run_ours(endpoint, "warm/ours", self.warm, 5, 2)
+        run_boto(endpoint, "warm/boto3", self.warm, 5, 2)
+        return endpoint
+
+    def stop(self):
+        if self.env:
+            subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "stop"], env=self.env,
+                           capture_output=True, timeout=120)
+            shutil.rmtree(self.env["S3_STATE"], ignore_errors=True)
+            self.env = None
 
 
 def main():
@@ -245,64 +286,29 @@ def main():
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="litestream-bench-"))
-    state = work / "s3"
-    server_env = None
-    endpoint = os.environ.get("S3_ENDPOINT")
     result = {"machine": machine(), "settings": vars(a), "throughput": [], "latency": [], "rss": []}
-    proxy = None
+    server = Server(work, os.environ.get("S3_ENDPOINT"))
+    result["server"] = {"external": server.external, "kind": "SeaweedFS 4.48 (weed mini)"}
     try:
-        if not endpoint:
-            port, server_env = start_server(state)
-            endpoint = "http://127.0.0.1:%d" % port
-        assert endpoint.startswith("http://127.0.0.1:"), "loopback only: %s" % endpoint
-        port = int(endpoint.rsplit(":", 1)[1])
-        import boto3
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-        except s3.exceptions.ClientError:
-            pass
-        result["server"] = {"endpoint": endpoint, "kind": "SeaweedFS 4.48 (weed mini)"}
         blob = work / "blob.bin"
         with open(blob, "wb") as f:
             for _ in range(a.size_mib):
                 f.write(os.urandom(MIB))
         size = a.size_mib * MIB
         print("machine: %s" % json.dumps(result["machine"]))
-
-        warm = work / "warm.bin"
-        warm.write_bytes(os.urandom(16 * MIB))
-
-        def reset():
-            if server_env:  # only a server of our own
-                restart_server(server_env)
-            # A fresh SeaweedFS grows its volumes on the first writes (seconds): do that untimed,
-            # with both clients, so neither pays it in a measured run.
-            run_ours(endpoint, "warm/ours", warm, 5, 2)
-            run_boto(endpoint, "warm/boto3", warm, 5, 2)
-
         if "throughput" not in skip:
             print("\nthroughput, loopback, %d MiB object (median of %d):" % (a.size_mib, a.repeat))
-            result["throughput"] = throughput(endpoint, blob, size, concs, parts, a.repeat, "0 ms",
-                                              reset)
+            result["throughput"] = throughput(server, blob, size, concs, parts, a.repeat, 0)
         if "latency" not in skip and a.rtt_ms > 0:
-            proxy = S3Proxy(port, delay_ms=a.rtt_ms / 2).start()
             print("\nthroughput through a %d ms round-trip delay proxy (median of %d):" % (a.rtt_ms, a.repeat))
-            result["latency"] = throughput(proxy.url, blob, size, concs, parts, a.repeat,
-                                           "%d ms" % a.rtt_ms, reset)
-            proxy.stop()
-            proxy = None
+            result["latency"] = throughput(server, blob, size, concs, parts, a.repeat, a.rtt_ms)
         blob.unlink()
         if "rss" not in skip:
             combos = [(5, 1), (5, 5), (5, 10), (10, 5), (50, 2), (50, 5), (100, 5)]
             print("\npeak RSS of a /usr/bin/python3 host snapshotting a %d MiB database:" % a.rss_db_mib)
-            result["rss"] = rss(endpoint, work, a.rss_db_mib, combos, reset)
+            result["rss"] = rss(server, work, a.rss_db_mib, combos)
     finally:
-        if proxy:
-            proxy.stop()
-        if server_env:
-            subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "stop"], env=server_env,
-                           timeout=120)
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = out_dir / ("upload-%s.json" % stamp)

@@ -623,33 +623,8 @@ fn put_multipart(
     active_uploads().insert(upload_id.clone());
 
     let tracked = Tracked::start(&c.progress, key, size, part_size, configured);
-    let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked).and_then(
-        |parts| {
-            let client = c.client.clone();
-            let (bucket, key, url, upload_id) = (
-                bucket.clone(),
-                key.to_string(),
-                url.clone(),
-                upload_id.clone(),
-            );
-            run(&c.rt, async move {
-                client
-                    .complete_multipart_upload()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("completing multipart upload of", &url, e))?;
-                Ok(())
-            })
-        },
-    );
+    let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked)
+        .and_then(|parts| complete(c, key, &upload_id, parts));
     drop(tracked);
 
     let outcome = match result {
@@ -661,25 +636,90 @@ fn put_multipart(
             let client = c.client.clone();
             let (bucket, key_owned, id) = (bucket.clone(), key.to_string(), upload_id.clone());
             let aborted = run(&c.rt, async move {
-                abort(&client, &bucket, &key_owned, &id).await
+                try_abort(&client, &bucket, &key_owned, &id).await
             });
             Err(match aborted {
                 Ok(()) => e.context("multipart upload aborted"),
-                Err(a) => {
+                Err(a) if a.retry => {
                     c.pending_aborts
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push((key.to_string(), upload_id.clone()));
                     e.context(format!(
-                        "multipart upload failed, and aborting it failed too ({a}); \
-                         the abort is retried before the next upload"
+                        "multipart upload failed, and aborting it failed too ({}); \
+                         the abort is retried before the next upload",
+                        a.message
                     ))
                 }
+                Err(a) => e.context(format!(
+                    "multipart upload failed, and the store refused to abort it ({}); \
+                     a lifecycle rule (AbortIncompleteMultipartUpload) can clean it up",
+                    a.message
+                )),
             })
         }
     };
     active_uploads().remove(&upload_id);
     outcome
+}
+
+/// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost
+/// (the retry then finds NoSuchUpload), the object is there: it is ours when its ETag is the one
+/// these parts make (S3's multipart ETag: MD5 of the parts' MD5s, then `-<parts>`).
+fn complete(c: &S3Client, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+    let expected = multipart_etag(&parts);
+    let client = c.client.clone();
+    let (bucket, key, upload_id) = (
+        c.target.bucket.clone(),
+        key.to_string(),
+        upload_id.to_string(),
+    );
+    run(&c.rt, async move {
+        let url = format!("s3://{bucket}/{key}");
+        let sent = client
+            .complete_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchUpload") && expected.is_some() => {
+                let head = client.head_object().bucket(&bucket).key(&key).send().await;
+                let etag = head
+                    .ok()
+                    .and_then(|h| h.e_tag().map(|t| t.trim_matches('"').to_string()));
+                if etag.is_some() && etag == expected {
+                    Ok(())
+                } else {
+                    Err(sdk_error("completing multipart upload of", &url, e))
+                }
+            }
+            Err(e) => Err(sdk_error("completing multipart upload of", &url, e)),
+        }
+    })
+}
+
+/// The ETag S3 gives a completed multipart upload of these parts, if every part's ETag is a plain
+/// MD5 (it is unless the store encrypts with SSE-KMS/C, or is not S3-like there).
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    let mut md5 = Md5::new();
+    for p in parts {
+        let t = p.e_tag()?.trim_matches('"');
+        if t.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            md5.update([u8::from_str_radix(t.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    Some(format!("{}-{}", hex(&md5.finalize()), parts.len()))
 }
 
 /// Where a part's bytes come from: a copy of a slice of an in-memory spool (at most the spool's
@@ -986,6 +1026,29 @@ mod tests {
             "other/0000/0000000000000001-0000000000000001.ltx"
         ));
         assert!(!is_replica_key(p, "db/0000/"));
+    }
+
+    #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        let part = |n: i32, data: &[u8]| {
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(format!("\"{}\"", hex(&Md5::digest(data))))
+                .build()
+        };
+        let parts = [part(1, b"hello "), part(2, b"world")];
+        let mut concat = Vec::new();
+        concat.extend_from_slice(&Md5::digest(b"hello "));
+        concat.extend_from_slice(&Md5::digest(b"world"));
+        assert_eq!(
+            multipart_etag(&parts),
+            Some(format!("{}-2", hex(&Md5::digest(&concat))))
+        );
+        let odd = [CompletedPart::builder()
+            .part_number(1)
+            .e_tag("\"not-an-md5\"")
+            .build()];
+        assert_eq!(multipart_etag(&odd), None);
     }
 
     #[test]

@@ -13,6 +13,9 @@ Content-Length bodies, keep-alive) to count requests and to apply a fault to cho
 - ("reset", n)                      forward the headers and n body bytes, then reset both sides
 - ("stall",)                        stop reading the request and never answer (until stop())
 - ("stall_response",)               forward the whole request, but never forward the answer
+- ("drop_response",)                forward the whole request; when the answer comes, reset the
+                                    connection instead (the server did the work, the client
+                                    never hears of it)
 - ("status", code)                  answer `code` with an S3-style XML error, without forwarding
   (code 503 → SlowDown, 500 → InternalError; the connection is closed afterwards)
 
@@ -70,6 +73,8 @@ class Request:
             return "ListMultipartUploads"
         if self.method == "PUT":
             return "PutObject"
+        if self.method == "HEAD":
+            return "HeadObject"
         if self.method == "GET" and ("list-type=2" in q or self.path.count("/") <= 1):
             return "ListObjectsV2"
         return self.method
@@ -173,7 +178,7 @@ class S3Proxy:
             _hard_close(cwriter)
             return
         self._writers.update((cwriter, uwriter))
-        state = {"hold_responses": False}
+        state = {"hold_responses": False, "drop_responses": False}
         up = DelayLine(uwriter, self.delay, self.rate)
         down = DelayLine(cwriter, self.delay)
         t1 = asyncio.ensure_future(self._client_to_server(conn_id, creader, cwriter, up, uwriter, state))
@@ -207,6 +212,8 @@ class S3Proxy:
                 return
             if state["hold_responses"]:
                 continue  # swallowed: the client waits for an answer that never comes
+            if state["drop_responses"]:
+                raise _Reset()
             await down.send(data)
 
     async def _client_to_server(self, conn_id, creader, cwriter, up, uwriter, state):
@@ -251,6 +258,8 @@ class S3Proxy:
             await up.send(head)
             if action and action[0] == "stall_response":
                 state["hold_responses"] = True
+            if action and action[0] == "drop_response":
+                state["drop_responses"] = True
             if chunked:
                 # Not expected from our client (the tests assert it); pass the rest through raw.
                 while True:
