@@ -9,9 +9,10 @@
 //!   from copies of its slices. Parts start only when a slot is free. The same goes for a single
 //!   PutObject: with `part-size: 5GB` that object can be gigabytes, and is never read into memory.
 //! - Every body carries its Content-MD5 (checked by every S3-compatible store, SeaweedFS included)
-//!   and its SHA-256 signed into the request (checked by AWS), both computed before sending. So
-//!   bodies can stream in small frames: the SDK's stalled-stream protection then sees a body that
-//!   stops moving and fails the attempt within seconds instead of at the attempt deadline.
+//!   and, over plain HTTP, its SHA-256 signed into the request (checked by AWS and MinIO); both are
+//!   computed before sending. So bodies can stream in small frames: the SDK's stalled-stream
+//!   protection then sees a body that stops moving and fails the attempt within seconds instead of
+//!   at the attempt deadline.
 //! - An upload never needs more than S3's 10,000 parts: when the size would exceed it, the part
 //!   size is raised just enough (to a whole MiB) and status shows the raised size and the
 //!   configured one.
@@ -97,6 +98,16 @@ pub fn attempt_timeout(len: u64) -> Duration {
 
 fn upload_config(len: u64) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::new().timeout_config(timeouts(attempt_timeout(len)))
+}
+
+/// Whether bodies are signed with their SHA-256: over plain HTTP, where nothing else protects
+/// them from a middlebox. Over HTTPS TLS does, and the payload goes as UNSIGNED-PAYLOAD (the AWS
+/// SDKs' own rule), saving a hash pass; Content-MD5 is sent either way.
+fn sign_payload(c: &S3Client) -> bool {
+    c.target
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
 }
 
 /// Upload `body` to `key` with the given user metadata. Returns the bytes stored.
@@ -346,11 +357,11 @@ fn sweep(c: &S3Client) -> std::result::Result<u64, Failure> {
 
 // ---- bodies -------------------------------------------------------------------------------------
 
-/// A body's Content-MD5 (base64) and SHA-256 (lowercase hex).
+/// A body's Content-MD5 (base64) and, when the payload is signed, its SHA-256 (lowercase hex).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Digests {
     md5: String,
-    sha256: String,
+    sha256: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -358,28 +369,30 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Digests {
-    fn of(data: &[u8]) -> Digests {
+    fn of(data: &[u8], sign: bool) -> Digests {
         Digests {
             md5: aws_smithy_types::base64::encode(Md5::digest(data)),
-            sha256: hex(&Sha256::digest(data)),
+            sha256: sign.then(|| hex(&Sha256::digest(data))),
         }
     }
 
     /// Of `len` bytes of `file` from `offset`, read in 1 MiB pieces.
-    fn of_file(file: &File, offset: u64, len: u64) -> io::Result<Digests> {
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+    fn of_file(file: &File, offset: u64, len: u64, sign: bool) -> io::Result<Digests> {
+        let (mut md5, mut sha) = (Md5::new(), sign.then(Sha256::new));
         let mut buf = vec![0u8; MIB.min(len) as usize];
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(MIB) as usize;
             file.read_exact_at(&mut buf[..n], offset + off)?;
             md5.update(&buf[..n]);
-            sha.update(&buf[..n]);
+            if let Some(sha) = sha.as_mut() {
+                sha.update(&buf[..n]);
+            }
             off += n as u64;
         }
         Ok(Digests {
             md5: aws_smithy_types::base64::encode(md5.finalize()),
-            sha256: hex(&sha.finalize()),
+            sha256: sha.map(|s| hex(&s.finalize())),
         })
     }
 }
@@ -548,13 +561,13 @@ fn put_single(
         // In memory: at most the spool's memory limit.
         None => {
             let data = Bytes::from(body.as_memory().unwrap_or_default().to_vec());
-            let digests = Digests::of(&data);
+            let digests = Digests::of(&data, sign_payload(c));
             (memory_stream(data), digests)
         }
         // Spilled to disk: stream it from the file.
         Some(file) => {
             let file = Arc::new(file.map_err(read_err)?);
-            let digests = Digests::of_file(&file, 0, len).map_err(read_err)?;
+            let digests = Digests::of_file(&file, 0, len, sign_payload(c)).map_err(read_err)?;
             (file_stream(file, 0, len), digests)
         }
     };
@@ -574,10 +587,11 @@ fn put_single(
         for (k, v) in metadata {
             req = req.metadata(k, v);
         }
-        req.customize()
-            .interceptor(SignedPayload(digests.sha256))
-            .config_override(upload_config(len))
-            .send()
+        let mut op = req.customize().config_override(upload_config(len));
+        if let Some(sha) = digests.sha256 {
+            op = op.interceptor(SignedPayload(sha));
+        }
+        op.send()
             .await
             .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key_owned}"), e))?;
         Ok::<(), Error>(())
@@ -749,10 +763,10 @@ impl PartBody {
         }
     }
 
-    fn digests(&self) -> io::Result<Digests> {
+    fn digests(&self, sign: bool) -> io::Result<Digests> {
         match self {
-            PartBody::Memory(b) => Ok(Digests::of(b)),
-            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len),
+            PartBody::Memory(b) => Ok(Digests::of(b, sign)),
+            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len, sign),
         }
     }
 }
@@ -801,9 +815,12 @@ fn upload_parts(
     let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
     let mut failure: Option<Error> = None;
     let mut next = 0u64;
+    // The next part, read (memory spool) and hashed while the parts in flight are sent, so that
+    // hashing never leaves a slot idle. From a file spool this holds no part data.
+    let mut prepared: Option<(i32, PartBody, Digests)> = None;
 
-    while failure.is_none() && (next < parts_total || !running.is_empty()) {
-        if next < parts_total && running.len() < concurrency {
+    while failure.is_none() {
+        if prepared.is_none() && next < parts_total {
             let offset = next * part_size;
             let len = part_size.min(size - offset);
             let data = match &file {
@@ -822,36 +839,42 @@ fn upload_parts(
                 }
             };
             // Hashed here, on the uploader's own thread, not on the runtime's I/O workers.
-            let digests = match data.digests() {
-                Ok(d) => d,
+            match data.digests(sign_payload(c)) {
+                Ok(d) => prepared = Some(((next + 1) as i32, data, d)),
                 Err(e) => {
                     failure = Some(read_err(e));
                     break;
                 }
-            };
-            let part = (next + 1) as i32;
-            let report = Report {
-                tx: tx.clone(),
-                part,
-                len,
-                outcome: None,
-            };
-            let client = c.client.clone();
-            let (bucket, key, upload_id) = (
-                c.target.bucket.clone(),
-                key.to_string(),
-                upload_id.to_string(),
-            );
-            let handle = c.rt.spawn(async move {
-                // Move the whole guard in (a closure would capture only the field it assigns).
-                let mut report = report;
-                let outcome =
-                    send_part(&client, &bucket, &key, &upload_id, part, data, digests).await;
-                report.outcome = Some(outcome);
-            });
-            running.insert(part, handle);
+            }
             next += 1;
-            continue;
+        }
+        if running.len() < concurrency {
+            if let Some((part, data, digests)) = prepared.take() {
+                let report = Report {
+                    tx: tx.clone(),
+                    part,
+                    len: data.len(),
+                    outcome: None,
+                };
+                let client = c.client.clone();
+                let (bucket, key, upload_id) = (
+                    c.target.bucket.clone(),
+                    key.to_string(),
+                    upload_id.to_string(),
+                );
+                let handle = c.rt.spawn(async move {
+                    // Move the whole guard in (a closure would capture only the field it assigns).
+                    let mut report = report;
+                    let outcome =
+                        send_part(&client, &bucket, &key, &upload_id, part, data, digests).await;
+                    report.outcome = Some(outcome);
+                });
+                running.insert(part, handle);
+                continue;
+            }
+        }
+        if running.is_empty() {
+            break; // nothing in flight, nothing left to send
         }
         // All slots busy (or nothing left to start): wait for a part to finish.
         let (part, len, outcome) = rx
@@ -882,6 +905,12 @@ fn upload_parts(
             }
         });
         return Err(e);
+    }
+    if parts.len() as u64 != parts_total {
+        return Err(Error::msg(format!(
+            "internal: {} of {parts_total} parts uploaded",
+            parts.len()
+        )));
     }
     parts.sort_by_key(|p| p.part_number());
     Ok(parts)
@@ -925,7 +954,7 @@ async fn send_part(
     let mut pause = PART_ROUND_PAUSE;
     let mut round = 1;
     loop {
-        let sent = client
+        let mut op = client
             .upload_part()
             .bucket(bucket)
             .key(key)
@@ -935,10 +964,11 @@ async fn send_part(
             .content_md5(digests.md5.clone())
             .body(data.stream())
             .customize()
-            .interceptor(SignedPayload(digests.sha256.clone()))
-            .config_override(upload_config(len))
-            .send()
-            .await;
+            .config_override(upload_config(len));
+        if let Some(sha) = &digests.sha256 {
+            op = op.interceptor(SignedPayload(sha.clone()));
+        }
+        let sent = op.send().await;
         match sent {
             Ok(out) => {
                 return out.e_tag().map(str::to_string).ok_or_else(|| {
@@ -1053,18 +1083,19 @@ mod tests {
 
     #[test]
     fn digests_are_content_md5_and_hex_sha256() {
-        let d = Digests::of(b"");
+        let d = Digests::of(b"", true);
         assert_eq!(d.md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
         assert_eq!(
-            d.sha256,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            d.sha256.as_deref(),
+            Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         );
-        let d = Digests::of(b"abc");
+        let d = Digests::of(b"abc", true);
         assert_eq!(d.md5, "kAFQmDzST7DWlj99KOF/cg==");
         assert_eq!(
-            d.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            d.sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
+        assert_eq!(Digests::of(b"abc", false).sha256, None);
     }
 
     #[test]
@@ -1129,8 +1160,8 @@ mod tests {
             out
         });
         assert_eq!(got, data);
-        let d = Digests::of_file(&file, 0, data.len() as u64).unwrap();
-        assert_eq!(d, Digests::of(&data));
+        let d = Digests::of_file(&file, 0, data.len() as u64, true).unwrap();
+        assert_eq!(d, Digests::of(&data, true));
         // A region in the middle, as a multipart part streams it.
         let (off, len) = (FILE_CHUNK + 3, FILE_CHUNK + 100);
         let region = rt.block_on(async {
@@ -1145,8 +1176,8 @@ mod tests {
         });
         assert_eq!(region, &data[off as usize..(off + len) as usize]);
         assert_eq!(
-            Digests::of_file(&file, off, len).unwrap(),
-            Digests::of(&region)
+            Digests::of_file(&file, off, len, true).unwrap(),
+            Digests::of(&region, true)
         );
         assert_eq!(d.md5, aws_smithy_types::base64::encode(Md5::digest(&data)));
         std::fs::remove_dir_all(&dir).unwrap();
