@@ -172,7 +172,8 @@ impl Replicator {
         let progress = client.progress();
         let replica = client.describe();
         let meta = state::meta_dir(db_path);
-        let saved = state::load(&meta, &replica).filter(|p| p.page_size == page_size);
+        let mut saved = state::load(&meta, &replica);
+        saved.retain(|p| p.page_size == page_size);
 
         let shared = Arc::new(Shared {
             db_path: db_path.display().to_string(),
@@ -414,7 +415,7 @@ struct Worker {
     page_size: u32,
     client: Arc<dyn ReplicaClient>,
     /// Position from the state file, to be checked against the replica before it is trusted.
-    saved: Option<Position>,
+    saved: Vec<Position>,
     /// Position of the last upload; None until known (then the next file is a snapshot).
     pos: Option<Position>,
     /// The replica's highest TXID, once listed.
@@ -660,7 +661,9 @@ impl Worker {
         })?;
         self.remote_max = Some(max);
         // The saved position counts only if the replica still ends exactly where we left it.
-        self.pos = self.saved.take().filter(|p| p.txid == max && max > 0);
+        self.pos = std::mem::take(&mut self.saved)
+            .into_iter()
+            .find(|p| p.txid == max && max > 0);
         self.shared.lock().txid = max;
         Ok(max)
     }
@@ -829,15 +832,15 @@ impl Worker {
         }
         enc.finish()?;
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
-        self.upload(txid, header.timestamp_ms, &mut spool)?;
-        self.pos = Some(Position {
+        let new_pos = Position {
             txid,
             page_size: self.page_size,
             commit: seg.commit,
             wal: wal_position(&seg, seg.header.checkpoint_seq),
             backfilled: false,
             db_stamp: None,
-        });
+        };
+        self.upload(&new_pos, header.timestamp_ms, &mut spool)?;
         self.after_upload()?;
         Ok(more)
     }
@@ -903,16 +906,16 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        self.upload(txid, header.timestamp_ms, &mut spool)
-            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
-        self.pos = Some(Position {
+        let new_pos = Position {
             txid,
             page_size: self.page_size,
             commit,
             wal: wal_position(seg_ref, seg_ref.header.checkpoint_seq),
             backfilled: false,
             db_stamp: None,
-        });
+        };
+        self.upload(&new_pos, header.timestamp_ms, &mut spool)
+            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         self.shared.lock().snapshots += 1;
         self.after_upload()
     }
@@ -955,12 +958,24 @@ impl Worker {
         }
     }
 
-    fn upload(&mut self, txid: u64, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
+    /// Upload the L0 file that moves the replica to `new_pos`, and make it our position. The state
+    /// file names `new_pos` as pending first, so a crash right after the upload still leaves a
+    /// position that matches the replica.
+    fn upload(&mut self, new_pos: &Position, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
         if let Some(l) = &self.lease {
             l.check()?;
         }
+        state::save(
+            &self.meta,
+            &self.client.describe(),
+            self.pos.as_ref(),
+            Some(new_pos),
+        )
+        .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
+        let txid = new_pos.txid;
         self.client.put(0, txid, txid, timestamp_ms, spool)?;
         self.remote_max = Some(txid);
+        self.pos = Some(*new_pos);
         Ok(())
     }
 
@@ -969,7 +984,7 @@ impl Worker {
         self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
-            state::save(&self.meta, &self.client.describe(), pos)
+            state::save(&self.meta, &self.client.describe(), Some(pos), None)
                 .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         }
         Ok(())
@@ -984,13 +999,11 @@ impl Worker {
     /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
     fn take_over(&mut self, epoch: u64) {
         self.lease_epoch = Some(epoch);
-        let from_disk = state::load(&self.meta, &self.client.describe())
-            .filter(|p| p.page_size == self.page_size);
-        let newest = [from_disk, self.pos.take(), self.saved.take()]
-            .into_iter()
-            .flatten()
-            .max_by_key(|p| p.txid);
-        self.saved = newest;
+        let mut candidates = state::load(&self.meta, &self.client.describe());
+        candidates.extend(self.pos.take());
+        candidates.append(&mut self.saved);
+        candidates.retain(|p| p.page_size == self.page_size);
+        self.saved = candidates;
         self.pos = None;
         self.remote_max = None;
         let mut g = self.shared.lock();
@@ -1003,7 +1016,9 @@ impl Worker {
     fn standby_wait(&mut self, lease: &Lease) -> bool {
         if self.lease_epoch.take().is_some() {
             // Lost the lease: keep our position only as a hint for the next acquisition.
-            self.saved = self.pos.take().or(self.saved.take());
+            if let Some(p) = self.pos.take() {
+                self.saved.push(p);
+            }
             self.remote_max = None;
         }
         let _ = self.end_read();
@@ -1161,7 +1176,7 @@ impl Worker {
                 p.backfilled = true;
                 p.db_stamp = db_stamp;
                 let p = *p;
-                let _ = state::save(&self.meta, &self.client.describe(), &p);
+                let _ = state::save(&self.meta, &self.client.describe(), Some(&p), None);
             }
             if mode == CheckpointMode::Truncate {
                 self.truncate_wal()?;
