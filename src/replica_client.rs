@@ -433,8 +433,17 @@ mod tests {
 
     #[test]
     fn timestamps_parse_back() {
-        let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
-        for v in [1_700_000_000_000i64, 1_700_000_000_123, 1_700_000_000_120, 1] {
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        for v in [
+            1_700_000_000_000i64,
+            1_700_000_000_123,
+            1_700_000_000_120,
+            1,
+        ] {
             assert_eq!(
                 ms(parse_timestamp(&format_timestamp_ms(v)).unwrap()),
                 v as u128

@@ -130,36 +130,54 @@ pub fn plan_files(
     let level = |l: u8| levels.get(l as usize).unwrap_or(&empty);
     let mut plan: Vec<LtxFileInfo> = Vec::new();
     // The last admitted snapshot in listing order.
-    if let Some(snap) = level(SNAPSHOT_LEVEL)
-        .iter()
-        .filter(|f| admits(target, f))
-        .next_back()
-    {
+    if let Some(snap) = level(SNAPSHOT_LEVEL).iter().rfind(|f| admits(target, f)) {
         plan.push(snap.clone());
     }
     let mut current = plan.last().map_or(0, |f| f.max_txid);
     let reached_target = |current: u64| matches!(target, Target::Txid(t) if current >= t);
     if !reached_target(current) {
-        // Greedy: each step takes the admitted file that is contiguous with `current` and
-        // reaches furthest. A file once passed over can never become useful again (`current`
-        // only grows), so one sweep over each level's listing would do; the levels are short
-        // enough in practice to rescan.
+        // Greedy: each step takes the admitted file that is contiguous with `current` and reaches
+        // furthest. Each level is swept once by a cursor: a file passed over can never become
+        // useful later, because `current` only grows.
+        struct Cursor<'a> {
+            files: &'a [LtxFileInfo],
+            pos: usize,
+            candidate: Option<&'a LtxFileInfo>,
+        }
+        let mut cursors: Vec<Cursor<'_>> = (0..SNAPSHOT_LEVEL)
+            .rev()
+            .map(|l| Cursor {
+                files: level(l),
+                pos: 0,
+                candidate: None,
+            })
+            .collect();
         loop {
-            let mut best: Option<&LtxFileInfo> = None;
-            for l in (0..SNAPSHOT_LEVEL).rev() {
-                for f in level(l) {
+            let mut best: Option<(usize, &LtxFileInfo)> = None;
+            for (ci, c) in cursors.iter_mut().enumerate() {
+                if c.candidate.is_some_and(|f| f.max_txid <= current) {
+                    c.candidate = None;
+                }
+                while let Some(f) = c.files.get(c.pos) {
                     if f.min_txid > current.saturating_add(1) {
                         break;
                     }
+                    c.pos += 1;
                     if f.max_txid <= current || !admits(target, f) {
                         continue;
                     }
-                    if best.is_none_or(|b| better(b, f)) {
-                        best = Some(f);
+                    if c.candidate.is_none_or(|b| better(b, f)) {
+                        c.candidate = Some(f);
+                    }
+                }
+                if let Some(f) = c.candidate {
+                    if best.is_none_or(|(_, b)| better(b, f)) {
+                        best = Some((ci, f));
                     }
                 }
             }
-            let Some(f) = best else { break };
+            let Some((ci, f)) = best else { break };
+            cursors[ci].candidate = None;
             current = f.max_txid;
             plan.push(f.clone());
             if reached_target(current) {
@@ -369,10 +387,7 @@ pub fn restore(client: &dyn ReplicaClient, out: &Path, opts: &RestoreOptions) ->
     let target = opts.target()?;
     let progress = Registered::new(out, client.describe(), target);
     let files = plan(client, target)?;
-    progress
-        .0
-        .files_total
-        .store(files.len(), Ordering::Relaxed);
+    progress.0.files_total.store(files.len(), Ordering::Relaxed);
     progress
         .0
         .bytes_total
@@ -773,7 +788,10 @@ pub(crate) mod tests {
     #[test]
     fn txid_targets_are_file_boundaries() {
         let lv = sample();
-        assert_eq!(names(&plan_files(&lv, Target::Txid(6)).unwrap()), [(9, 1, 6)]);
+        assert_eq!(
+            names(&plan_files(&lv, Target::Txid(6)).unwrap()),
+            [(9, 1, 6)]
+        );
         assert_eq!(
             names(&plan_files(&lv, Target::Txid(7)).unwrap()),
             [(9, 1, 6), (0, 7, 7)]
@@ -872,7 +890,11 @@ pub(crate) mod tests {
 
     #[test]
     fn progress_registry() {
-        assert!(active_json().as_array().unwrap().iter().all(|r| r["output"] != "/x/y.db"));
+        assert!(active_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["output"] != "/x/y.db"));
         {
             let r = Registered::new(Path::new("/x/y.db"), "file:///r".into(), Target::Txid(3));
             r.0.files_total.store(4, Ordering::Relaxed);
@@ -888,6 +910,10 @@ pub(crate) mod tests {
             assert_eq!(me["files_total"], 4);
             assert_eq!(me["phase"], "planning");
         }
-        assert!(active_json().as_array().unwrap().iter().all(|r| r["output"] != "/x/y.db"));
+        assert!(active_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["output"] != "/x/y.db"));
     }
 }

@@ -38,6 +38,10 @@ pub const FUNCTIONS: &[&str] = &[
     "litestream_restore",
 ];
 
+/// Virtual-table modules this extension registers (eponymous: usable as table-valued functions;
+/// they show in `pragma_module_list`, not `pragma_function_list`); a test pins it.
+pub const MODULES: &[&str] = &["litestream_ltx"];
+
 /// Called once per connection that loads the extension. Returns Ok(true): stay loaded.
 pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     let pure = FunctionFlags::SQLITE_UTF8
@@ -77,6 +81,7 @@ pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     conn.create_scalar_function(c"litestream_restore", 2, direct, |ctx| {
         sql_result("litestream_restore", restore_fn(ctx))
     })?;
+    host::register_ltx_table(&conn)?;
     Ok(true)
 }
 
@@ -286,8 +291,8 @@ fn restore_fn(ctx: &FnContext<'_>) -> Result<String> {
                     }
                     other => {
                         return Err(Error::msg(format!(
-                            "unknown option '{other}'; valid options: url, overwrite, txid, timestamp"
-                        )))
+                        "unknown option '{other}'; valid options: url, overwrite, txid, timestamp"
+                    )))
                     }
                 }
             }

@@ -232,7 +232,9 @@ impl ReplicaClient for S3Client {
                         .key(&key)
                         .send()
                         .await
-                        .map_err(|e| sdk_error("reading metadata of", &format!("s3://{bucket}/{key}"), e))?;
+                        .map_err(|e| {
+                            sdk_error("reading metadata of", &format!("s3://{bucket}/{key}"), e)
+                        })?;
                     let stamp = resp
                         .metadata()
                         .and_then(|m| m.get("litestream-timestamp"))
