@@ -263,7 +263,8 @@ struct Status {
     snapshots: u64,
     last_snapshot: Option<(u64, u64, SystemTime)>,
     deleted: u64,
-    last_error: Option<String>,
+    /// The current error of each task that failed on its last run (cleared when it succeeds).
+    errors: Vec<(Task, String)>,
 }
 
 struct Shared {
@@ -371,7 +372,9 @@ impl Compactor {
             "l0_retention": self.settings.l0_retention.map(format_duration),
             "retention": if self.settings.retention { "on" } else { "off" },
             "deleted": s.deleted,
-            "last_error": s.last_error,
+            "last_error": (!s.errors.is_empty()).then(|| {
+                s.errors.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
+            }),
         })
     }
 }
@@ -397,7 +400,10 @@ impl Worker {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            self.shared.status().last_error = Some(format!("internal error in compaction: {msg}"));
+            self.shared
+                .status()
+                .errors
+                .push((Task::L0Retention, format!("internal error in compaction: {msg}")));
         }
     }
 
@@ -449,13 +455,17 @@ impl Worker {
             let task = due[idx].0;
             let result = self.run_task(task);
             let failed = result.is_err();
-            if let Err(e) = result {
-                let what = match task {
-                    Task::Level(n) => format!("compacting into level {n}"),
-                    Task::Snapshot => "level-9 snapshot".to_string(),
-                    Task::L0Retention => "level-0 retention".to_string(),
-                };
-                self.shared.status().last_error = Some(format!("{what}: {e}"));
+            {
+                let mut s = self.shared.status();
+                s.errors.retain(|(t, _)| *t != task);
+                if let Err(e) = result {
+                    let what = match task {
+                        Task::Level(n) => format!("compacting into level {n}"),
+                        Task::Snapshot => "level-9 snapshot".to_string(),
+                        Task::L0Retention => "level-0 retention".to_string(),
+                    };
+                    s.errors.push((task, format!("{what}: {e}")));
+                }
             }
             let now = SystemTime::now();
             due[idx].1 = match task {
@@ -487,7 +497,6 @@ impl Worker {
                     let l = &mut s.levels[n as usize - 1];
                     l.compactions += 1;
                     l.last = Some((out.min_txid, out.max_txid, out.size, SystemTime::now()));
-                    s.last_error = None;
                 }
                 if n == 1 {
                     self.enforce_l0_retention()?;
