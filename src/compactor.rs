@@ -400,10 +400,10 @@ impl Worker {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            self.shared
-                .status()
-                .errors
-                .push((Task::L0Retention, format!("internal error in compaction: {msg}")));
+            self.shared.status().errors.push((
+                Task::L0Retention,
+                format!("internal error in compaction: {msg}"),
+            ));
         }
     }
 

@@ -40,8 +40,8 @@ pub unsafe extern "C" fn sqlite3_litestream_init(
     result.unwrap_or(ffi::SQLITE_ERROR)
 }
 
-/// Callback registered with `sqlite3_wal_hook`. Its user data is a leaked `Box<WalHookTarget>`.
-pub type CommitNotifier = fn(&str);
+/// Called after each commit with the database path and the number of frames now in the WAL.
+pub type CommitNotifier = fn(&str, u32);
 
 struct WalHookTarget {
     db_path: String,
@@ -52,18 +52,20 @@ unsafe extern "C" fn wal_hook_trampoline(
     arg: *mut c_void,
     _db: *mut ffi::sqlite3,
     db_name: *const c_char,
-    _frames: c_int,
+    frames: c_int,
 ) -> c_int {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `arg` is the Box<WalHookTarget> leaked in install_wal_hook; never freed.
         let target = &*(arg as *const WalHookTarget);
         // The hook fires for every attached database; only the main one is replicated.
         if !db_name.is_null() && CStr::from_ptr(db_name).to_bytes() == b"main" {
-            (target.notify)(&target.db_path);
+            (target.notify)(&target.db_path, frames.max(0) as u32);
         }
     }));
     // Returning SQLITE_OK: the hook replaces SQLite's auto-checkpoint for this connection, on
     // purpose — the replicator runs checkpoints itself, only after frames are in the replica.
+    // SQLite calls the hook after the commit, with the write lock already released, so the
+    // notifier may block this thread (backpressure) without blocking other writers.
     ffi::SQLITE_OK
 }
 

@@ -47,6 +47,14 @@ const MIN_POLL: Duration = Duration::from_millis(100);
 /// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Backpressure: a hooked connection whose commit leaves the WAL larger than this waits (in the
+/// WAL hook, after its commit, holding no lock) until the replicator has caught up and attempted a
+/// checkpoint. Without it a writer faster than the upload grows the WAL without bound: the WAL can
+/// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
+/// grow its WAL to 558 MB, test-infrastructure.md).
+const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
+/// A writer never waits longer than this per commit, whatever the replica does.
+const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -81,6 +89,10 @@ struct Inner {
     last_error: Option<String>,
     snapshots: u64,
     checkpoints: u64,
+    /// Checkpoint attempts, successful or not (backpressure waiters watch this).
+    checkpoint_attempts: u64,
+    /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
+    pressure: bool,
     wal_size: u64,
     /// A level-9 snapshot asked for by the compactor (see `request_level9`).
     level9: Option<Level9Request>,
@@ -99,6 +111,7 @@ pub struct Shared {
     replica: String,
     cfg: ResolvedConfig,
     progress: Arc<Progress>,
+    frame_size: u64,
     inner: Mutex<Inner>,
     cond: Condvar,
 }
@@ -161,6 +174,7 @@ impl Replicator {
             replica,
             cfg,
             progress,
+            frame_size: wal::frame_size(page_size),
             inner: Mutex::new(Inner {
                 state: RunState::Running,
                 stop_requested: false,
@@ -172,6 +186,8 @@ impl Replicator {
                 last_error: None,
                 snapshots: 0,
                 checkpoints: 0,
+                checkpoint_attempts: 0,
+                pressure: false,
                 wal_size: 0,
                 level9: None,
             }),
@@ -195,6 +211,7 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
+            checkpointed_this_run: false,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -234,11 +251,34 @@ impl Replicator {
         self.shared.lock().state == RunState::Stopped
     }
 
-    /// Called from the WAL hook of a connection that started replication: a commit happened.
-    pub fn notify_commit(&self) {
+    /// Called from the WAL hook of a connection that started replication: a commit happened and
+    /// the WAL now holds `wal_frames` frames. Past the backpressure size, the committing thread
+    /// waits until the replicator has caught up and tried to checkpoint.
+    pub fn notify_commit(&self, wal_frames: u32) {
         let mut g = self.shared.lock();
         if g.dirty_since.is_none() {
             g.dirty_since = Some(Instant::now());
+        }
+        let pressured = wal_frames as u64 * self.shared.frame_size >= BACKPRESSURE_WAL_BYTES;
+        if pressured && g.state == RunState::Running && !g.stop_requested {
+            g.pressure = true;
+            self.shared.cond.notify_all();
+            let seen = g.checkpoint_attempts;
+            let deadline = Instant::now() + BACKPRESSURE_MAX_WAIT;
+            while g.checkpoint_attempts == seen && g.state == RunState::Running && !g.stop_requested
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                g = self
+                    .shared
+                    .cond
+                    .wait_timeout(g, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            return;
         }
         drop(g);
         self.shared.cond.notify_all();
@@ -395,6 +435,9 @@ struct Worker {
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
+    /// A complete checkpoint ran in this process since the last upload: the database file is
+    /// known to equal the replica at `pos`.
+    checkpointed_this_run: bool,
 }
 
 impl Worker {
@@ -423,6 +466,9 @@ impl Worker {
         };
         let mut next_poll = Instant::now();
         let mut backoff: Option<(Duration, Instant)> = None;
+        // Sync requests up to this number have had a cycle started for them. A request bypasses
+        // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
+        let mut attempted = 0u64;
         loop {
             // Wait for a reason to run a cycle.
             let (stopping, ticket) = {
@@ -433,7 +479,7 @@ impl Worker {
                         break;
                     }
                     let retry_at = backoff.map(|(_, at)| at);
-                    let sync_wanted = g.sync_requested > g.synced_gen;
+                    let sync_wanted = g.sync_requested > attempted.max(g.synced_gen) || g.pressure;
                     let commit_due = g.dirty_since.map(|t| t + interval);
                     let mut due = next_poll;
                     if let Some(c) = commit_due {
@@ -455,6 +501,7 @@ impl Worker {
                 }
                 (g.stop_requested, g.sync_requested)
             };
+            attempted = ticket;
             next_poll = Instant::now() + poll;
             let started = Instant::now();
             let result = self.cycle(ticket);
@@ -464,6 +511,12 @@ impl Worker {
                 let _ = req.reply.send(self.write_level9_snapshot(req.newer_than));
             }
             let mut g = self.shared.lock();
+            if g.pressure {
+                // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
+                // release backpressure waiters anyway rather than spin on the flag.
+                g.pressure = false;
+                g.checkpoint_attempts += 1;
+            }
             match result {
                 Ok(()) => {
                     g.state = RunState::Running;
@@ -628,12 +681,22 @@ impl Worker {
             });
         };
         let Some(header) = header else {
-            // No valid WAL header: nothing committed since (a commit writes the header first).
-            return Ok(Plan::Incremental(Resume::At {
-                offset: pos.wal.end,
-                salt1: pos.wal.salt1,
-                salt2: pos.wal.salt2,
-            }));
+            // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing
+            // is new only if the database file is known to equal the replica: we checkpointed
+            // everything ourselves in this run, or the file is untouched since the checkpoint at
+            // the last stop. Otherwise a connection may have checkpointed commits we never saw
+            // and then deleted or truncated the WAL.
+            if pos.backfilled && (self.checkpointed_this_run || self.db_unchanged_since_stop(&pos))
+            {
+                return Ok(Plan::Incremental(Resume::At {
+                    offset: pos.wal.end,
+                    salt1: pos.wal.salt1,
+                    salt2: pos.wal.salt2,
+                }));
+            }
+            return Ok(Plan::Snapshot {
+                reason: "the WAL was emptied by a checkpoint the replicator did not see".into(),
+            });
         };
         if header.page_size != self.page_size {
             return Ok(Plan::Snapshot {
@@ -671,16 +734,18 @@ impl Worker {
         // stop. Then nothing was backfilled since, so no generation can have come and gone: the
         // current WAL (even a new file, as after the last connection deleted the old one) holds
         // every change since.
-        if pos.backfilled
-            && pos.db_stamp.is_some()
-            && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
-        {
+        if pos.backfilled && self.db_unchanged_since_stop(&pos) {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         Ok(Plan::Snapshot {
             reason: "the WAL restarted without a checkpoint the replicator could account for"
                 .into(),
         })
+    }
+
+    /// The database file still has the identity recorded at the last stop's checkpoint.
+    fn db_unchanged_since_stop(&self, pos: &Position) -> bool {
+        pos.db_stamp.is_some() && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
     }
 
     /// Read committed frames from `resume` and upload them as the next L0 file. Returns true when
@@ -732,7 +797,6 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
-        drop(db);
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
         self.upload(txid, header.timestamp_ms, &mut spool)?;
         self.pos = Some(Position {
@@ -779,7 +843,6 @@ impl Worker {
         };
         let header = self.ltx_header(txid, commit, seg_ref);
         let mut spool = self.encode_full_image(wal, &db, seg_ref, header)?;
-        drop(db);
         self.upload(txid, header.timestamp_ms, &mut spool)
             .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         self.pos = Some(Position {
@@ -956,6 +1019,7 @@ impl Worker {
 
     fn after_upload(&mut self) -> Result<()> {
         self.synced_since_checkpoint = true;
+        self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
             state::save(&self.meta, &self.client.describe(), pos)
@@ -970,16 +1034,15 @@ impl Worker {
         let Some(pos) = self.pos else { return Ok(()) };
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
-        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
-            CheckpointMode::Truncate
-        } else if frames >= cfg.min_checkpoint_page_count as u64 {
-            CheckpointMode::Passive
-        } else if cfg
+        let pressured = self.shared.lock().pressure;
+        let interval_due = cfg
             .checkpoint_interval
             .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
             && self.synced_since_checkpoint
-            && frames > 1
-        {
+            && frames > 1;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            CheckpointMode::Truncate
+        } else if frames >= cfg.min_checkpoint_page_count as u64 || pressured || interval_due {
             CheckpointMode::Passive
         } else {
             return Ok(());
@@ -993,6 +1056,16 @@ impl Worker {
     /// `stamp`: also record the database file's identity while writers are still held off (at
     /// stop), see `state::DbStamp`.
     fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
+        let result = self.checkpoint_inner(mode, stamp);
+        let mut g = self.shared.lock();
+        g.checkpoint_attempts += 1;
+        g.pressure = false;
+        drop(g);
+        self.shared.cond.notify_all();
+        result
+    }
+
+    fn checkpoint_inner(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
@@ -1024,6 +1097,7 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
+        self.checkpointed_this_run = complete;
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;

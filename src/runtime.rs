@@ -120,14 +120,14 @@ pub fn stop(db: &Path) -> Result<u64> {
 }
 
 /// WAL-hook target: a hooked connection committed to `db_path`.
-pub fn notify_commit(db_path: &str) {
+pub fn notify_commit(db_path: &str, wal_frames: u32) {
     // try_lock: the hook runs inside the host's commit; never make a commit wait on our lock.
     let r = match PROCESS.try_lock() {
         Ok(p) => p.replicators.get(Path::new(db_path)).cloned(),
         Err(_) => None,
     };
     if let Some(r) = r {
-        r.notify_commit();
+        r.notify_commit(wal_frames);
     }
 }
 

@@ -33,8 +33,12 @@ use crate::error::{Error, Result};
 use crate::ltx;
 use crate::replica_client::{format_timestamp_ms, LtxFileInfo, Progress, ReplicaClient, Spool};
 
-/// Litestream retries each S3 request up to 10 times (`LS:s3/replica_client.go`); so do we.
-const MAX_ATTEMPTS: u32 = 10;
+/// Attempts per S3 request. Litestream uses 10 with the SDK's default backoff (up to 20 s apart),
+/// which hides an unreachable endpoint from status for minutes. We retry a request a few times,
+/// quickly, and let the replicator's own cycle-level backoff (and its status) handle outages.
+const MAX_ATTEMPTS: u32 = 5;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for one request attempt: a part of up to 5 GiB at a slow link still fits.
@@ -119,7 +123,12 @@ impl S3Client {
             let sdk = loader.load().await;
             let mut b = aws_sdk_s3::config::Builder::from(&sdk)
                 .force_path_style(t.force_path_style)
-                .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_max_attempts(MAX_ATTEMPTS)
+                        .with_initial_backoff(INITIAL_BACKOFF)
+                        .with_max_backoff(MAX_BACKOFF),
+                )
                 .timeout_config(
                     TimeoutConfig::builder()
                         .connect_timeout(CONNECT_TIMEOUT)

@@ -511,7 +511,8 @@ class PyHost:
 
     The snippet sees: EXT, P (the keyword arguments of run(), JSON round-tripped), connect(path),
     one(c, sql, *args), error_of(c, sql, *args), configure(c, pairs), status(c), cli(db, sql),
-    log(*args) (progress, shown if the snippet fails or hangs), wal_size(db); whatever it assigns to `result` (JSON-serialisable) is returned by run()."""
+    log(*args) (progress, shown if the snippet fails or hangs), wal_size(db); whatever it
+    assigns to `result` (JSON-serialisable) is returned by run()."""
 
     def __init__(self, ext):
         self.ext = ext

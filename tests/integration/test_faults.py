@@ -1,4 +1,5 @@
 """Faults: an unreachable S3 endpoint, and a corrupt object in the replica."""
+import json
 import re
 
 import pytest
@@ -37,14 +38,14 @@ def test_unreachable_endpoint(pyhost, tmp_path):
         result = {"status": st, "sync_err": sync_err, "sync_s": sync_s, "status_after": st_after,
                   "stop_err": stop_err, "stop_s": time.time() - t0}
     """, timeout=150, db=str(tmp_path / "u.db"), config=s3_config("unreachable", "db", endpoint))
-    st = r["status"]
-    assert st["state"] in ("running", "error"), st
-    assert st.get("last_error"), "status shows no error after 15 s against a closed port: %s" % st
-    assert r["sync_err"], "litestream_sync(1000) succeeded against a closed port"
-    assert re.search(r"(?i)time[ d-]*out", r["sync_err"]), r["sync_err"]
-    assert r["sync_s"] < 10, "litestream_sync(1000) took %.1f s" % r["sync_s"]
-    assert r["status_after"]["state"] in ("running", "error")
-    assert r["stop_s"] < 60, "litestream_stop() took %.1f s" % r["stop_s"]
+    st, seen = r["status"], "\n" + json.dumps(r, indent=1)
+    assert st["state"] in ("running", "error"), seen
+    assert st.get("last_error"), "status shows no error after 15 s against a closed port" + seen
+    assert r["sync_err"], "litestream_sync(1000) succeeded against a closed port" + seen
+    assert re.search(r"(?i)time[ d-]*out", r["sync_err"]), seen
+    assert r["sync_s"] < 10, "litestream_sync(1000) took %.1f s" % r["sync_s"] + seen
+    assert r["status_after"]["state"] in ("running", "error"), seen
+    assert r["stop_s"] < 60, "litestream_stop() took %.1f s" % r["stop_s"] + seen
 
 
 @pytest.mark.parametrize("where", ["trailer", "page-data"])

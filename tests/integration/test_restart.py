@@ -1,6 +1,7 @@
 """Restart: stopping and starting again with no writes in between uploads nothing new (above all,
 no new full snapshot), and replication then continues incrementally from the replica's TXID."""
 from harness import (SQL_DIR, assert_same_db, check_s3_replica, is_full_snapshot, list_keys,
+                     run_sqlite_shell,
                      replicate_shell, restore_shell, s3_config, s3_url)
 
 SMALL_WRITE = "UPDATE items SET qty = qty + 1 WHERE id IN (1, 2, 3);"
@@ -57,4 +58,20 @@ def test_restart_in_same_process(pyhost, ext, s3, bucket, tmp_path):
     _check_after_restart(s3, bucket, r["first_stop"], r["idle_sync"], r["idle_stop"], r["final_stop"])
     out = tmp_path / "out.db"
     assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == r["final_stop"]
+    assert_same_db(src, out)
+
+
+def test_writes_while_stopped_are_not_lost(ext, s3, bucket, tmp_path):
+    """Another program writes while replication is stopped and its last connection checkpoints
+    and deletes the WAL. The next start cannot prove continuity from the WAL, so the first sync
+    must already include those writes (a snapshot), not report the old TXID."""
+    src = tmp_path / "src.db"
+    cfg = s3_config(bucket, "db", s3.endpoint)
+    first = replicate_shell(ext, src, cfg)
+    run_sqlite_shell(src, "INSERT INTO items(name, qty) VALUES ('written while stopped', 7);\n")
+    assert not (tmp_path / "src.db-wal").exists(), "the writer's close should checkpoint and delete the WAL"
+    again = replicate_shell(ext, src, cfg, workload="")
+    assert again["sync"] > first["stop"], "the writes made while stopped were not uploaded"
+    out = tmp_path / "out.db"
+    restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint))
     assert_same_db(src, out)

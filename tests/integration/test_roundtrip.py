@@ -18,11 +18,13 @@ def _restore_equals(ext, src, out, url, txid):
 
 def test_writes_from_loading_connection(ext, s3, bucket, tmp_path):
     src = tmp_path / "src.db"
-    r = replicate_shell(ext, src, s3_config(bucket, "app.db", s3.endpoint))
-    assert TXID_RE.match(r["sync"]) and TXID_RE.match(r["stop"]), r
-    assert r["stop"] >= r["sync"]
+    w = SQL_DIR / "workload.sql"   # twice, with a sync between: several L0 files
+    workload = ".read %s\nSELECT 'mid=' || litestream_sync(30000);\n.read %s" % (w, w)
+    r = replicate_shell(ext, src, s3_config(bucket, "app.db", s3.endpoint), workload=workload)
+    assert TXID_RE.match(r["mid"]) and TXID_RE.match(r["sync"]) and TXID_RE.match(r["stop"]), r
+    assert r["stop"] >= r["sync"] > r["mid"]
     infos = check_s3_replica(s3.client, bucket, "app.db")
-    assert infos[-1]["max_txid"] == r["stop"]
+    assert len(infos) >= 2 and infos[-1]["max_txid"] == r["stop"]
 
     _restore_equals(ext, src, tmp_path / "by-url.db", s3_url(bucket, "app.db", s3.endpoint), r["stop"])
     # the same replica through the configured (not URL) form, from a connection to the source

@@ -1,6 +1,7 @@
 """The SQL surface: which functions exist, configuration values, and each bad input's SQL error."""
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -25,7 +26,8 @@ def test_function_list_python_host(pyhost, tmp_path):
 
 
 def test_version(ext, tmp_path):
-    out = run_sqlite_shell(tmp_path / "v.db", load_sql(ext, marker=False) + "SELECT litestream_version();\n").strip()
+    sql = load_sql(ext, marker=False) + "SELECT litestream_version();\n"
+    out = run_sqlite_shell(tmp_path / "v.db", sql).strip()
     assert re.search(r"\d+\.\d+\.\d+", out), out
 
 
@@ -105,6 +107,15 @@ def test_start_without_bucket(ext, tmp_path, s3):
     assert "bucket" in err, err
 
 
+def test_start_refuses_database_that_cannot_use_wal(ext, tmp_path, s3):
+    # The unix-dotfile VFS has no shared memory, so SQLite keeps such a database out of WAL mode;
+    # the replicator opens its own connection through the same VFS and must say why it stops.
+    db = "file:%s?vfs=unix-dotfile" % (tmp_path / "nowal.db")
+    err = ext_error(ext, db, "CREATE TABLE t(x);\n" + config_sql(
+        [("bucket", "nowhere"), ("path", "db"), ("endpoint", s3.endpoint)]) + "\nSELECT litestream_start();\n")
+    assert "cannot use WAL" in err and "delete" in err, err
+
+
 @pytest.mark.parametrize("db", [":memory:", ""], ids=["memory", "temporary"])
 def test_start_refuses_memory_and_temporary_databases(pyhost, s3, db):
     r = pyhost.run("""
@@ -169,3 +180,12 @@ def test_restore_from_empty_replica(ext, s3, bucket, tmp_path):
     assert p.returncode != 0, "restore from an empty replica succeeded: %s" % p.stdout
     assert p.stderr.strip()
     assert not out.exists() and not (tmp_path / "out.db.tmp").exists()
+
+
+def test_no_second_sqlite_in_the_library(ext):
+    # One SQLite per process: the cdylib must export its entry point and define no sqlite3_* of its
+    # own (a bundled SQLite would define hundreds and break POSIX locking in the host).
+    out = subprocess.run(["nm", "-D", "--defined-only", ext + ".so"], capture_output=True, text=True,
+                         check=True).stdout
+    defined = sorted(line.split()[-1] for line in out.splitlines() if " sqlite3" in line)
+    assert defined == ["sqlite3_litestream_init"], defined
