@@ -41,6 +41,13 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MIN_CHECKPOINT_PAGE_COUNT: u32 = 1000;
 /// Default `truncate-page-n`.
 pub const DEFAULT_TRUNCATE_PAGE_N: u32 = 121_359;
+/// Default `lease-ttl` (Litestream's `DefaultLeaseTTL`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Shortest `lease-ttl`: the holder renews every third of it and stops uploading a safety margin
+/// before it ends, so below a second a busy host or store would lose the lease all the time.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// Longest `lease-owner` accepted (it is written into every `lock.json`).
+pub const MAX_LEASE_OWNER_CHARS: usize = 256;
 /// Default `levels`: Litestream's L1/L2/L3 compaction intervals (`DefaultCompactionLevels`).
 pub const DEFAULT_LEVELS: [Duration; 3] = [
     Duration::from_secs(30),
@@ -85,7 +92,7 @@ pub struct KeySpec {
     pub help: &'static str,
 }
 
-static KEYS: [KeySpec; 21] = [
+static KEYS: [KeySpec; 24] = [
     KeySpec {
         name: "type",
         default: "",
@@ -181,6 +188,25 @@ static KEYS: [KeySpec; 21] = [
         default: "121359",
         secret: false,
         help: "WAL size in pages that forces a TRUNCATE checkpoint ('off' disables)",
+    },
+    // ---- distributed lease (issue 4) ----
+    KeySpec {
+        name: "lease",
+        default: "",
+        secret: false,
+        help: "one replicating instance per replica through lock.json and S3 conditional writes: on or off (default: on for s3, off for file)",
+    },
+    KeySpec {
+        name: "lease-ttl",
+        default: "30s",
+        secret: false,
+        help: "how long a lease lasts unless renewed (renewed every third of it), a duration of at least 1s",
+    },
+    KeySpec {
+        name: "lease-owner",
+        default: "",
+        secret: false,
+        help: "this instance's name in lock.json (default: hostname:pid)",
     },
     KeySpec {
         name: "levels",
@@ -665,6 +691,48 @@ fn truncate_zero_message() -> String {
         "Litestream treats 0 as \"use the default\" ({DEFAULT_TRUNCATE_PAGE_N}); \
          use 'off' to disable TRUNCATE checkpoints, or a positive number of pages"
     )
+}
+
+const LEASE_EXPECTED: &str = "expected on or off (also true/false, 1/0, yes/no)";
+
+/// `lease-ttl`: a duration of at least [`MIN_LEASE_TTL`].
+fn lease_ttl_value(raw: &str) -> Result<Duration, String> {
+    let expected = "expected a duration of at least 1s such as 5s, 30s or 1m";
+    match parse_duration_inner(raw) {
+        Ok(d) if d >= MIN_LEASE_TTL => Ok(d),
+        Ok(_) => Err(format!(
+            "{expected} (shorter leases would expire between renewals)"
+        )),
+        Err(DurationError::MissingUnit) => {
+            Err(format!("{expected} (a number needs a unit, e.g. 30s)"))
+        }
+        Err(_) => Err(expected.to_string()),
+    }
+}
+
+/// `lease-owner`: printable text of at most [`MAX_LEASE_OWNER_CHARS`] characters.
+fn lease_owner_value(raw: &str) -> Result<String, String> {
+    let t = raw.trim();
+    if t.is_empty() || has_control(t) || t.chars().count() > MAX_LEASE_OWNER_CHARS {
+        return Err(format!(
+            "expected a non-empty name of at most {MAX_LEASE_OWNER_CHARS} printable characters, such as web-1:4242; use NULL for the default hostname:pid"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// Litestream's default lease owner: `hostname:pid`, or `pid-<pid>` when the host has no name.
+pub fn default_lease_owner(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| env("HOSTNAME"))
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !has_control(h));
+    let pid = std::process::id();
+    match host {
+        Some(h) => format!("{h}:{pid}"),
+        None => format!("pid-{pid}"),
+    }
 }
 
 /// `levels`: the compaction intervals of levels 1.. in order; empty = no compaction (`off`).
@@ -1399,6 +1467,15 @@ impl Settings {
                     .to_string(),
             ),
             "concurrency" => Some(self.concurrency(s3url).to_string()),
+            "lease" => Some(
+                if self.derived_type(url.as_ref()) == Some("file") {
+                    "off"
+                } else {
+                    "on"
+                }
+                .to_string(),
+            ),
+            "lease-owner" => Some(default_lease_owner(env)),
             _ if spec.default.is_empty() => None,
             _ => Some(spec.default.to_string()),
         }
@@ -1654,6 +1731,24 @@ impl Settings {
             Some(v) => truncate_value(v).map_err(|e| invalid("truncate-page-n", v, &e))?,
             None => Some(DEFAULT_TRUNCATE_PAGE_N),
         };
+        let lease = match self.stored("lease") {
+            Some("on") if replica_type == "file" => {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Conflict,
+                    "lease 'on' needs an S3 replica (it relies on S3 conditional writes); a file replica has no lease: reset it with litestream_configure('lease', NULL)",
+                ))
+            }
+            Some(v) => v == "on",
+            None => replica_type != "file",
+        };
+        let lease_ttl = match self.stored("lease-ttl") {
+            Some(v) => lease_ttl_value(v).map_err(|e| invalid("lease-ttl", v, &e))?,
+            None => DEFAULT_LEASE_TTL,
+        };
+        let lease_owner = match self.stored("lease-owner") {
+            Some(v) => v.to_string(),
+            None => default_lease_owner(env),
+        };
 
         let levels = match self.stored("levels") {
             Some(v) => levels_value(v).map_err(|e| invalid("levels", v, &e))?,
@@ -1685,6 +1780,9 @@ impl Settings {
             truncate_page_n,
             part_size,
             concurrency,
+            lease,
+            lease_ttl,
+            lease_owner,
             levels,
             l0_retention: (!l0_retention.is_zero()).then_some(l0_retention),
             snapshot_interval: (!snapshot_interval.is_zero()).then_some(snapshot_interval),
@@ -1792,6 +1890,13 @@ fn normalize(spec: &KeySpec, raw: &str) -> Result<String, ConfigError> {
         "truncate-page-n" => truncate_value(raw)
             .map(|v| v.map_or_else(|| "off".to_string(), |n| n.to_string()))
             .map_err(|e| invalid(key, t, &e)),
+        "lease" => parse_bool(raw)
+            .map(|on| if on { "on" } else { "off" }.to_string())
+            .map_err(|_| invalid(key, t, LEASE_EXPECTED)),
+        "lease-ttl" => lease_ttl_value(raw)
+            .map(format_duration)
+            .map_err(|e| invalid(key, t, &e)),
+        "lease-owner" => lease_owner_value(raw).map_err(|e| invalid(key, t, &e)),
         "levels" => levels_value(raw)
             .map(|v| format_levels(&v))
             .map_err(|e| invalid(key, t, &e)),
@@ -1902,6 +2007,12 @@ pub struct ResolvedConfig {
     pub part_size: u64,
     /// Parts uploaded in parallel.
     pub concurrency: usize,
+    /// Hold `lock.json` (distributed lease) while replicating; always false for a file replica.
+    pub lease: bool,
+    /// Lease duration unless renewed (at least [`MIN_LEASE_TTL`]).
+    pub lease_ttl: Duration,
+    /// This instance's name in `lock.json`.
+    pub lease_owner: String,
     /// Compaction intervals of levels 1..=len (empty: no compaction).
     pub levels: Vec<Duration>,
     /// Age after which level-0 files already in level 1 are deleted; `None` = never.
@@ -2007,6 +2118,9 @@ mod tests {
                 "min-checkpoint-page-count",
                 "checkpoint-interval",
                 "truncate-page-n",
+                "lease",
+                "lease-ttl",
+                "lease-owner",
                 "levels",
                 "l0-retention",
                 "snapshot-interval",
@@ -2034,6 +2148,7 @@ mod tests {
             "unknown key 'foo'; valid keys: type, url, bucket, path, region, endpoint, \
              force-path-style, skip-verify, access-key-id, secret-access-key, sync-interval, \
              part-size, concurrency, min-checkpoint-page-count, checkpoint-interval, truncate-page-n, \
+             lease, lease-ttl, lease-owner, \
              levels, l0-retention, snapshot-interval, snapshot-retention, retention"
         );
         let e = Settings::new().get("foo").unwrap_err();
@@ -2723,6 +2838,81 @@ mod tests {
         let long = "x".repeat(1000);
         let e = set_err("type", &long);
         assert!(e.len() < 300 && e.contains('…'), "{e}");
+    }
+
+    // --- lease (issue 4) -------------------------------------------------------------------------
+
+    #[test]
+    fn lease_keys() {
+        // Defaults: on for S3, off for a file replica; 30 s; hostname:pid.
+        let s = s3_basic();
+        assert_eq!(s.get("lease").unwrap().as_deref(), Some("on"));
+        assert_eq!(s.get("lease-ttl").unwrap().as_deref(), Some("30s"));
+        let owner = s.get("lease-owner").unwrap().unwrap();
+        assert!(
+            owner.ends_with(&format!(":{}", std::process::id())),
+            "{owner}"
+        );
+        let r = resolve(&s).unwrap();
+        assert!(r.lease);
+        assert_eq!(r.lease_ttl, Duration::from_secs(30));
+        assert_eq!(r.lease_owner, owner);
+        let mut f = Settings::new();
+        set(&mut f, "url", "file:///var/backups/app");
+        assert_eq!(f.get("lease").unwrap().as_deref(), Some("off"));
+        assert!(!resolve(&f).unwrap().lease);
+
+        let mut s = s3_basic();
+        assert_eq!(set(&mut s, "lease", "OFF"), "off");
+        assert!(!resolve(&s).unwrap().lease);
+        assert_eq!(set(&mut s, "lease", "true"), "on");
+        assert_eq!(set(&mut s, "lease-ttl", "2s"), "2s");
+        assert_eq!(set(&mut s, "lease-ttl", "1500ms"), "1.5s");
+        assert_eq!(set(&mut s, "lease-owner", " web-1:42 "), "web-1:42");
+        let r = resolve(&s).unwrap();
+        assert!(r.lease);
+        assert_eq!(r.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(r.lease_owner, "web-1:42");
+        assert_eq!(
+            s.set("lease-owner", None).unwrap().as_deref(),
+            Some(owner.as_str())
+        );
+
+        assert_eq!(
+            set_err("lease", "maybe"),
+            "invalid value 'maybe' for lease: expected on or off (also true/false, 1/0, yes/no)"
+        );
+        assert_eq!(
+            set_err("lease-ttl", "500ms"),
+            "invalid value '500ms' for lease-ttl: expected a duration of at least 1s such as 5s, 30s or 1m (shorter leases would expire between renewals)"
+        );
+        assert_eq!(
+            set_err("lease-ttl", "30"),
+            "invalid value '30' for lease-ttl: expected a duration of at least 1s such as 5s, 30s or 1m (a number needs a unit, e.g. 30s)"
+        );
+        assert!(set_err("lease-ttl", "0").starts_with("invalid value '0' for lease-ttl"));
+        assert!(set_err("lease-owner", "").starts_with("invalid value '' for lease-owner"));
+        assert!(set_err("lease-owner", &"x".repeat(300)).contains("at most 256"));
+
+        // lease on with a file replica is a contradiction, not silently ignored.
+        let mut f = Settings::new();
+        set(&mut f, "url", "file:///var/backups/app");
+        set(&mut f, "lease", "on");
+        let e = resolve(&f).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Conflict);
+        assert!(
+            e.message().contains("litestream_configure('lease', NULL)"),
+            "{e}"
+        );
+        set(&mut f, "lease", "off");
+        assert!(!resolve(&f).unwrap().lease);
+    }
+
+    #[test]
+    fn default_owner_without_hostname() {
+        let pid = std::process::id();
+        let owner = default_lease_owner(&no_env);
+        assert!(owner.ends_with(&format!(":{pid}")) || owner == format!("pid-{pid}"));
     }
 
     // --- URLs ------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@
 //! - TXIDs are contiguous: each upload is `<txid>-<txid>.ltx` at the replica's max + 1.
 //! - `synced_gen` only advances after an upload that began after the corresponding sync request,
 //!   which is what lets `litestream_sync()` promise "everything committed before the call".
+//! - With a lease (`s3::lease`), nothing touches the replica unless the lease is held: a standby
+//!   holds no read transaction (it must not pin a WAL it does not replicate), and on every new
+//!   acquisition the replica's position is re-read, so an instance continues at the replica's
+//!   max + 1 — incrementally only when its saved position is that max and the WAL proves it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,7 @@ use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx::{self, Encoder, Header};
 use crate::replica_client::{self, Progress, ReplicaClient, Spool, SNAPSHOT_LEVEL};
+use crate::s3::lease::{Lease, LeaseSetup};
 use crate::state::{self, Position, WalPosition};
 use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
 
@@ -57,12 +62,17 @@ const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
 const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// A standby wakes at least this often (besides lease changes) to refresh status and to run the
+/// checkpoints of a database nobody else on this host replicates.
+const STANDBY_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     Running,
     Error,
     Stopped,
+    /// Another instance holds the lease; this one waits to take over.
+    Standby,
 }
 
 impl RunState {
@@ -71,6 +81,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Error => "error",
             RunState::Stopped => "stopped",
+            RunState::Standby => "standby",
         }
     }
 }
@@ -94,6 +105,8 @@ struct Inner {
     /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
     pressure: bool,
     wal_size: u64,
+    /// The lease thread changed role or error since the worker last looked.
+    lease_changed: bool,
     /// A level-9 snapshot asked for by the compactor (see `request_level9`).
     level9: Option<Level9Request>,
 }
@@ -127,6 +140,7 @@ impl Shared {
 pub struct Replicator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    lease: Option<Arc<Lease>>,
     compactor: Compactor,
 }
 
@@ -139,6 +153,7 @@ impl Replicator {
         vfs: Option<&str>,
         cfg: ResolvedConfig,
         client: Arc<dyn ReplicaClient>,
+        lease: Option<LeaseSetup>,
     ) -> Result<Replicator> {
         let open = || -> Result<Connection> {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -189,10 +204,24 @@ impl Replicator {
                 checkpoint_attempts: 0,
                 pressure: false,
                 wal_size: 0,
+                lease_changed: false,
                 level9: None,
             }),
             cond: Condvar::new(),
         });
+        let lease = match lease {
+            Some(setup) => {
+                let weak = Arc::downgrade(&shared);
+                let waker = Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.lock().lease_changed = true;
+                        s.cond.notify_all();
+                    }
+                });
+                Some(Arc::new(Lease::start(setup, &meta, waker)?))
+            }
+            None => None,
+        };
         let compaction = compactor::Settings::from_config(&shared.cfg);
         let spill_dir = meta.join("tmp");
         let compactor_client = client.clone();
@@ -212,6 +241,9 @@ impl Replicator {
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
             checkpointed_this_run: false,
+            lease: lease.clone(),
+            lease_epoch: None,
+            standby_wal_len: 0,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -223,8 +255,15 @@ impl Replicator {
         let snapshot_shared = shared.clone();
         let snapshot: compactor::SnapshotFn =
             Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
-        // Until the lease gates it, this process is the only writer.
-        let may_write: compactor::MayWrite = Arc::new(|| true);
+        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
+        // writes of a non-holder anyway; this keeps a standby from even trying).
+        let may_write: compactor::MayWrite = match &lease {
+            Some(l) => {
+                let l = l.clone();
+                Arc::new(move || l.holding().is_some())
+            }
+            None => Arc::new(|| true),
+        };
         let compactor = match Compactor::start(
             compactor_client,
             compaction,
@@ -237,12 +276,16 @@ impl Replicator {
                 shared.lock().stop_requested = true;
                 shared.cond.notify_all();
                 let _ = thread.join();
+                if let Some(l) = &lease {
+                    l.stop();
+                }
                 return Err(e);
             }
         };
         Ok(Replicator {
             shared,
             thread: Mutex::new(Some(thread)),
+            lease,
             compactor,
         })
     }
@@ -292,6 +335,12 @@ impl Replicator {
         let ticket = g.sync_requested;
         self.shared.cond.notify_all();
         loop {
+            // Lease (issue 4): a standby answers at once instead of timing out.
+            if let Some(l) = &self.lease {
+                if let Some(m) = l.view().standby_message(l.lock_url()) {
+                    return Err(Error::msg(m));
+                }
+            }
             if g.synced_gen >= ticket {
                 return Ok(g.txid);
             }
@@ -335,6 +384,10 @@ impl Replicator {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Lease (issue 4): after the final sync, release so a standby takes over at once.
+        if let Some(l) = &self.lease {
+            l.stop();
+        }
         let g = self.shared.lock();
         match &g.last_error {
             Some(e) => Err(Error::msg(format!(
@@ -348,8 +401,16 @@ impl Replicator {
     pub fn status(&self) -> serde_json::Value {
         let g = self.shared.lock();
         let progress = self.shared.progress.to_json();
+        // Lease (issue 4): not holding means not running, even before the worker has noticed.
+        let lease = self.lease.as_ref().map(|l| l.view());
+        let state = match (&lease, g.state) {
+            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
+                RunState::Standby
+            }
+            (_, s) => s,
+        };
         serde_json::json!({
-            "state": g.state.as_str(),
+            "state": state.as_str(),
             "db": self.shared.db_path,
             "replica": self.shared.replica,
             "txid": ltx::format_txid(g.txid),
@@ -367,6 +428,12 @@ impl Replicator {
             "concurrency": self.shared.cfg.concurrency,
             "last_error": g.last_error,
             "compaction": self.compactor.status_json(),
+            "lease": match &lease {
+                Some(v) => v.to_json(),
+                None => serde_json::json!({
+                    "role": "off", "owner": null, "token": null, "expires_at": null,
+                }),
+            },
         })
     }
 }
@@ -438,11 +505,18 @@ struct Worker {
     /// A complete checkpoint ran in this process since the last upload: the database file is
     /// known to equal the replica at `pos`.
     checkpointed_this_run: bool,
+    /// Lease (issue 4): None = lease off.
+    lease: Option<Arc<Lease>>,
+    /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
+    lease_epoch: Option<u64>,
+    /// WAL size at the last standby checkpoint (skip checkpoints when nothing was written).
+    standby_wal_len: u64,
 }
 
 impl Worker {
     fn run(mut self) {
         let shared = self.shared.clone();
+        let lease = self.lease.clone();
         let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
         if let Err(panic) = body {
             let msg = panic
@@ -453,6 +527,11 @@ impl Worker {
             let mut g = shared.lock();
             g.last_error = Some(format!("internal error in the replicator: {msg}"));
             g.state = RunState::Stopped;
+            drop(g);
+            // Lease (issue 4): a dead replicator must not keep the lease from a standby.
+            if let Some(l) = &lease {
+                l.stop();
+            }
         }
         shared.cond.notify_all();
     }
@@ -470,12 +549,38 @@ impl Worker {
         // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
         let mut attempted = 0u64;
         loop {
+            // ---- lease gate (issue 4): replicate only while holding the lease ----
+            if let Some(lease) = self.lease.clone() {
+                match lease.holding() {
+                    Some((_, epoch)) => {
+                        if self.lease_epoch != Some(epoch) {
+                            self.take_over(epoch);
+                            backoff = None;
+                            next_poll = Instant::now();
+                        }
+                    }
+                    None => {
+                        // Not the holder: a pending level-9 request is refused (dropped).
+                        self.shared.lock().level9 = None;
+                        if self.standby_wait(&lease) {
+                            self.shutdown();
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             // Wait for a reason to run a cycle.
-            let (stopping, ticket) = {
+            let (stopping, ticket, lease_poke) = {
                 let mut g = self.shared.lock();
+                let mut lease_poke = false;
                 loop {
                     let now = Instant::now();
                     if g.stop_requested {
+                        break;
+                    }
+                    if std::mem::take(&mut g.lease_changed) && self.lease.is_some() {
+                        lease_poke = true;
                         break;
                     }
                     let retry_at = backoff.map(|(_, at)| at);
@@ -499,8 +604,11 @@ impl Worker {
                         .map(|(g, _)| g)
                         .unwrap_or_else(|p| p.into_inner().0);
                 }
-                (g.stop_requested, g.sync_requested)
+                (g.stop_requested, g.sync_requested, lease_poke)
             };
+            if lease_poke && !stopping {
+                continue; // back to the lease gate
+            }
             attempted = ticket;
             next_poll = Instant::now() + poll;
             let started = Instant::now();
@@ -547,6 +655,17 @@ impl Worker {
     /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
     /// then a checkpoint that leaves a position the next start can continue from.
     fn shutdown(&mut self) {
+        if self.lease.as_ref().is_some_and(|l| l.holding().is_none()) {
+            // A standby has nothing to flush: the holder owns the replica.
+            let _ = self.end_read();
+            let mut g = self.shared.lock();
+            g.level9 = None;
+            g.state = RunState::Stopped;
+            g.last_error = None;
+            drop(g);
+            self.shared.cond.notify_all();
+            return;
+        }
         let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
         let mut result = self.cycle(u64::MAX);
         while result.is_err() && Instant::now() < deadline {
@@ -889,6 +1008,9 @@ impl Worker {
     /// move. Returns the TXID and size written, or None when the TXID is at most `newer_than`
     /// or there is nothing to snapshot yet.
     fn write_level9_snapshot(&mut self, newer_than: u64) -> Result<Option<(u64, u64)>> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
         // Seal the WAL for a moment: upload whatever is committed and move our read mark to the
         // WAL's end. Afterwards no checkpoint can copy frames beyond the position into the
         // database file while we read it, and frames committed meanwhile are simply ignored.
@@ -1012,6 +1134,9 @@ impl Worker {
     }
 
     fn upload(&mut self, txid: u64, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
+        if let Some(l) = &self.lease {
+            l.check()?;
+        }
         self.client.put(0, txid, txid, timestamp_ms, spool)?;
         self.remote_max = Some(txid);
         Ok(())
@@ -1025,6 +1150,117 @@ impl Worker {
             state::save(&self.meta, &self.client.describe(), pos)
                 .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         }
+        Ok(())
+    }
+
+    // ---- lease (issue 4) --------------------------------------------------------------------
+
+    /// Just acquired the lease (or kept it across a lapse): whatever we knew about the replica may
+    /// be stale — another holder may have written to it. Re-read its max TXID and offer the newest
+    /// saved position (the state file may be newer than ours: another process on this host may
+    /// have replicated this very database); `ensure_remote_position` trusts it only if it is the
+    /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
+    fn take_over(&mut self, epoch: u64) {
+        self.lease_epoch = Some(epoch);
+        let from_disk = state::load(&self.meta, &self.client.describe())
+            .filter(|p| p.page_size == self.page_size);
+        let newest = [from_disk, self.pos.take(), self.saved.take()]
+            .into_iter()
+            .flatten()
+            .max_by_key(|p| p.txid);
+        self.saved = newest;
+        self.pos = None;
+        self.remote_max = None;
+        let mut g = self.shared.lock();
+        g.state = RunState::Running;
+        g.last_error = None;
+    }
+
+    /// One standby period: no read transaction, status from the lease, checkpoints if this
+    /// process is the one responsible for the database on this host. Returns true on stop.
+    fn standby_wait(&mut self, lease: &Lease) -> bool {
+        if self.lease_epoch.take().is_some() {
+            // Lost the lease: keep our position only as a hint for the next acquisition.
+            self.saved = self.pos.take().or(self.saved.take());
+            self.remote_max = None;
+        }
+        let _ = self.end_read();
+        let view = lease.view();
+        let checkpoint = if lease.has_local_claim() {
+            self.standby_checkpoint().err()
+        } else {
+            None
+        };
+        let mut g = self.shared.lock();
+        let (state, error) = if view.fatal {
+            (RunState::Error, view.error.clone())
+        } else if let Some(lost) = &view.lost {
+            (RunState::Standby, Some(lost.clone()))
+        } else if let Some(e) = &view.error {
+            (RunState::Error, Some(format!("lease: {e}")))
+        } else {
+            (RunState::Standby, checkpoint.map(|e| e.to_string()))
+        };
+        g.state = state;
+        g.last_error = error;
+        g.dirty_since = None;
+        drop(g);
+        self.shared.cond.notify_all();
+        let deadline = Instant::now() + STANDBY_TICK;
+        let mut g = self.shared.lock();
+        loop {
+            if g.stop_requested {
+                return true;
+            }
+            if std::mem::take(&mut g.lease_changed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .shared
+                .cond
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// A standby's database still needs checkpoints (the extension replaced the host's
+    /// auto-checkpoint). Plain ones: nothing of it is being replicated from here, and whatever
+    /// it does to the WAL only means a snapshot when this instance takes over.
+    fn standby_checkpoint(&mut self) -> Result<()> {
+        let len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len == self.standby_wal_len {
+            return Ok(());
+        }
+        let frames = len.saturating_sub(32) / wal::frame_size(self.page_size);
+        let cfg = &self.shared.cfg;
+        let mode = if cfg.truncate_page_n.is_some_and(|n| frames >= n as u64) {
+            "TRUNCATE"
+        } else if frames >= cfg.min_checkpoint_page_count as u64
+            || cfg
+                .checkpoint_interval
+                .is_some_and(|i| self.last_checkpoint.elapsed() >= i)
+        {
+            "PASSIVE"
+        } else {
+            return Ok(());
+        };
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .with_context(|| format!("standby checkpoint({mode})"))?;
+        self.last_checkpoint = Instant::now();
+        self.standby_wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.shared.lock().checkpoints += 1;
         Ok(())
     }
 

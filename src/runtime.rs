@@ -50,6 +50,9 @@ fn process() -> MutexGuard<'static, Process> {
         std::mem::forget(p.runtime.take());
         let old = std::mem::take(&mut p.replicators);
         std::mem::forget(old);
+        // Lease (issue 4): close inherited local-lock descriptors, or this child would hold the
+        // parent's claim on its databases forever.
+        crate::s3::lease::after_fork();
         p.pid = pid;
     }
     p
@@ -92,8 +95,17 @@ pub fn start(db: &Path, vfs: Option<&str>) -> Result<(Arc<Replicator>, bool)> {
         }
     }
     let cfg = with_settings(db, |s| s.resolve())?;
-    let client = open_client(&cfg.target)?;
-    let r = Arc::new(Replicator::start(db, vfs, cfg, client)?);
+    // Lease (issue 4): an S3 replica with the lease on gets its lock.json keeper; this probes
+    // the provider and fails start() if it ignores conditional writes.
+    let (client, lease): (Arc<dyn ReplicaClient>, _) = match &cfg.target {
+        ReplicaTarget::S3(t) if cfg.lease => {
+            let s3 = Arc::new(S3Client::new(t, runtime_handle()?)?);
+            let setup = crate::s3::lease::prepare(&s3, cfg.lease_ttl, &cfg.lease_owner)?;
+            (s3, Some(setup))
+        }
+        _ => (open_client(&cfg.target)?, None),
+    };
+    let r = Arc::new(Replicator::start(db, vfs, cfg, client, lease)?);
     let mut p = process();
     // Another connection may have raced us here; keep the first one.
     if let Some(existing) = p.replicators.get(db) {

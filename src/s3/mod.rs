@@ -12,6 +12,7 @@
 //! - For custom endpoints, request checksums are computed only when an operation requires them:
 //!   S3-compatible stores reject the SDK's default aws-chunked trailers (Litestream #889, #918, #947).
 
+pub mod lease;
 pub mod upload;
 
 use std::io::Read;
@@ -77,7 +78,7 @@ where
 
 /// "a: b: c" from an error and its sources, Display only (the SDK's Debug output would dump
 /// whole responses).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
@@ -96,6 +97,10 @@ pub struct S3Client {
     pub(crate) rt: Handle,
     pub(crate) target: S3Target,
     pub(crate) progress: Arc<Progress>,
+    /// Lease (issue 4): closed fence = no mutating request leaves `client`; its token tags uploads.
+    pub(crate) fence: Arc<lease::Fence>,
+    /// `client`'s configuration without the fence, for the lease's own requests.
+    pub(crate) base_conf: aws_sdk_s3::Config,
 }
 
 impl S3Client {
@@ -108,7 +113,7 @@ impl S3Client {
             ));
         }
         let t = target.clone();
-        let client = run(&rt, async move {
+        let base_conf = run(&rt, async move {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(Region::new(t.region.clone()));
             if let (Some(ak), Some(sk)) = (t.access_key_id.clone(), t.secret_access_key.clone()) {
@@ -141,13 +146,22 @@ impl S3Client {
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                     .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
             }
-            Client::from_conf(b.build())
+            b.build()
         });
+        let fence = Arc::new(lease::Fence::new());
+        let client = Client::from_conf(
+            base_conf
+                .to_builder()
+                .interceptor(lease::FenceInterceptor(fence.clone()))
+                .build(),
+        );
         Ok(S3Client {
             client,
             rt,
             target: target.clone(),
             progress: Arc::new(Progress::default()),
+            fence,
+            base_conf,
         })
     }
 
@@ -275,10 +289,15 @@ impl ReplicaClient for S3Client {
         body: &mut Spool,
     ) -> Result<u64> {
         let key = self.key(level, min_txid, max_txid);
-        let meta = vec![(
+        let mut meta = vec![(
             "litestream-timestamp".to_string(),
             format_timestamp_ms(timestamp_ms),
         )];
+        // Lease (issue 4): refuse early when the lease is not held; tag the object with the token.
+        self.fence.check().map_err(Error::msg)?;
+        if let Some(token) = self.fence.token() {
+            meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));
+        }
         upload::put_object(self, &key, meta, body)
     }
 

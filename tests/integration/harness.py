@@ -53,6 +53,7 @@ CONFIG_KEYS = [
     "type", "url", "bucket", "path", "region", "endpoint", "force-path-style", "skip-verify",
     "access-key-id", "secret-access-key", "sync-interval", "part-size", "concurrency",
     "min-checkpoint-page-count", "checkpoint-interval", "truncate-page-n",
+    "lease", "lease-ttl", "lease-owner",
 ]
 BUSY_TIMEOUT_MS = 10000
 TXID_RE = re.compile(r"^[0-9a-f]{16}$")

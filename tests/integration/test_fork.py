@@ -52,9 +52,9 @@ def test_fork_child_starts_fresh(ext, s3, bucket, tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["child"]["a_state"] == "stopped"
     assert out["child"]["b_start"] == "started"
-    assert out["child"]["b_sync"] == out["child"]["b_stop"] == "0000000000000001"
-    assert out["parent_sync_1"] == "0000000000000001"
-    assert out["parent_sync_2"] == out["parent_stop"] == "0000000000000002"
+    # TXIDs depend on how commits fall into sync intervals; their order does not.
+    assert out["child"]["b_sync"] == out["child"]["b_stop"] >= "0000000000000001"
+    assert out["parent_sync_2"] == out["parent_stop"] > out["parent_sync_1"] >= "0000000000000001"
     for name, path in (("a.db", "fork-a"), ("b.db", "fork-b")):
         restored = tmp_path / ("restored-" + name)
         restore_shell(ext, restored, url=s3_url(bucket, path, s3.endpoint))
