@@ -95,6 +95,22 @@ def fingerprint(db):
                "(SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY id DESC LIMIT 50)) FROM t;"]).strip()
 
 
+# Deletes the benchmark's objects from a shared server (boto3 if available, else left alone).
+CLEANUP = r"""
+import sys
+try:
+    import boto3
+except ImportError:
+    sys.exit(0)
+ep, bucket, prefix = sys.argv[1:4]
+c = boto3.client("s3", endpoint_url=ep, region_name="us-east-1")
+keys = [o["Key"] for p in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in p.get("Contents", [])]
+for i in range(0, len(keys), 1000):
+    c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+"""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db-mib", type=int, default=64, help="database size in MiB (full run: 1024)")
@@ -142,7 +158,11 @@ def main():
         cfg = [("bucket", bucket), ("path", path), ("endpoint", endpoint), ("region", "us-east-1"),
                ("force-path-style", "true"), ("access-key-id", AWS["AWS_ACCESS_KEY_ID"]),
                ("secret-access-key", AWS["AWS_SECRET_ACCESS_KEY"]), ("sync-interval", "10ms"),
-               ("levels", "off"), ("snapshot-interval", "0")]
+               ("levels", "off"), ("snapshot-interval", "0"),
+               # No TRUNCATE checkpoint: after one, the replicator currently re-snapshots the
+               # whole database at the next write, and the replica would hold several full
+               # copies instead of the one snapshot + small files this benchmark is about.
+               ("truncate-page-n", "off")]
         # One sqlite3 process creates the data and then replicates it, so that the WAL the
         # replicator starts from is the one SQLite keeps using.
         script = ["PRAGMA journal_mode=WAL;",
@@ -214,6 +234,8 @@ def main():
                 "ratio_litestream_check_over_ours": med["litestream+check"] / med["ours"],
                 "litestream_version": version}, indent=2))
     finally:
+        if not server_env:  # our own server goes away with its state; a shared one is cleaned
+            sh([sys.executable, "-c", CLEANUP, endpoint, bucket, path + "/"])
         if server_env:
             subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "stop"], env=server_env,
                            capture_output=True, timeout=120)
