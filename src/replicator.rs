@@ -11,7 +11,9 @@
 //! Invariants:
 //! - Nothing committed is lost: a checkpoint runs only after every frame it can backfill is in the
 //!   replica, and a WAL restart is accepted only when it is the single restart that follows such a
-//!   checkpoint (checkpoint_seq + 1). Any other discontinuity — a missed restart, a WAL rewritten
+//!   checkpoint in this run: from that checkpoint on, our read transaction sits on read mark 0,
+//!   which forbids any further backfill and hence a second restart. Any other discontinuity — a
+//!   missed restart, a WAL rewritten
 //!   or deleted behind our back, a replica that moved — produces a full snapshot at the next TXID.
 //! - TXIDs are contiguous: each upload is `<txid>-<txid>.ltx` at the replica's max + 1.
 //! - `synced_gen` only advances after an upload that began after the corresponding sync request,
@@ -791,8 +793,8 @@ impl Worker {
         }
     }
 
-    /// Decide where to continue reading (the rules of litestream-format.md §3.6, with the WAL
-    /// checkpoint sequence used to prove that at most one restart happened).
+    /// Decide where to continue reading (litestream-format.md §3.6, with our own checkpoints and
+    /// read mark used to prove that at most one restart happened).
     fn plan(&self, wal: Option<&File>, header: Option<&WalHeader>) -> Result<Plan> {
         let Some(pos) = self.pos else {
             return Ok(Plan::Snapshot {
@@ -844,9 +846,12 @@ impl Worker {
                 salt2: pos.wal.salt2,
             }));
         }
-        // New salts: the WAL restarted. Safe only if everything before it was checkpointed with
-        // writers held off, and this is the one restart that followed.
-        if pos.backfilled && header.checkpoint_seq == pos.wal.checkpoint_seq.wrapping_add(1) {
+        // New salts: the WAL restarted. Safe if everything before it was checkpointed by us with
+        // writers held off, in this run: since then our read transaction has held read mark 0
+        // (the WAL was fully backfilled when it began), which forbids any further backfill, so
+        // this generation is the only one since and it is still whole. (The header's checkpoint
+        // sequence cannot prove this: SQLite keeps that counter per connection.)
+        if pos.backfilled && self.checkpointed_this_run {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         // Or: the database file is exactly as it was when everything was checkpointed at the last
@@ -1342,20 +1347,34 @@ impl Worker {
                 let _ = state::save(&self.meta, &self.client.describe(), &p);
             }
             if mode == CheckpointMode::Truncate {
-                // Shrink the WAL file. A commit that slips in between releasing the barrier and
-                // the truncation restarts the WAL twice; the checkpoint-sequence check in plan()
-                // sees that and takes a snapshot instead of continuing.
-                self.end_read()?;
-                let r = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        r.get::<_, i64>(0)
-                    });
-                self.begin_read()?;
-                r.context("checkpoint(TRUNCATE)")?;
+                self.truncate_wal()?;
             }
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Shrink the WAL file after a complete checkpoint. Run from the barrier connection (no longer
+    /// in its write transaction) while `conn` keeps its read transaction on read mark 0: a commit
+    /// that slips in before the truncation restarts the WAL and appends frames, which TRUNCATE
+    /// would have to backfill — and backfilling needs read mark 0 exclusively, so it gives up
+    /// (SQLITE_BUSY) instead of truncating frames we have not read. Busy timeout 0: never hold
+    /// the write lock while waiting for that.
+    fn truncate_wal(&mut self) -> Result<()> {
+        self.barrier.busy_timeout(Duration::ZERO)?;
+        let r = self
+            .barrier
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.barrier.busy_timeout(BUSY_TIMEOUT)?;
+        match r {
+            // busy = 1: a writer or reader was in the way; the next checkpoint tries again.
+            Ok(_) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
+            Err(e) => Err(Error::from(e).context("checkpoint(TRUNCATE)")),
+        }
     }
 }
 

@@ -24,7 +24,8 @@ pub struct WalPosition {
     pub end: u64,
     pub salt1: u32,
     pub salt2: u32,
-    /// The WAL header's checkpoint sequence: SQLite adds one at every WAL restart.
+    /// The WAL header's checkpoint sequence, for diagnosis only: SQLite keeps the counter per
+    /// connection, so it proves nothing about restarts made by other connections.
     pub checkpoint_seq: u32,
     /// Cumulative checksum of the frame ending at `end` (the header's checksum when end == 32).
     pub frame_checksum: (u32, u32),
@@ -38,7 +39,7 @@ pub struct Position {
     pub commit: u32,
     pub wal: WalPosition,
     /// Every frame up to `wal.end` was checkpointed into the database file while writers were
-    /// held off, so the next WAL restart (checkpoint_seq + 1) cannot have discarded unseen frames.
+    /// held off (see `replicator` for why the next restart then cannot discard unseen frames).
     pub backfilled: bool,
     /// Identity of the database file taken right after that checkpoint, with writers held off
     /// (only at `litestream_stop()`); lets the next start accept a WAL that was deleted and
