@@ -31,11 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::compactor::{self, Compactor};
 use crate::config::ResolvedConfig;
 use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx::{self, Encoder, Header};
-use crate::replica_client::{self, Progress, ReplicaClient, Spool};
+use crate::replica_client::{self, Progress, ReplicaClient, Spool, SNAPSHOT_LEVEL};
 use crate::s3::lease::{Lease, LeaseSetup};
 use crate::state::{self, Position, WalPosition};
 use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
@@ -108,6 +109,16 @@ struct Inner {
     wal_size: u64,
     /// The lease thread changed role or error since the worker last looked.
     lease_changed: bool,
+    /// A level-9 snapshot asked for by the compactor (see `request_level9`).
+    level9: Option<Level9Request>,
+}
+
+/// "Write a level-9 snapshot `1-<current TXID>` unless the TXID is at most `newer_than`"; the
+/// answer is the TXID and size written, or None.
+type Level9Answer = Result<Option<(u64, u64)>>;
+struct Level9Request {
+    newer_than: u64,
+    reply: std::sync::mpsc::SyncSender<Level9Answer>,
 }
 
 pub struct Shared {
@@ -132,6 +143,7 @@ pub struct Replicator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     lease: Option<Arc<Lease>>,
+    compactor: Compactor,
 }
 
 impl Replicator {
@@ -196,6 +208,7 @@ impl Replicator {
                 pressure: false,
                 wal_size: 0,
                 lease_changed: false,
+                level9: None,
             }),
             cond: Condvar::new(),
         });
@@ -212,6 +225,9 @@ impl Replicator {
             }
             None => None,
         };
+        let compaction = compactor::Settings::from_config(&shared.cfg);
+        let spill_dir = meta.join("tmp");
+        let compactor_client = client.clone();
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
@@ -237,10 +253,43 @@ impl Replicator {
             .name("litestream-replicator".into())
             .spawn(move || worker.run())
             .context("starting the replicator thread")?;
+        // ---- compactor (issue 5) ----
+        // Level-9 snapshots are streamed by the worker thread, which owns the connections.
+        let snapshot_shared = shared.clone();
+        let snapshot: compactor::SnapshotFn =
+            Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
+        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
+        // writes of a non-holder anyway; this keeps a standby from even trying).
+        let may_write: compactor::MayWrite = match &lease {
+            Some(l) => {
+                let l = l.clone();
+                Arc::new(move || l.holding().is_some())
+            }
+            None => Arc::new(|| true),
+        };
+        let compactor = match Compactor::start(
+            compactor_client,
+            compaction,
+            &spill_dir,
+            snapshot,
+            may_write,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.lock().stop_requested = true;
+                shared.cond.notify_all();
+                let _ = thread.join();
+                if let Some(l) = &lease {
+                    l.stop();
+                }
+                return Err(e);
+            }
+        };
         Ok(Replicator {
             shared,
             thread: Mutex::new(Some(thread)),
             lease,
+            compactor,
         })
     }
 
@@ -327,6 +376,8 @@ impl Replicator {
 
     /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
     pub fn stop(&self) -> Result<u64> {
+        // The compactor first: it may be waiting on the worker for a level-9 snapshot.
+        self.compactor.stop();
         {
             let mut g = self.shared.lock();
             g.stop_requested = true;
@@ -379,6 +430,7 @@ impl Replicator {
             "part_size": self.shared.cfg.part_size,
             "concurrency": self.shared.cfg.concurrency,
             "last_error": g.last_error,
+            "compaction": self.compactor.status_json(),
             "lease": match &lease {
                 Some(v) => v.to_json(),
                 None => serde_json::json!({
@@ -386,6 +438,37 @@ impl Replicator {
                 }),
             },
         })
+    }
+}
+
+/// Ask the worker thread for a level-9 snapshot and wait for its answer (the compactor's
+/// `SnapshotFn`).
+fn request_level9(shared: &Shared, newer_than: u64) -> Level9Answer {
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    {
+        let mut g = shared.lock();
+        if g.stop_requested || g.state == RunState::Stopped {
+            return Err(Error::msg("replication is stopping"));
+        }
+        g.level9 = Some(Level9Request { newer_than, reply });
+    }
+    shared.cond.notify_all();
+    loop {
+        match answer.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::msg(
+                    "replication stopped before the snapshot was written",
+                ))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shared.lock().state == RunState::Stopped {
+                    return Err(Error::msg(
+                        "replication stopped before the snapshot was written",
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -480,6 +563,8 @@ impl Worker {
                         }
                     }
                     None => {
+                        // Not the holder: a pending level-9 request is refused (dropped).
+                        self.shared.lock().level9 = None;
                         if self.standby_wait(&lease) {
                             self.shutdown();
                             return;
@@ -512,7 +597,7 @@ impl Worker {
                         // While backing off, only an explicit sync request bypasses the wait.
                         due = r;
                     }
-                    if sync_wanted || now >= due {
+                    if sync_wanted || now >= due || g.level9.is_some() {
                         break;
                     }
                     g = self
@@ -531,6 +616,11 @@ impl Worker {
             next_poll = Instant::now() + poll;
             let started = Instant::now();
             let result = self.cycle(ticket);
+            // A level-9 snapshot requested by the compactor (which reports its errors itself).
+            let level9 = self.shared.lock().level9.take();
+            if let Some(req) = level9 {
+                let _ = req.reply.send(self.write_level9_snapshot(req.newer_than));
+            }
             let mut g = self.shared.lock();
             if g.pressure {
                 // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
@@ -572,6 +662,7 @@ impl Worker {
             // A standby has nothing to flush: the holder owns the replica.
             let _ = self.end_read();
             let mut g = self.shared.lock();
+            g.level9 = None;
             g.state = RunState::Stopped;
             g.last_error = None;
             drop(g);
@@ -591,6 +682,8 @@ impl Worker {
         }
         let _ = self.end_read();
         let mut g = self.shared.lock();
+        // A pending level-9 request is dropped: its requester sees the disconnect.
+        g.level9 = None;
         g.state = RunState::Stopped;
         g.last_error = result.err().map(|e| e.to_string());
         drop(g);
@@ -871,41 +964,12 @@ impl Worker {
         let seg_ref = match &seg {
             Some(s) => s,
             None => {
-                empty_seg = Segment {
-                    header: WalHeader {
-                        magic: 0,
-                        version: 0,
-                        page_size: self.page_size,
-                        checkpoint_seq: 0,
-                        salt1: 0,
-                        salt2: 0,
-                        checksum1: 0,
-                        checksum2: 0,
-                    },
-                    start: 32,
-                    end: 32,
-                    commit,
-                    pages: Default::default(),
-                    last_frame_checksum: (0, 0),
-                    commits: 0,
-                };
+                empty_seg = empty_segment(self.page_size, commit);
                 &empty_seg
             }
         };
         let header = self.ltx_header(txid, commit, seg_ref);
-        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
-        let mut enc = Encoder::new(&mut spool, header)?;
-        let mut buf = vec![0u8; self.page_size as usize];
-        let lock_page = ltx::lock_page(self.page_size);
-        let dummy: &[u8] = &[];
-        for pgno in (1..=commit).filter(|p| *p != lock_page) {
-            match wal {
-                Some(f) => self.read_page(f, &db, seg_ref, pgno, &mut buf)?,
-                None => self.read_page(&dummy, &db, seg_ref, pgno, &mut buf)?,
-            }
-            enc.write_page(pgno, &buf)?;
-        }
-        enc.finish()?;
+        let mut spool = self.encode_full_image(wal, &db, seg_ref, header)?;
         let new_pos = Position {
             txid,
             page_size: self.page_size,
@@ -918,6 +982,125 @@ impl Worker {
             .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         self.shared.lock().snapshots += 1;
         self.after_upload()
+    }
+
+    /// Every page 1..=header.commit (but the lock page) into an LTX file: from the WAL segment
+    /// where it has the page, else from the database file.
+    fn encode_full_image(
+        &self,
+        wal: Option<&File>,
+        db: &DbFile,
+        seg: &Segment,
+        header: Header,
+    ) -> Result<Spool> {
+        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let mut enc = Encoder::new(&mut spool, header)?;
+        let mut buf = vec![0u8; self.page_size as usize];
+        let lock_page = ltx::lock_page(self.page_size);
+        let dummy: &[u8] = &[];
+        for pgno in (1..=header.commit).filter(|p| *p != lock_page) {
+            match wal {
+                Some(f) => self.read_page(f, db, seg, pgno, &mut buf)?,
+                None => self.read_page(&dummy, db, seg, pgno, &mut buf)?,
+            }
+            enc.write_page(pgno, &buf)?;
+        }
+        enc.finish()?;
+        Ok(spool)
+    }
+
+    // ---- level-9 snapshots for the compactor (issue 5) ---------------------------------------
+
+    /// Stream a full image of the database at the replica's current TXID to level 9 (Litestream
+    /// builds its snapshots from the database, not from the replica). The position does not
+    /// move. Returns the TXID and size written, or None when the TXID is at most `newer_than`
+    /// or there is nothing to snapshot yet.
+    fn write_level9_snapshot(&mut self, newer_than: u64) -> Result<Option<(u64, u64)>> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
+        // Seal the WAL for a moment: upload whatever is committed and move our read mark to the
+        // WAL's end. Afterwards no checkpoint can copy frames beyond the position into the
+        // database file while we read it, and frames committed meanwhile are simply ignored.
+        self.barrier
+            .execute_batch("BEGIN IMMEDIATE")
+            .context("waiting for the write lock to start a level-9 snapshot")?;
+        let sealed = (|| -> Result<()> {
+            self.sync_wal()?;
+            self.end_read()?;
+            self.begin_read()
+        })();
+        let _ = self.barrier.execute_batch("ROLLBACK");
+        if let Err(e) = sealed {
+            let _ = self.begin_read();
+            return Err(e);
+        }
+        let Some(pos) = self.pos else {
+            return Ok(None);
+        };
+        if pos.txid <= newer_than || pos.commit == 0 {
+            return Ok(None);
+        }
+        let wal = match File::open(&self.wal_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "opening {}: {e}",
+                    self.wal_path.display()
+                )))
+            }
+        };
+        let header = match &wal {
+            Some(f) => WalHeader::read(f)?,
+            None => None,
+        };
+        // The position's frames: the current WAL generation up to `pos.wal.end`. Any other WAL
+        // (none, truncated, or restarted after the seal, which SQLite allows only once every
+        // frame is in the database file) contributes nothing: the file alone is the image.
+        let seg = match (&wal, &header) {
+            (Some(f), Some(h))
+                if pos.wal.end > 32 && h.salts() == (pos.wal.salt1, pos.wal.salt2) =>
+            {
+                match wal::scan(f, Resume::FromStart, Some(pos.wal.end - 32))? {
+                    ScanOutcome::Segment(s)
+                        if s.end == pos.wal.end && (s.commits == 0 || s.commit == pos.commit) =>
+                    {
+                        Some(s)
+                    }
+                    _ => {
+                        return Err(Error::msg(
+                            "the WAL no longer matches the replica position; the snapshot will be retried",
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let empty_seg;
+        let seg_ref = match &seg {
+            Some(s) => s,
+            None => {
+                empty_seg = empty_segment(self.page_size, pos.commit);
+                &empty_seg
+            }
+        };
+        let mut header = self.ltx_header(pos.txid, pos.commit, seg_ref);
+        header.min_txid = 1;
+        let db = DbFile::new(&self.conn)?;
+        if seg.is_none() && db.size()? < pos.commit as u64 * self.page_size as u64 {
+            return Err(Error::msg(format!(
+                "{} is shorter than the {} pages of TXID {}; the snapshot will be retried",
+                self.shared.db_path,
+                pos.commit,
+                ltx::format_txid(pos.txid)
+            )));
+        }
+        let mut spool = self.encode_full_image(wal.as_ref(), &db, seg_ref, header)?;
+        let size = self
+            .client
+            .put(SNAPSHOT_LEVEL, 1, pos.txid, header.timestamp_ms, &mut spool)?;
+        Ok(Some((pos.txid, size)))
     }
 
     /// A page's latest committed content: the WAL frame if the segment has one, else the file.
@@ -1214,6 +1397,28 @@ impl Worker {
 enum CheckpointMode {
     Passive,
     Truncate,
+}
+
+/// A WAL segment with no frames: every page comes from the database file.
+fn empty_segment(page_size: u32, commit: u32) -> Segment {
+    Segment {
+        header: WalHeader {
+            magic: 0,
+            version: 0,
+            page_size,
+            checkpoint_seq: 0,
+            salt1: 0,
+            salt2: 0,
+            checksum1: 0,
+            checksum2: 0,
+        },
+        start: 32,
+        end: 32,
+        commit,
+        pages: Default::default(),
+        last_frame_checksum: (0, 0),
+        commits: 0,
+    }
 }
 
 fn wal_position(seg: &Segment, checkpoint_seq: u32) -> WalPosition {
