@@ -1288,6 +1288,11 @@ impl Worker {
 
     fn checkpoint_if_needed(&mut self) -> Result<()> {
         let Some(pos) = self.pos else { return Ok(()) };
+        if pos.backfilled {
+            // Everything up to our position is already in the database file; the WAL's next
+            // writer restarts it. Checkpointing again would only take the write lock for nothing.
+            return Ok(());
+        }
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
         let pressured = self.shared.lock().pressure;
