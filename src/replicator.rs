@@ -101,6 +101,8 @@ struct Inner {
     last_sync_at: Option<SystemTime>,
     last_error: Option<String>,
     snapshots: u64,
+    /// Why the latest full snapshot was taken (a snapshot costs a whole database upload).
+    last_snapshot_reason: Option<String>,
     checkpoints: u64,
     /// Checkpoint attempts, successful or not (backpressure waiters watch this).
     checkpoint_attempts: u64,
@@ -203,6 +205,7 @@ impl Replicator {
                 last_sync_at: None,
                 last_error: None,
                 snapshots: 0,
+                last_snapshot_reason: None,
                 checkpoints: 0,
                 checkpoint_attempts: 0,
                 pressure: false,
@@ -243,7 +246,8 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
-            checkpointed_this_run: false,
+            pinned: false,
+            barrier_held: false,
             lease: lease.clone(),
             lease_epoch: None,
             standby_wal_len: 0,
@@ -424,6 +428,7 @@ impl Replicator {
             "multipart_uploads": progress["multipart_uploads"],
             "upload": progress["in_flight"],
             "snapshots": g.snapshots,
+            "last_snapshot_reason": g.last_snapshot_reason,
             "checkpoints": g.checkpoints,
             "wal_size": g.wal_size,
             "sync_interval": crate::config::format_duration(self.shared.cfg.sync_interval),
@@ -505,9 +510,14 @@ struct Worker {
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
-    /// A complete checkpoint ran in this process since the last upload: the database file is
-    /// known to equal the replica at `pos`.
-    checkpointed_this_run: bool,
+    /// Our read transaction has pinned the WAL without a gap (other than the moments our own
+    /// barrier holds writers off) since `pos` was uploaded in this run. While pinned, a complete
+    /// checkpoint leaves us on read mark 0, which forbids further backfill, so the WAL can restart
+    /// at most once and only over frames we have uploaded. False at start and after a standby
+    /// period, when the WAL may have done anything meanwhile.
+    pinned: bool,
+    /// The barrier connection holds the write lock right now.
+    barrier_held: bool,
     /// Lease (issue 4): None = lease off.
     lease: Option<Arc<Lease>>,
     /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
@@ -694,6 +704,11 @@ impl Worker {
 
     fn begin_read(&mut self) -> Result<()> {
         if !self.in_read_txn {
+            // A fresh read transaction taken while writers are free to run leaves a gap in which
+            // the WAL may have been checkpointed and restarted any number of times.
+            if !self.barrier_held {
+                self.pinned = false;
+            }
             self.conn.execute_batch("BEGIN")?;
             // The first read takes the WAL read mark; the transaction holds it until COMMIT.
             if let Err(e) = self
@@ -806,11 +821,12 @@ impl Worker {
         };
         let Some(header) = header else {
             // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing
-            // is new only if the database file is known to equal the replica: we checkpointed
-            // everything ourselves in this run, or the file is untouched since the checkpoint at
-            // the last stop. Otherwise a connection may have checkpointed commits we never saw
-            // and then deleted or truncated the WAL.
-            if pos.backfilled && (self.checkpointed_this_run || self.db_unchanged_since_stop(&pos))
+            // is new only if the database file is known to equal the replica: the WAL was empty
+            // at our position, or we checkpointed everything ourselves, pinned ever since; or the
+            // file is untouched since the checkpoint at the last stop. Otherwise a connection may
+            // have checkpointed commits we never saw and then deleted or truncated the WAL.
+            if (self.pinned && (pos.backfilled || pos.wal.is_empty()))
+                || (pos.backfilled && self.db_unchanged_since_stop(&pos))
             {
                 return Ok(Plan::Incremental(Resume::At {
                     offset: pos.wal.end,
@@ -849,12 +865,13 @@ impl Worker {
                 salt2: pos.wal.salt2,
             }));
         }
-        // New salts: the WAL restarted. Safe if everything before it was checkpointed by us with
-        // writers held off, in this run: since then our read transaction has held read mark 0
-        // (the WAL was fully backfilled when it began), which forbids any further backfill, so
-        // this generation is the only one since and it is still whole. (The header's checkpoint
-        // sequence cannot prove this: SQLite keeps that counter per connection.)
-        if pos.backfilled && self.checkpointed_this_run {
+        // New salts: the WAL restarted (or appeared). Safe if everything before it was
+        // checkpointed by us with writers held off — or there was no WAL at our position — and we
+        // have been pinned since: our read transaction then sits on read mark 0, which forbids
+        // any further backfill, so this generation is the only one since and it is still whole.
+        // (The header's checkpoint sequence cannot prove this: SQLite keeps that counter per
+        // connection.)
+        if self.pinned && (pos.backfilled || pos.wal.is_empty()) {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         // Or: the database file is exactly as it was when everything was checkpointed at the last
@@ -980,7 +997,10 @@ impl Worker {
         };
         self.upload(&new_pos, header.timestamp_ms, &mut spool)
             .map_err(|e| e.context(format!("snapshot ({reason})")))?;
-        self.shared.lock().snapshots += 1;
+        let mut g = self.shared.lock();
+        g.snapshots += 1;
+        g.last_snapshot_reason = Some(format!("TXID {}: {reason}", ltx::format_txid(txid)));
+        drop(g);
         self.after_upload()
     }
 
@@ -1025,12 +1045,14 @@ impl Worker {
         self.barrier
             .execute_batch("BEGIN IMMEDIATE")
             .context("waiting for the write lock to start a level-9 snapshot")?;
+        self.barrier_held = true;
         let sealed = (|| -> Result<()> {
             self.sync_wal()?;
             self.end_read()?;
             self.begin_read()
         })();
         let _ = self.barrier.execute_batch("ROLLBACK");
+        self.barrier_held = false;
         if let Err(e) = sealed {
             let _ = self.begin_read();
             return Err(e);
@@ -1159,12 +1181,13 @@ impl Worker {
         self.client.put(0, txid, txid, timestamp_ms, spool)?;
         self.remote_max = Some(txid);
         self.pos = Some(*new_pos);
+        // Uploads happen inside a cycle, with the read transaction held.
+        self.pinned = self.in_read_txn;
         Ok(())
     }
 
     fn after_upload(&mut self) -> Result<()> {
         self.synced_since_checkpoint = true;
-        self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
             state::save(&self.meta, &self.client.describe(), Some(pos), None)
@@ -1182,6 +1205,7 @@ impl Worker {
     /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
     fn take_over(&mut self, epoch: u64) {
         self.lease_epoch = Some(epoch);
+        self.pinned = false;
         let mut candidates = state::load(&self.meta, &self.client.describe());
         candidates.extend(self.pos.take());
         candidates.append(&mut self.saved);
@@ -1205,6 +1229,7 @@ impl Worker {
             self.remote_max = None;
         }
         let _ = self.end_read();
+        self.pinned = false;
         let view = lease.view();
         let checkpoint = if lease.has_local_claim() {
             self.standby_checkpoint().err()
@@ -1331,6 +1356,7 @@ impl Worker {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
         }
+        self.barrier_held = true;
         let mut db_stamp = None;
         let result = (|| -> Result<(i64, i64)> {
             self.sync_wal()?;
@@ -1347,6 +1373,7 @@ impl Worker {
             Ok((r.1, r.2))
         })();
         let _ = self.barrier.execute_batch("ROLLBACK");
+        self.barrier_held = false;
         let (log, done) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -1358,7 +1385,6 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
-        self.checkpointed_this_run = complete;
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;

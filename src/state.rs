@@ -33,6 +33,13 @@ pub struct WalPosition {
     pub frame_checksum: (u32, u32),
 }
 
+impl WalPosition {
+    /// The position of a snapshot taken while there was no WAL (or only an invalid one).
+    pub fn is_empty(&self) -> bool {
+        self.end <= 32 && self.salt1 == 0 && self.salt2 == 0
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub txid: u64,
