@@ -73,12 +73,19 @@ pub struct Progress {
     pub bytes_uploaded: AtomicU64,
     pub objects_uploaded: AtomicU64,
     pub multipart_uploads: AtomicU64,
-    pub current: Mutex<Option<InFlight>>,
+    /// Multipart uploads found left behind under the replica's prefix (by a process that died
+    /// mid-upload) or whose abort failed earlier, and aborted since.
+    pub uploads_aborted: AtomicU64,
+    /// Uploads running now, oldest first (one per replicator in practice; a Vec so that two
+    /// threads sharing a client never clear each other's entry).
+    pub current: Mutex<Vec<InFlight>>,
 }
 
-/// The multipart upload currently running, if any.
+/// An upload currently running: every multipart upload, and single PUTs of at least 5 MiB.
 #[derive(Clone, Debug)]
 pub struct InFlight {
+    /// Distinguishes concurrent entries; only the uploader that added an entry removes it.
+    pub id: u64,
     pub key: String,
     pub size: u64,
     pub part_size: u64,
@@ -90,29 +97,34 @@ pub struct InFlight {
     pub part_size_raised_from: Option<u64>,
 }
 
+impl InFlight {
+    pub fn to_json(&self) -> serde_json::Value {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        serde_json::json!({
+            "key": self.key,
+            "size": self.size,
+            "part_size": self.part_size,
+            "part_size_raised_from": self.part_size_raised_from,
+            "parts_done": self.parts_done,
+            "parts_total": self.parts_total,
+            "bytes_done": self.bytes_done,
+            "bytes_per_second": (self.bytes_done as f64 / secs) as u64,
+            "elapsed_ms": self.started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
 impl Progress {
     pub fn to_json(&self) -> serde_json::Value {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         serde_json::json!({
             "bytes_uploaded": self.bytes_uploaded.load(Ordering::Relaxed),
             "objects_uploaded": self.objects_uploaded.load(Ordering::Relaxed),
             "multipart_uploads": self.multipart_uploads.load(Ordering::Relaxed),
-            "in_flight": current.map(|c| {
-                let secs = c.started.elapsed().as_secs_f64().max(1e-3);
-                serde_json::json!({
-                    "key": c.key,
-                    "size": c.size,
-                    "part_size": c.part_size,
-                    "part_size_raised_from": c.part_size_raised_from,
-                    "parts_done": c.parts_done,
-                    "parts_total": c.parts_total,
-                    "bytes_per_second": (c.bytes_done as f64 / secs) as u64,
-                })
-            }),
+            "uploads_aborted": self.uploads_aborted.load(Ordering::Relaxed),
+            // The oldest upload running (status shows one), and how many run.
+            "in_flight": current.first().map(InFlight::to_json),
+            "uploads_in_flight": current.len(),
         })
     }
 }
@@ -203,6 +215,12 @@ impl Spool {
     /// The whole content when it is held in memory.
     pub fn as_memory(&self) -> Option<&[u8]> {
         self.file.is_none().then_some(&self.memory[..])
+    }
+
+    /// A second handle on the spill file (None while the content is in memory), so that an
+    /// upload can stream the body from disk instead of copying it into memory.
+    pub fn file_handle(&self) -> Option<io::Result<File>> {
+        self.file.as_ref().map(File::try_clone)
     }
 
     /// Read `buf.len()` bytes at `offset` (for multipart parts and the file client).

@@ -11,16 +11,26 @@
 //! - Error texts carry the operation, the key and the S3 error code/message; never credentials.
 //! - For custom endpoints, request checksums are computed only when an operation requires them:
 //!   S3-compatible stores reject the SDK's default aws-chunked trailers (Litestream #889, #918, #947).
+//! - No request can hang forever: connects time out, every attempt has a deadline (uploads: scaled
+//!   to the body size), a body that stops moving trips the SDK's stalled-stream protection, and
+//!   attempts are finite. A failing request is retried a few times within seconds; longer outages
+//!   are the replicator's to ride out (its own backoff), so `litestream_stop()` stays prompt.
+//! - `skip-verify=true` swaps in an HTTPS client that does not verify certificates
+//!   (`insecure_tls`); everything else is the SDK's default client.
 
+mod insecure_tls;
 pub mod lease;
 pub mod upload;
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_s3::config::retry::RetryPartition;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -34,16 +44,30 @@ use crate::error::{Error, Result};
 use crate::ltx;
 use crate::replica_client::{format_timestamp_ms, LtxFileInfo, Progress, ReplicaClient, Spool};
 
-/// Attempts per S3 request. Litestream uses 10 with the SDK's default backoff (up to 20 s apart),
-/// which hides an unreachable endpoint from status for minutes. We retry a request a few times,
-/// quickly, and let the replicator's own cycle-level backoff (and its status) handle outages.
+/// Attempts per S3 request (the SDK's standard retry: 5xx, throttling, timeouts, resets).
+/// Litestream uses 10 with the SDK's default backoff (up to 20 s apart), which hides an unreachable
+/// endpoint from status for minutes. We retry a request a few times, quickly, and let the
+/// replicator's own cycle-level backoff (and its status) handle outages; multipart parts get
+/// further rounds in the uploader, since a lost part costs the whole upload.
 const MAX_ATTEMPTS: u32 = 5;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Upper bound for one request attempt: a part of up to 5 GiB at a slow link still fits.
-const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Upper bound for one attempt of a request without a large body (list, get headers, complete).
+/// CompleteMultipartUpload of thousands of parts may take minutes on AWS.
+const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A request body (or a download) that moves no bytes for this long is a stalled connection: the
+/// attempt fails as a timeout and is retried on a fresh connection.
+const STALL_GRACE: Duration = Duration::from_secs(10);
+
+/// The timeouts every request gets; uploads override the attempt timeout (see `upload`).
+pub(crate) fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .build()
+}
 /// HEAD requests in flight when reading `litestream-timestamp` metadata for a listing
 /// (Litestream's `MetadataConcurrency`).
 const METADATA_CONCURRENCY: usize = 50;
@@ -69,10 +93,16 @@ where
     E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug + 'static,
 {
-    let detail = match e.code() {
+    let mut detail = match e.code() {
         Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
         None => error_chain(&e),
     };
+    if detail.contains("invalid peer certificate") {
+        detail.push_str(
+            " (an endpoint with a self-signed certificate needs skip-verify=true, or its CA in \
+             the system trust store)",
+        );
+    }
     Error::msg(format!("{what} {key}: {detail}"))
 }
 
@@ -97,6 +127,14 @@ pub struct S3Client {
     pub(crate) rt: Handle,
     pub(crate) target: S3Target,
     pub(crate) progress: Arc<Progress>,
+    /// When this client was made: multipart uploads under our prefix initiated before then and
+    /// not ours are leftovers of a process that died mid-upload (see `upload::sweep`).
+    pub(crate) created: SystemTime,
+    /// Whether this client has looked for such leftovers yet (once, before its first upload).
+    pub(crate) swept: AtomicBool,
+    /// Multipart uploads whose abort failed (server unreachable): (key, upload id). Retried before
+    /// every later upload and when the client is dropped.
+    pub(crate) pending_aborts: Mutex<Vec<(String, String)>>,
     /// Lease (issue 4): closed fence = no mutating request leaves `client`; its token tags uploads.
     pub(crate) fence: Arc<lease::Fence>,
     /// `client`'s configuration without the fence, for the lease's own requests.
@@ -105,13 +143,6 @@ pub struct S3Client {
 
 impl S3Client {
     pub fn new(target: &S3Target, rt: Handle) -> Result<S3Client> {
-        if target.skip_verify {
-            // The SDK's HTTPS client offers no switch to turn certificate checks off; refusing
-            // beats silently verifying anyway.
-            return Err(Error::msg(
-                "skip-verify=true is not supported yet: give the endpoint a certificate the system trusts, or use http:// on a private network",
-            ));
-        }
         let t = target.clone();
         let base_conf = run(&rt, async move {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -134,10 +165,16 @@ impl S3Client {
                         .with_initial_backoff(INITIAL_BACKOFF)
                         .with_max_backoff(MAX_BACKOFF),
                 )
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .operation_attempt_timeout(OPERATION_ATTEMPT_TIMEOUT)
+                // Each client has its own retry token bucket: one unreachable replica must not use
+                // up the retries of every other database in the process.
+                .retry_partition(RetryPartition::new(format!(
+                    "litestream-{}",
+                    crate::replica_client::rand_u64()
+                )))
+                .timeout_config(timeouts(OPERATION_ATTEMPT_TIMEOUT))
+                .stalled_stream_protection(
+                    StalledStreamProtectionConfig::enabled()
+                        .grace_period(STALL_GRACE)
                         .build(),
                 );
             if let Some(ep) = &t.endpoint {
@@ -145,6 +182,9 @@ impl S3Client {
                     .endpoint_url(ep.clone())
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                     .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            }
+            if t.skip_verify {
+                b = b.http_client(insecure_tls::http_client());
             }
             b.build()
         });
@@ -160,6 +200,9 @@ impl S3Client {
             rt,
             target: target.clone(),
             progress: Arc::new(Progress::default()),
+            created: SystemTime::now(),
+            swept: AtomicBool::new(false),
+            pending_aborts: Mutex::new(Vec::new()),
             fence,
             base_conf,
         })
@@ -176,6 +219,24 @@ impl S3Client {
 
     pub fn bucket(&self) -> &str {
         &self.target.bucket
+    }
+}
+
+impl Drop for S3Client {
+    fn drop(&mut self) {
+        // Uploads whose abort failed: one last try, in the background (the runtime outlives us).
+        let pending = std::mem::take(
+            &mut *self
+                .pending_aborts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (key, id) in pending {
+            let (client, bucket) = (self.client.clone(), self.target.bucket.clone());
+            self.rt.spawn(async move {
+                let _ = upload::abort(&client, &bucket, &key, &id).await;
+            });
+        }
     }
 }
 

@@ -1,28 +1,83 @@
-//! The uploader: one PutObject for small objects, a multipart upload for objects of at least
-//! `part-size`, with at most `concurrency` parts in flight.
+//! The uploader: one PutObject for objects smaller than `part-size`, a multipart upload for the
+//! rest, with at most `concurrency` parts in flight.
 //!
 //! Invariants:
-//! - Memory is bounded by part-size × concurrency (+ one part being read), whatever the object
-//!   size: parts are read from the spool one at a time, just before they are sent.
+//! - Memory stays within part-size × concurrency plus a small constant, whatever the object size,
+//!   and in practice far below it: a spool that spilled to disk (every object over 8 MiB) is
+//!   streamed from its file, each part in flight holding only a couple of 256 KiB chunks plus the
+//!   HTTP client's write buffer, whatever the part size; an in-memory spool (at most 8 MiB) is sent
+//!   from copies of its slices. Parts start only when a slot is free. The same goes for a single
+//!   PutObject: with `part-size: 5GB` that object can be gigabytes, and is never read into memory.
+//! - Every body carries its Content-MD5 (checked by every S3-compatible store, SeaweedFS included)
+//!   and its SHA-256 signed into the request (checked by AWS), both computed before sending. So
+//!   bodies can stream in small frames: the SDK's stalled-stream protection then sees a body that
+//!   stops moving and fails the attempt within seconds instead of at the attempt deadline.
 //! - An upload never needs more than S3's 10,000 parts: when the size would exceed it, the part
-//!   size is raised just enough (to a whole MiB) and that is reported in status.
-//! - A multipart upload that fails is aborted (AbortMultipartUpload), so no orphaned parts keep
-//!   costing money. Each request is retried by the SDK's standard retryer (5xx, throttling,
-//!   timeouts, resets) before an upload is declared failed.
+//!   size is raised just enough (to a whole MiB) and status shows the raised size and the
+//!   configured one.
+//! - Every part is retried: first by the SDK (5xx, throttling, timeouts, resets, a stalled body),
+//!   then in further rounds here with growing pauses, because one lost part costs the whole upload.
+//!   Every attempt has a deadline scaled to the body size, so nothing waits forever.
+//! - No multipart upload is left behind: on failure the parts still in flight are cancelled and the
+//!   upload is aborted. If the abort itself fails (server unreachable), the upload is remembered
+//!   and aborted before the next upload (and when the client is dropped). Uploads under our prefix
+//!   left by a process that died mid-upload are aborted before this client's first upload.
+//! - Status (`Progress::current`) lists the multipart uploads and large single PUTs in flight with
+//!   parts done / total, bytes per second and the part size in effect; the entry is removed however
+//!   the upload ends.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use once_cell::sync::Lazy;
+use sha2::Sha256;
 
-use super::{run, sdk_error, S3Client};
+use super::{run, sdk_error, timeouts, S3Client};
 use crate::error::{Error, Result};
-use crate::replica_client::{InFlight, Spool};
+use crate::ltx;
+use crate::replica_client::{InFlight, Progress, Spool};
 
 /// S3's limit on parts per multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
 const MIB: u64 = 1 << 20;
+
+/// Each upload attempt may take this long for the round trip and the store's own work…
+const ATTEMPT_BASE: Duration = Duration::from_secs(30);
+/// …plus the body at this rate (256 KiB/s: a slow uplink still finishes a 100 MiB part in under
+/// 7 minutes, while a stuck response to a 5 MiB part is given up after 50 s).
+const ATTEMPT_FLOOR_RATE: u64 = 256 * 1024;
+/// Rounds per part (each round is the SDK's own quick retries); pauses between rounds start at
+/// `PART_ROUND_PAUSE` and double (2, 4, 8, 16 s), so a part survives an outage of about half a
+/// minute before the upload is given up (and aborted); the replicator then retries it whole.
+const PART_ROUNDS: u32 = 5;
+const PART_ROUND_PAUSE: Duration = Duration::from_secs(2);
+/// Single PUTs at least this large are shown in status while they run (smaller ones take
+/// milliseconds and would only flicker).
+const TRACK_SINGLE_PUT_FROM: u64 = 5 * MIB;
+/// Chunk size when streaming a spool file; one chunk is read ahead while the previous one is sent.
+const FILE_CHUNK: u64 = 256 * 1024;
+/// Frame size of an in-memory body: small enough that the HTTP client pulls frames as the socket
+/// drains (so a stalled connection shows as a body that stops moving), large enough to be cheap.
+const MEMORY_FRAME: usize = 128 * 1024;
 
 /// The part size to use for an object of `size` bytes: the configured one, or the smallest whole
 /// number of MiB that keeps the upload within 10,000 parts.
@@ -35,13 +90,23 @@ pub fn effective_part_size(size: u64, configured: u64) -> u64 {
     }
 }
 
-/// Upload `body` to `key` with the given user metadata.
+/// The deadline of one attempt of a request carrying `len` body bytes.
+pub fn attempt_timeout(len: u64) -> Duration {
+    ATTEMPT_BASE + Duration::from_secs(len.div_ceil(ATTEMPT_FLOOR_RATE))
+}
+
+fn upload_config(len: u64) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new().timeout_config(timeouts(attempt_timeout(len)))
+}
+
+/// Upload `body` to `key` with the given user metadata. Returns the bytes stored.
 pub fn put_object(
     c: &S3Client,
     key: &str,
     metadata: Vec<(String, String)>,
     body: &mut Spool,
 ) -> Result<u64> {
+    housekeeping(c);
     let size = body.len();
     if size < c.target.part_size {
         put_single(c, key, metadata, body)?;
@@ -53,39 +118,477 @@ pub fn put_object(
     Ok(size)
 }
 
+// ---- status -------------------------------------------------------------------------------------
+
+static NEXT_UPLOAD: AtomicU64 = AtomicU64::new(1);
+
+/// This upload's entry in `Progress::current`, removed on drop however the upload ends.
+struct Tracked<'a> {
+    progress: &'a Progress,
+    id: u64,
+}
+
+impl<'a> Tracked<'a> {
+    fn start(
+        progress: &'a Progress,
+        key: &str,
+        size: u64,
+        part_size: u64,
+        configured: u64,
+    ) -> Tracked<'a> {
+        let id = NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed);
+        let entry = InFlight {
+            id,
+            key: key.to_string(),
+            size,
+            part_size,
+            parts_total: size.div_ceil(part_size).max(1),
+            parts_done: 0,
+            bytes_done: 0,
+            started: Instant::now(),
+            part_size_raised_from: (part_size > configured).then_some(configured),
+        };
+        progress
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+        Tracked { progress, id }
+    }
+
+    fn part_done(&self, len: u64) {
+        let mut all = self
+            .progress
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = all.iter_mut().find(|e| e.id == self.id) {
+            e.parts_done += 1;
+            e.bytes_done += len;
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.progress
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| e.id != self.id);
+    }
+}
+
+// ---- leftovers ----------------------------------------------------------------------------------
+
+/// Multipart uploads in progress in this process, whatever client runs them: the sweep never
+/// aborts one of these (another client of this process may replicate to the same prefix).
+static ACTIVE_UPLOADS: Lazy<Mutex<HashSet<String>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+
+fn active_uploads() -> std::sync::MutexGuard<'static, HashSet<String>> {
+    ACTIVE_UPLOADS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why an abort (or a listing) failed: `retry` when it may work later (network, 5xx), not when
+/// the store refused (say, no permission for AbortMultipartUpload).
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
+/// Abort one multipart upload. An upload that no longer exists (completed, or aborted by someone
+/// else) counts as aborted.
+pub(crate) async fn abort(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> std::result::Result<(), String> {
+    try_abort(client, bucket, key, upload_id)
+        .await
+        .map_err(|f| f.message)
+}
+
+async fn try_abort(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> std::result::Result<(), Failure> {
+    match client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+        Err(e) => Err(Failure {
+            retry: worth_another_round(&e),
+            message: sdk_error("aborting multipart upload of", key, e).to_string(),
+        }),
+    }
+}
+
+/// Before an upload: retry aborts that failed earlier, and (once per client) abort multipart
+/// uploads a dead process left under our prefix. Best effort: what failed for a reason that may
+/// pass (server unreachable) is tried again before the next upload; refusals are not.
+fn housekeeping(c: &S3Client) {
+    let pending = std::mem::take(&mut *c.pending_aborts.lock().unwrap_or_else(|p| p.into_inner()));
+    if !pending.is_empty() {
+        let tried = pending.len();
+        let (client, bucket) = (c.client.clone(), c.target.bucket.clone());
+        let again = run(&c.rt, async move {
+            let mut again = Vec::new();
+            for (key, id) in pending {
+                if let Err(f) = try_abort(&client, &bucket, &key, &id).await {
+                    if f.retry {
+                        again.push((key, id));
+                    }
+                }
+            }
+            again
+        });
+        c.progress
+            .uploads_aborted
+            .fetch_add((tried - again.len()) as u64, Ordering::Relaxed);
+        c.pending_aborts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(again);
+    }
+    if !c.swept.swap(true, Ordering::SeqCst) {
+        if let Err(f) = sweep(c) {
+            // Listing failed for a reason that may pass: look again before the next upload.
+            c.swept.store(!f.retry, Ordering::SeqCst);
+        }
+    }
+}
+
+/// `<path>/<%04x level>/<min>-<max>.ltx`: only keys of our own layout are ever swept.
+fn is_replica_key(prefix: &str, key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some((level, name)) = rest.split_once('/') else {
+        return false;
+    };
+    level.len() == 4
+        && level.bytes().all(|b| b.is_ascii_hexdigit())
+        && ltx::parse_file_name(name).is_some()
+}
+
+/// Abort multipart uploads of replica files under our prefix that were started before this
+/// client existed and are not ours: a process replicating here died mid-upload. (Only one writer
+/// may replicate to a prefix at a time; Litestream's lease enforces that.) Returns how many.
+fn sweep(c: &S3Client) -> std::result::Result<u64, Failure> {
+    let prefix = format!("{}/", c.target.path);
+    let (client, bucket, created) = (c.client.clone(), c.target.bucket.clone(), c.created);
+    let n = run(&c.rt, async move {
+        let mut stale = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let resp = client
+                .list_multipart_uploads()
+                .bucket(&bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| Failure {
+                    retry: worth_another_round(&e),
+                    message: sdk_error(
+                        "listing multipart uploads in",
+                        &format!("s3://{bucket}/{prefix}"),
+                        e,
+                    )
+                    .to_string(),
+                })?;
+            for u in resp.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let initiated = u
+                    .initiated()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if is_replica_key(&prefix, key) && initiated < created {
+                    stale.push((key.to_string(), id.to_string()));
+                }
+            }
+            if resp.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = resp.next_key_marker().map(str::to_string);
+            id_marker = resp.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        let mut aborted = 0u64;
+        for (key, id) in stale {
+            // Checked at the last moment: an upload of this process is never swept.
+            if active_uploads().contains(&id) {
+                continue;
+            }
+            if try_abort(&client, &bucket, &key, &id).await.is_ok() {
+                aborted += 1;
+            }
+        }
+        Ok::<_, Failure>(aborted)
+    })?;
+    c.progress.uploads_aborted.fetch_add(n, Ordering::Relaxed);
+    Ok(n)
+}
+
+// ---- bodies -------------------------------------------------------------------------------------
+
+/// A body's Content-MD5 (base64) and SHA-256 (lowercase hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Digests {
+    md5: String,
+    sha256: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Digests {
+    fn of(data: &[u8]) -> Digests {
+        Digests {
+            md5: aws_smithy_types::base64::encode(Md5::digest(data)),
+            sha256: hex(&Sha256::digest(data)),
+        }
+    }
+
+    /// Of `len` bytes of `file` from `offset`, read in 1 MiB pieces.
+    fn of_file(file: &File, offset: u64, len: u64) -> io::Result<Digests> {
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut buf = vec![0u8; MIB.min(len) as usize];
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(MIB) as usize;
+            file.read_exact_at(&mut buf[..n], offset + off)?;
+            md5.update(&buf[..n]);
+            sha.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(Digests {
+            md5: aws_smithy_types::base64::encode(md5.finalize()),
+            sha256: hex(&sha.finalize()),
+        })
+    }
+}
+
+/// Signs a streaming body with its precomputed SHA-256 instead of UNSIGNED-PAYLOAD. Stored at the
+/// start of the execution, so an SDK step that must sign differently (aws-chunked checksum
+/// trailers, used only without a custom endpoint) still overrides it later.
+#[derive(Debug)]
+struct SignedPayload(String);
+
+impl Intercept for SignedPayload {
+    fn name(&self) -> &'static str {
+        "litestream-precomputed-payload-sha256"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
+/// In-memory bytes sent in `MEMORY_FRAME` slices (no copies). Retryable.
+fn memory_stream(data: Bytes) -> ByteStream {
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(MemoryBody { data: data.clone() })
+    }))
+}
+
+struct MemoryBody {
+    data: Bytes,
+}
+
+impl http_body::Body for MemoryBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.data.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = this.data.len().min(MEMORY_FRAME);
+        Poll::Ready(Some(Ok(http_body::Frame::data(this.data.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
+/// A request body that reads `len` bytes of `file` from `offset` in `FILE_CHUNK` pieces.
+/// Retryable: every attempt gets a fresh reader over the same file.
+fn file_stream(file: Arc<File>, offset: u64, len: u64) -> ByteStream {
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(FileBody::new(file.clone(), offset, len))
+    }))
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+struct FileBody {
+    file: Arc<File>,
+    /// File offset of the body's first byte.
+    start: u64,
+    /// Body offset of the next read to start.
+    next: u64,
+    len: u64,
+    /// Bytes handed to the HTTP client so far.
+    delivered: u64,
+    /// The read in progress (on tokio's blocking pool: file reads must not stall an I/O worker).
+    reading: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+}
+
+impl FileBody {
+    fn new(file: Arc<File>, start: u64, len: u64) -> FileBody {
+        FileBody {
+            file,
+            start,
+            next: 0,
+            len,
+            delivered: 0,
+            reading: None,
+        }
+    }
+
+    fn start_read(&mut self) {
+        let n = (self.len - self.next).min(FILE_CHUNK) as usize;
+        let (file, off) = (self.file.clone(), self.start + self.next);
+        self.next += n as u64;
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, off)?;
+            Ok(Bytes::from(buf))
+        }));
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.reading.is_none() {
+            if this.next >= this.len {
+                return Poll::Ready(None);
+            }
+            this.start_read();
+        }
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let chunk = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        this.reading = None;
+        let chunk = match chunk {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+        };
+        this.delivered += chunk.len() as u64;
+        if this.next < this.len {
+            // Read ahead while this chunk goes out.
+            this.start_read();
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.delivered >= self.len
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len - self.delivered)
+    }
+}
+
+// ---- single PUT ---------------------------------------------------------------------------------
+
 fn put_single(
     c: &S3Client,
     key: &str,
     metadata: Vec<(String, String)>,
     body: &mut Spool,
 ) -> Result<()> {
-    let data = match body.as_memory() {
-        Some(m) => m.to_vec(),
+    let len = body.len();
+    let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
+    let (stream, digests) = match body.file_handle() {
+        // In memory: at most the spool's memory limit.
         None => {
-            let mut v = vec![0u8; body.len() as usize];
-            body.read_at(&mut v, 0)
-                .map_err(|e| Error::msg(format!("reading spooled upload: {e}")))?;
-            v
+            let data = Bytes::from(body.as_memory().unwrap_or_default().to_vec());
+            let digests = Digests::of(&data);
+            (memory_stream(data), digests)
+        }
+        // Spilled to disk: stream it from the file.
+        Some(file) => {
+            let file = Arc::new(file.map_err(read_err)?);
+            let digests = Digests::of_file(&file, 0, len).map_err(read_err)?;
+            (file_stream(file, 0, len), digests)
         }
     };
+    let tracked = (len >= TRACK_SINGLE_PUT_FROM)
+        .then(|| Tracked::start(&c.progress, key, len, len, c.target.part_size));
     let client = c.client.clone();
     let bucket = c.target.bucket.clone();
-    let key = key.to_string();
+    let key_owned = key.to_string();
     run(&c.rt, async move {
         let mut req = client
             .put_object()
             .bucket(&bucket)
-            .key(&key)
-            .body(ByteStream::from(data));
+            .key(&key_owned)
+            .content_length(len as i64)
+            .content_md5(digests.md5)
+            .body(stream);
         for (k, v) in metadata {
             req = req.metadata(k, v);
         }
-        req.send()
+        req.customize()
+            .interceptor(SignedPayload(digests.sha256))
+            .config_override(upload_config(len))
+            .send()
             .await
-            .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key}"), e))?;
-        Ok(())
-    })
+            .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key_owned}"), e))?;
+        Ok::<(), Error>(())
+    })?;
+    if let Some(t) = &tracked {
+        t.part_done(len);
+    }
+    Ok(())
 }
+
+// ---- multipart ----------------------------------------------------------------------------------
 
 fn put_multipart(
     c: &S3Client,
@@ -94,7 +597,8 @@ fn put_multipart(
     body: &mut Spool,
 ) -> Result<()> {
     let size = body.len();
-    let part_size = effective_part_size(size, c.target.part_size);
+    let configured = c.target.part_size;
+    let part_size = effective_part_size(size, configured);
     let parts_total = size.div_ceil(part_size);
     let bucket = c.target.bucket.clone();
     let url = format!("s3://{bucket}/{key}");
@@ -116,70 +620,166 @@ fn put_multipart(
             })
         })?
     };
+    active_uploads().insert(upload_id.clone());
 
-    *c.progress.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(InFlight {
-        key: key.to_string(),
-        size,
-        part_size,
-        parts_total,
-        parts_done: 0,
-        bytes_done: 0,
-        started: Instant::now(),
-        part_size_raised_from: (part_size != c.target.part_size).then_some(c.target.part_size),
-    });
+    let tracked = Tracked::start(&c.progress, key, size, part_size, configured);
+    let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked)
+        .and_then(|parts| complete(c, key, &upload_id, parts));
+    drop(tracked);
 
-    let result = upload_parts(c, key, &upload_id, body, part_size, parts_total).and_then(|parts| {
-        let client = c.client.clone();
-        let (bucket, key, url, upload_id) = (
-            bucket.clone(),
-            key.to_string(),
-            url.clone(),
-            upload_id.clone(),
-        );
-        run(&c.rt, async move {
-            client
-                .complete_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| sdk_error("completing multipart upload of", &url, e))?;
+    let outcome = match result {
+        Ok(()) => {
+            c.progress.multipart_uploads.fetch_add(1, Ordering::Relaxed);
             Ok(())
-        })
-    });
-    *c.progress.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-
-    if let Err(e) = result {
-        let client = c.client.clone();
-        let (key, upload_id) = (key.to_string(), upload_id.clone());
-        let abort = run(&c.rt, async move {
-            client
-                .abort_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .send()
-                .await
-                .map(|_| ())
-        });
-        return Err(match abort {
-            Ok(()) => e.context("multipart upload aborted"),
-            Err(a) => e.context(format!(
-                "multipart upload failed and aborting it failed too ({a})"
-            )),
-        });
-    }
-    c.progress.multipart_uploads.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        }
+        Err(e) => {
+            let client = c.client.clone();
+            let (bucket, key_owned, id) = (bucket.clone(), key.to_string(), upload_id.clone());
+            let aborted = run(&c.rt, async move {
+                try_abort(&client, &bucket, &key_owned, &id).await
+            });
+            Err(match aborted {
+                Ok(()) => e.context("multipart upload aborted"),
+                Err(a) if a.retry => {
+                    c.pending_aborts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((key.to_string(), upload_id.clone()));
+                    e.context(format!(
+                        "multipart upload failed, and aborting it failed too ({}); \
+                         the abort is retried before the next upload",
+                        a.message
+                    ))
+                }
+                Err(a) => e.context(format!(
+                    "multipart upload failed, and the store refused to abort it ({}); \
+                     a lifecycle rule (AbortIncompleteMultipartUpload) can clean it up",
+                    a.message
+                )),
+            })
+        }
+    };
+    active_uploads().remove(&upload_id);
+    outcome
 }
 
-/// Send every part with at most `concurrency` in flight; returns the parts in order.
+/// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost
+/// (the retry then finds NoSuchUpload), the object is there: it is ours when its ETag is the one
+/// these parts make (S3's multipart ETag: MD5 of the parts' MD5s, then `-<parts>`).
+fn complete(c: &S3Client, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+    let expected = multipart_etag(&parts);
+    let client = c.client.clone();
+    let (bucket, key, upload_id) = (
+        c.target.bucket.clone(),
+        key.to_string(),
+        upload_id.to_string(),
+    );
+    run(&c.rt, async move {
+        let url = format!("s3://{bucket}/{key}");
+        let sent = client
+            .complete_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchUpload") && expected.is_some() => {
+                let head = client.head_object().bucket(&bucket).key(&key).send().await;
+                let etag = head
+                    .ok()
+                    .and_then(|h| h.e_tag().map(|t| t.trim_matches('"').to_string()));
+                if etag.is_some() && etag == expected {
+                    Ok(())
+                } else {
+                    Err(sdk_error("completing multipart upload of", &url, e))
+                }
+            }
+            Err(e) => Err(sdk_error("completing multipart upload of", &url, e)),
+        }
+    })
+}
+
+/// The ETag S3 gives a completed multipart upload of these parts, if every part's ETag is a plain
+/// MD5 (it is unless the store encrypts with SSE-KMS/C, or is not S3-like there).
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    let mut md5 = Md5::new();
+    for p in parts {
+        let t = p.e_tag()?.trim_matches('"');
+        if t.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            md5.update([u8::from_str_radix(t.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    Some(format!("{}-{}", hex(&md5.finalize()), parts.len()))
+}
+
+/// Where a part's bytes come from: a copy of a slice of an in-memory spool (at most the spool's
+/// memory limit in all), or a region of the spool's file, streamed (then a part in flight costs
+/// a few chunks of memory, not part-size).
+enum PartBody {
+    Memory(Bytes),
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl PartBody {
+    fn len(&self) -> u64 {
+        match self {
+            PartBody::Memory(b) => b.len() as u64,
+            PartBody::File { len, .. } => *len,
+        }
+    }
+
+    fn stream(&self) -> ByteStream {
+        match self {
+            PartBody::Memory(b) => memory_stream(b.clone()),
+            PartBody::File { file, offset, len } => file_stream(file.clone(), *offset, *len),
+        }
+    }
+
+    fn digests(&self) -> io::Result<Digests> {
+        match self {
+            PartBody::Memory(b) => Ok(Digests::of(b)),
+            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len),
+        }
+    }
+}
+
+/// Sends its part's outcome when dropped: also when the task panics or is cancelled, so the
+/// uploader never waits for a message that cannot come.
+struct Report {
+    tx: std::sync::mpsc::Sender<(i32, u64, Result<String>)>,
+    part: i32,
+    len: u64,
+    outcome: Option<Result<String>>,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            Err(Error::msg(format!(
+                "part {} upload ended without a result",
+                self.part
+            )))
+        });
+        let _ = self.tx.send((self.part, self.len, outcome));
+    }
+}
+
+/// Send every part with at most `concurrency` in flight; returns the parts in order. On the first
+/// failure the parts still in flight are cancelled (their connections close) before returning.
 fn upload_parts(
     c: &S3Client,
     key: &str,
@@ -187,95 +787,181 @@ fn upload_parts(
     body: &mut Spool,
     part_size: u64,
     parts_total: u64,
+    tracked: &Tracked<'_>,
 ) -> Result<Vec<CompletedPart>> {
     let size = body.len();
     let concurrency = c.target.concurrency.max(1);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(i32, String, u64)>>();
-    let mut in_flight = 0usize;
-    let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
-    let mut first_error: Option<Error> = None;
-
-    let collect = |res: Result<(i32, String, u64)>,
-                   parts: &mut Vec<CompletedPart>,
-                   first_error: &mut Option<Error>| match res {
-        Ok((n, etag, len)) => {
-            parts.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
-            if let Some(cur) = c
-                .progress
-                .current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-            {
-                cur.parts_done += 1;
-                cur.bytes_done += len;
-            }
-        }
-        Err(e) => {
-            first_error.get_or_insert(e);
-        }
+    let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
+    let file = match body.file_handle() {
+        Some(f) => Some(Arc::new(f.map_err(read_err)?)),
+        None => None,
     };
+    let (tx, rx) = std::sync::mpsc::channel::<(i32, u64, Result<String>)>();
+    let mut running: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
+    let mut failure: Option<Error> = None;
+    let mut next = 0u64;
 
-    for index in 0..parts_total {
-        if first_error.is_some() {
-            break;
+    while failure.is_none() && (next < parts_total || !running.is_empty()) {
+        if next < parts_total && running.len() < concurrency {
+            let offset = next * part_size;
+            let len = part_size.min(size - offset);
+            let data = match &file {
+                Some(file) => PartBody::File {
+                    file: file.clone(),
+                    offset,
+                    len,
+                },
+                None => {
+                    let mut buf = vec![0u8; len as usize];
+                    if let Err(e) = body.read_at(&mut buf, offset) {
+                        failure = Some(read_err(e));
+                        break;
+                    }
+                    PartBody::Memory(Bytes::from(buf))
+                }
+            };
+            // Hashed here, on the uploader's own thread, not on the runtime's I/O workers.
+            let digests = match data.digests() {
+                Ok(d) => d,
+                Err(e) => {
+                    failure = Some(read_err(e));
+                    break;
+                }
+            };
+            let part = (next + 1) as i32;
+            let report = Report {
+                tx: tx.clone(),
+                part,
+                len,
+                outcome: None,
+            };
+            let client = c.client.clone();
+            let (bucket, key, upload_id) = (
+                c.target.bucket.clone(),
+                key.to_string(),
+                upload_id.to_string(),
+            );
+            let handle = c.rt.spawn(async move {
+                // Move the whole guard in (a closure would capture only the field it assigns).
+                let mut report = report;
+                let outcome =
+                    send_part(&client, &bucket, &key, &upload_id, part, data, digests).await;
+                report.outcome = Some(outcome);
+            });
+            running.insert(part, handle);
+            next += 1;
+            continue;
         }
-        while in_flight >= concurrency {
-            let res = done_rx
-                .recv()
-                .map_err(|_| Error::msg("upload worker vanished"))?;
-            in_flight -= 1;
-            collect(res, &mut parts, &mut first_error);
-        }
-        let offset = index * part_size;
-        let len = part_size.min(size - offset);
-        let mut data = vec![0u8; len as usize];
-        body.read_at(&mut data, offset)
-            .map_err(|e| Error::msg(format!("reading spooled upload: {e}")))?;
-        let part_number = (index + 1) as i32;
-        let client = c.client.clone();
-        let bucket = c.target.bucket.clone();
-        let (key, upload_id, tx) = (key.to_string(), upload_id.to_string(), done_tx.clone());
-        c.rt.spawn(async move {
-            let res = client
-                .upload_part()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(part_number)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .map_err(|e| {
-                    sdk_error(
-                        &format!("uploading part {part_number} of"),
-                        &format!("s3://{bucket}/{key}"),
-                        e,
-                    )
-                })
-                .and_then(|r| {
-                    r.e_tag()
-                        .map(|t| (part_number, t.to_string(), len))
-                        .ok_or_else(|| {
-                            Error::msg(format!("part {part_number} of {key}: no ETag in response"))
-                        })
-                });
-            let _ = tx.send(res);
-        });
-        in_flight += 1;
-    }
-    while in_flight > 0 {
-        let res = done_rx
+        // All slots busy (or nothing left to start): wait for a part to finish.
+        let (part, len, outcome) = rx
             .recv()
-            .map_err(|_| Error::msg("upload worker vanished"))?;
-        in_flight -= 1;
-        collect(res, &mut parts, &mut first_error);
+            .map_err(|_| Error::msg("internal: part uploads vanished"))?;
+        running.remove(&part);
+        match outcome {
+            Ok(etag) => {
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(part)
+                        .e_tag(etag)
+                        .build(),
+                );
+                tracked.part_done(len);
+            }
+            Err(e) => failure = Some(e),
+        }
     }
-    if let Some(e) = first_error {
+    if let Some(e) = failure {
+        let handles: Vec<_> = running.into_values().collect();
+        run(&c.rt, async move {
+            for h in &handles {
+                h.abort();
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        });
         return Err(e);
     }
     parts.sort_by_key(|p| p.part_number());
     Ok(parts)
+}
+
+/// Whether a request that failed after the SDK's own retries deserves another round: failures
+/// of the network or the server, never a refusal (4xx other than timeouts and throttling).
+fn worth_another_round<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            matches!(
+                s.err().code(),
+                Some(
+                    "InternalError"
+                        | "ServiceUnavailable"
+                        | "SlowDown"
+                        | "RequestTimeout"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "RequestTimeTooSkewed"
+                )
+            ) || s.err().code().is_none()
+        }
+        _ => false,
+    }
+}
+
+async fn send_part(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    part: i32,
+    data: PartBody,
+    digests: Digests,
+) -> Result<String> {
+    let len = data.len();
+    let mut pause = PART_ROUND_PAUSE;
+    let mut round = 1;
+    loop {
+        let sent = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part)
+            .content_length(len as i64)
+            .content_md5(digests.md5.clone())
+            .body(data.stream())
+            .customize()
+            .interceptor(SignedPayload(digests.sha256.clone()))
+            .config_override(upload_config(len))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                return out.e_tag().map(str::to_string).ok_or_else(|| {
+                    Error::msg(format!(
+                        "uploading part {part} of s3://{bucket}/{key}: no ETag in the response"
+                    ))
+                })
+            }
+            Err(e) if round < PART_ROUNDS && worth_another_round(&e) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                round += 1;
+            }
+            Err(e) => {
+                let what = if round > 1 {
+                    format!("uploading part {part} ({round} rounds of retries) of")
+                } else {
+                    format!("uploading part {part} of")
+                };
+                return Err(sdk_error(&what, &format!("s3://{bucket}/{key}"), e));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +977,178 @@ mod tests {
         assert_eq!(effective_part_size(five * MAX_PARTS + 1, five), 6 * MIB);
         let huge = 100 * 1024 * MIB * 1024; // 100 TiB
         let p = effective_part_size(huge, five);
-        assert!(huge.div_ceil(p) <= MAX_PARTS && p % MIB == 0);
+        assert!(huge.div_ceil(p) <= MAX_PARTS && p.is_multiple_of(MIB));
+        // Never above what the size needs, never below the configured size.
+        for size in [
+            1,
+            5 * MIB,
+            49 * 1024 * MIB,
+            50 * 1024 * MIB,
+            51 * 1024 * MIB,
+        ] {
+            let p = effective_part_size(size, five);
+            assert!(p >= five && size.div_ceil(p) <= MAX_PARTS, "{size}");
+            assert!(p == five || size.div_ceil(p - MIB) > MAX_PARTS, "{size}");
+        }
+    }
+
+    #[test]
+    fn attempt_deadline_scales_with_the_body() {
+        assert_eq!(attempt_timeout(0), ATTEMPT_BASE);
+        assert_eq!(
+            attempt_timeout(5 * MIB),
+            ATTEMPT_BASE + Duration::from_secs(20)
+        );
+        assert_eq!(
+            attempt_timeout(5 * 1024 * MIB),
+            ATTEMPT_BASE + Duration::from_secs(20480)
+        );
+    }
+
+    #[test]
+    fn only_replica_keys_are_swept() {
+        let p = "db/";
+        assert!(is_replica_key(
+            p,
+            "db/0000/0000000000000001-0000000000000001.ltx"
+        ));
+        assert!(is_replica_key(
+            p,
+            "db/0009/0000000000000001-00000000000000ff.ltx"
+        ));
+        assert!(!is_replica_key(p, "db/0000/notes.txt"));
+        assert!(!is_replica_key(
+            p,
+            "db/sub/0000/0000000000000001-0000000000000001.ltx"
+        ));
+        assert!(!is_replica_key(
+            p,
+            "other/0000/0000000000000001-0000000000000001.ltx"
+        ));
+        assert!(!is_replica_key(p, "db/0000/"));
+    }
+
+    #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        let part = |n: i32, data: &[u8]| {
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(format!("\"{}\"", hex(&Md5::digest(data))))
+                .build()
+        };
+        let parts = [part(1, b"hello "), part(2, b"world")];
+        let mut concat = Vec::new();
+        concat.extend_from_slice(&Md5::digest(b"hello "));
+        concat.extend_from_slice(&Md5::digest(b"world"));
+        assert_eq!(
+            multipart_etag(&parts),
+            Some(format!("{}-2", hex(&Md5::digest(&concat))))
+        );
+        let odd = [CompletedPart::builder()
+            .part_number(1)
+            .e_tag("\"not-an-md5\"")
+            .build()];
+        assert_eq!(multipart_etag(&odd), None);
+    }
+
+    #[test]
+    fn digests_are_content_md5_and_hex_sha256() {
+        let d = Digests::of(b"");
+        assert_eq!(d.md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(
+            d.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let d = Digests::of(b"abc");
+        assert_eq!(d.md5, "kAFQmDzST7DWlj99KOF/cg==");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn memory_body_frames_the_bytes_without_loss() {
+        use http_body::Body;
+        let data: Vec<u8> = (0..(MEMORY_FRAME * 2 + 5))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut body = MemoryBody {
+            data: Bytes::from(data.clone()),
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        let mut frames = 0;
+        loop {
+            assert_eq!(
+                body.size_hint().exact(),
+                Some((data.len() - out.len()) as u64)
+            );
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    let chunk = f.into_data().unwrap();
+                    assert!(chunk.len() <= MEMORY_FRAME);
+                    out.extend_from_slice(&chunk);
+                    frames += 1;
+                }
+                Poll::Ready(None) => break,
+                other => panic!("unexpected {:?}", other.is_pending()),
+            }
+        }
+        assert_eq!(out, data);
+        assert_eq!(frames, 3);
+        assert!(body.is_end_stream());
+    }
+
+    #[test]
+    fn file_body_streams_exactly_the_file() {
+        use http_body::Body;
+        let dir = std::env::temp_dir().join(format!("ls-filebody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let data: Vec<u8> = (0..(FILE_CHUNK * 3 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let mut body = FileBody::new(file.clone(), 0, data.len() as u64);
+            assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
+            let mut out = Vec::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                out.extend_from_slice(frame.unwrap().data_ref().unwrap());
+            }
+            assert!(body.is_end_stream());
+            out
+        });
+        assert_eq!(got, data);
+        let d = Digests::of_file(&file, 0, data.len() as u64).unwrap();
+        assert_eq!(d, Digests::of(&data));
+        // A region in the middle, as a multipart part streams it.
+        let (off, len) = (FILE_CHUNK + 3, FILE_CHUNK + 100);
+        let region = rt.block_on(async {
+            let mut body = FileBody::new(file.clone(), off, len);
+            let mut out = Vec::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                out.extend_from_slice(frame.unwrap().data_ref().unwrap());
+            }
+            out
+        });
+        assert_eq!(region, &data[off as usize..(off + len) as usize]);
+        assert_eq!(
+            Digests::of_file(&file, off, len).unwrap(),
+            Digests::of(&region)
+        );
+        assert_eq!(d.md5, aws_smithy_types::base64::encode(Md5::digest(&data)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
