@@ -1,0 +1,25 @@
+"""SIGKILL a replicating writer at random moments: nothing acknowledged is lost, restores pass
+integrity_check, and the next start continues the TXIDs without a gap (bench/crash.py does the
+work; CRASH_TRIALS picks the number of trials, 20 by default, 200 in the documented run)."""
+import os
+
+import crash
+from conftest import ACCESS_KEY, SECRET_KEY, seen
+
+
+def test_crash_trials(s3, ext):
+    trials = int(os.environ.get("CRASH_TRIALS", "20"))
+    kills = int(os.environ.get("CRASH_KILLS", "1"))
+    lines = []
+    s = crash.run(trials=trials, kills=kills, endpoint=s3.endpoint, access_key=ACCESS_KEY,
+                  secret_key=SECRET_KEY, log=lines.append,
+                  seed=int(os.environ["CRASH_SEED"]) if os.environ.get("CRASH_SEED") else None)
+    for tr in s["results"]:
+        seen("crash trial %d" % tr["trial"], tr)
+    seen("crash failures", s["failures"])
+    print("\n".join(lines))
+    print("%d/%d trials, %d kills (%d before start), %d restarts needed a snapshot, %d LTX files checked, %.0f s, seed %d" % (
+        s["passed"], trials, s["kills"], s["kills_before_start"], s["restarts_with_snapshot"],
+        s["ltx_files_checked"], s["seconds"], s["seed"]))
+    assert not s["failures"], "seed %d:\n%s" % (s["seed"], "\n\n".join(
+        "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
