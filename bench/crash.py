@@ -46,9 +46,9 @@ class TrialFailure(AssertionError):
     pass
 
 
-def host(mode, params, timeout=180):
+def host(mode, params, timeout=180, env=None):
     p = subprocess.run([bl.HOST_PYTHON, str(CRASH_HOST), mode, json.dumps(params)], text=True,
-                       capture_output=True, timeout=timeout, env=bl.child_env())
+                       capture_output=True, timeout=timeout, env=bl.child_env(env))
     res = None
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -93,6 +93,10 @@ def ltx_check_all(client, bucket, prefix):
     return n
 
 
+def restore_env(access_key, secret_key):
+    return {"LITESTREAM_ACCESS_KEY_ID": access_key, "LITESTREAM_SECRET_ACCESS_KEY": secret_key}
+
+
 def read_acked(path):
     try:
         vals = [int(x) for x in Path(path).read_text().split()]
@@ -115,7 +119,9 @@ def draw_config(rng):
 
 def check_restore(client, ctx, prefix, out, acked, label):
     url = "s3://%s/%s?endpoint=%s" % (ctx["bucket"], prefix, ctx["endpoint"])
-    res, _ = host("restore", {"ext": bl.EXT, "url": url, "out": str(out), "overwrite": True})
+    # a restore from a URL takes its credentials from LITESTREAM_ACCESS_KEY_ID/SECRET_ACCESS_KEY
+    res, _ = host("restore", {"ext": bl.EXT, "url": url, "out": str(out), "overwrite": True},
+                  env=restore_env(ctx["access_key"], ctx["secret_key"]))
     if "error" in res:
         raise TrialFailure("%s: restore failed: %s" % (label, res["error"]))
     if res["integrity"] != "ok":

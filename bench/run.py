@@ -293,7 +293,7 @@ def measure_b(ctx):
 
 def measure_c(ctx):
     rows, row_bytes, keys = 4, 65536, 256  # 256 KiB transactions updating a 16 MiB table
-    rates = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
+    rates = [2, 4, 8, 16, 32, 64, 128, 256, 512]
     step_s = 10 if ctx.full else 4
     out = {"txn_bytes": rows * row_bytes, "step_s": step_s}
     plans = [("plain", None, None, 2.0), ("ours-1s", "1s", 3000, 2.0), ("ours-0", "0", 2000, 2.0),
@@ -320,10 +320,15 @@ def measure_c(ctx):
         finally:
             if sc:
                 sc.stop()
-        ok = [s["offered_mib_s"] for s in res["steps"] if s["keeps_up"]]
+        ok = [s["achieved_mib_s"] for s in res["steps"] if s["replication_ok"]]
+        last = res["steps"][-1]
         out[cfg] = {"steps": res["steps"], "max_sustained_mib_s": max(ok) if ok else 0,
-                    "lag_limit_ms": lag_limit, "drain_limit_s": drain_limit}
-        print("  c %-10s keeps up to %s MiB/s" % (cfg, out[cfg]["max_sustained_mib_s"]), flush=True)
+                    "lag_limit_ms": lag_limit, "drain_limit_s": drain_limit,
+                    "ended_by": ("replication fell behind at %s MiB/s" % last["offered_mib_s"])
+                    if not last["replication_ok"] else
+                    ("writer saturated at %s MiB/s (achieved %.0f)" % (last["offered_mib_s"], last["achieved_mib_s"]))
+                    if last["writer_saturated"] else "top of the scale"}
+        print("  c %-10s kept up to %.0f MiB/s; %s" % (cfg, out[cfg]["max_sustained_mib_s"], out[cfg]["ended_by"]), flush=True)
         ctx.cleanup(d)
     return out
 
@@ -451,23 +456,22 @@ def report(res):
             REFERENCE["sidecar_visible_default"], REFERENCE["sidecar_visible_100ms"]), ""]
     if "c" in res:
         c = res["c"]
-        lines += ["### c. Highest sustained write rate with replication keeping up (%d KiB transactions, %d s steps)" % (
-            c["txn_bytes"] // 1024, c["step_s"]), ""]
+        lines += ["### c. Highest sustained write rate with replication keeping up", "",
+                  "%d KiB transactions (random bytes, updating a 16 MiB table), synchronous=NORMAL; offered rate "
+                  "doubled in %d s steps; kept up = the backlog drained within 2 s after the step and (ours) "
+                  "lag_ms stayed under 3 s (sync-interval 1s) / 2 s (0) in the step's second half; a failing "
+                  "step is retried once." % (c["txn_bytes"] // 1024, c["step_s"]), ""]
         rows = []
         for cfg in ("plain", "ours-1s", "ours-0", "litestream"):
             if cfg in c:
                 steps = c[cfg]["steps"]
-                last = [s for s in steps if s["keeps_up"]]
-                top = last[-1] if last else None
-                fail = next((s for s in steps if not s["keeps_up"]), None)
-                rows.append([cfg, c[cfg]["max_sustained_mib_s"],
+                ok = [s for s in steps if s["replication_ok"]]
+                top = max(ok, key=lambda s: s["achieved_mib_s"]) if ok else None
+                rows.append([cfg, fmt(c[cfg]["max_sustained_mib_s"], "%.0f"),
                              fmt(top and top["max_lag_ms_2nd_half"], "%d") if cfg.startswith("ours") else "n/a",
                              fmt(top and top["max_wal_size"] / 1e6, "%.0f"),
-                             fmt(top and top["drain_s"], "%.2f"),
-                             ("%s MiB/s: achieved %.0f, drain %.1f s, lag %s ms" % (
-                                 fail["offered_mib_s"], fail["achieved_mib_s"], fail["drain_s"],
-                                 fail["max_lag_ms_2nd_half"] if cfg.startswith("ours") else "n/a")) if fail else "-"])
-        lines += [table(rows, ["replicator", "keeps up to MiB/s", "lag ms (2nd half)", "WAL MB", "drain s", "first failing step"]), ""]
+                             fmt(top and top["drain_s"], "%.2f"), c[cfg]["ended_by"]])
+        lines += [table(rows, ["replicator", "kept up to MiB/s (achieved)", "max lag ms", "max WAL MB", "drain s", "stepping ended"]), ""]
     if "d" in res:
         s = res["d"]["summary"]
         lines += ["### d. Cost of replicating %d MiB of page changes (1 MiB transactions, synchronous=NORMAL; median of %d)" % (

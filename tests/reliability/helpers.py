@@ -46,7 +46,9 @@ def read_status_log(path):
 
 def restore_and_compare(ext, url, out, db, acked):
     """Restore (ours) equals the database and holds every acknowledged value."""
-    res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out), "overwrite": True})
+    from conftest import ACCESS_KEY, SECRET_KEY
+    res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out), "overwrite": True},
+                          env=crash.restore_env(ACCESS_KEY, SECRET_KEY))
     seen("restore", res)
     seen("restore stderr", err)
     assert "error" not in res, res
