@@ -105,12 +105,19 @@ def read_acked(path):
     return max(vals) if vals else 0
 
 
+# TRUNCATE checkpoints currently lose commits that land between the replicator's barrier and
+# its wal_checkpoint(TRUNCATE) (see tests/reliability/test_crash.py::test_truncate_checkpoint_race).
+# Until that is fixed the random draws leave truncate-page-n at its default (~500 MB, never reached
+# here); set CRASH_TRUNCATE=1 (or this constant) to draw small values again.
+TRUNCATE_IN_DRAWS = os.environ.get("CRASH_TRUNCATE") == "1"
+
+
 def draw_config(rng):
     cfg = {"sync-interval": rng.choice(["0", "100ms", "1s"])}
     if rng.random() < 0.5:
         # frequent checkpoints and WAL restarts while the kill can land
         cfg["min-checkpoint-page-count"] = str(rng.choice([10, 50, 200]))
-    if rng.random() < 0.25:
+    if rng.random() < 0.25 and TRUNCATE_IN_DRAWS:
         cfg["truncate-page-n"] = str(rng.choice([100, 400]))
     if rng.random() < 0.25:
         cfg["checkpoint-interval"] = "1s"
@@ -144,6 +151,9 @@ def run_trial(i, ctx, rng):
     d.mkdir(parents=True)
     db, ackf, out = d / "db.sqlite", d / "acked.txt", d / "restored.db"
     cfg = draw_config(rng)
+    if ctx.get("force"):
+        cfg = dict(ctx["force"])
+        cfg.setdefault("sync-interval", "1s")
     config = bl.ext_config(bucket, prefix, ctx["endpoint"], cfg.pop("sync-interval"),
                            access_key=ctx["access_key"], secret_key=ctx["secret_key"])
     config += sorted(cfg.items())
@@ -151,6 +161,7 @@ def run_trial(i, ctx, rng):
         "access-key-id", "secret-access-key", "endpoint", "bucket", "region", "force-path-style",
         "path")},
              "kills": []}
+    ctx["last_config"] = trial["config"]
     stderr_all = []
     for k in range(ctx["kills"]):
         params = {"db": str(db), "ext": bl.EXT, "config": config, "ack": str(ackf),
@@ -178,6 +189,11 @@ def run_trial(i, ctx, rng):
         trial["kills"].append(kill)
     # clean restart on the original database: resumes at M + 1, restore equals the database
     m_before = len(l0_txids(client, bucket, prefix))
+    try:
+        state = json.loads((d / ".db.sqlite-litestream" / "extension-state.json").read_text())
+        state_txid = state["position"]["txid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        state_txid = None
     params = {"db": str(db), "ext": bl.EXT, "config": config, "ack": str(ackf),
               "seed": rng.randrange(1 << 30), "commits": ctx["resume_commits"], "sync_every": [1, 5]}
     res, err = host("write", params, timeout=300)
@@ -191,6 +207,7 @@ def run_trial(i, ctx, rng):
         raise TrialFailure("trial %d: the restart uploaded nothing (max TXID %d)" % (i, m_before))
     st = res["status"]
     trial["resume"] = {"before": res["before"], "last": res["last"], "l0_before": m_before,
+                       "state_txid_before": state_txid,
                        "l0_after": len(txids), "snapshot_on_restart": bool(st.get("snapshots")),
                        "stopped_txid": res["stopped_txid"], "status": st}
     if int(res["stopped_txid"], 16) != len(txids):
@@ -214,7 +231,7 @@ def run_trial(i, ctx, rng):
 
 def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=9743, work=None,
         resume_commits=30, ltx_check_every=5, access_key="test", secret_key="testtesttest",
-        keep=False, log=print):
+        keep=False, log=print, force=None):
     """Run the trials (starting a SeaweedFS unless endpoint is given). Returns the summary dict;
     summary['failures'] lists what went wrong."""
     seed = seed if seed is not None else random.randrange(1 << 30)
@@ -234,7 +251,7 @@ def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=9743, wo
     ctx = {"client": client, "bucket": bucket, "endpoint": endpoint, "work": work,
            "run": time.strftime("%H%M%S"), "kills": kills, "max_run": max_run,
            "resume_commits": resume_commits, "ltx_check_every": ltx_check_every,
-           "access_key": access_key, "secret_key": secret_key, "keep": keep}
+           "access_key": access_key, "secret_key": secret_key, "keep": keep, "force": force}
     results, failures = [], []
     t0 = time.time()
     try:
@@ -247,15 +264,20 @@ def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=9743, wo
                     i, " ".join("%s=%s" % kv for kv in tr["config"].items()), k["after_s"], k["acked"],
                     k.get("restored_max", "-"), k["l0_max"], tr["resume"]["last"] - tr["resume"]["before"],
                     tr["resume"]["l0_before"], tr["resume"]["l0_after"],
-                    " (snapshot)" if tr["resume"]["snapshot_on_restart"] else ""))
+                    (" (snapshot; state file at %s)" % tr["resume"]["state_txid_before"])
+                    if tr["resume"]["snapshot_on_restart"] else ""))
             except (TrialFailure, subprocess.TimeoutExpired, bl.HostError) as e:
-                failures.append({"trial": i, "error": str(e)})
-                log("trial %3d FAILED: %s" % (i, e))
+                failures.append({"trial": i, "error": str(e), "config": ctx.get("last_config"),
+                                 "workdir": str(Path(work) / ("t%03d" % i)),
+                                 "prefix": "crash-%s-%03d" % (ctx["run"], i)})
+                log("trial %3d FAILED (%s; kept %s): %s" % (
+                    i, " ".join("%s=%s" % kv for kv in (ctx.get("last_config") or {}).items()),
+                    failures[-1]["workdir"], e))
     finally:
         if server:
             server.stop()
             shutil.rmtree(server.state, ignore_errors=True)
-        if not keep:
+        if not keep and not failures:
             shutil.rmtree(work, ignore_errors=True)
     kills_all = [k for tr in results for k in tr["kills"]]
     summary = {
@@ -266,6 +288,10 @@ def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=9743, wo
         "kills_with_empty_replica": sum(1 for k in kills_all if not k["l0_max"]),
         "acked_total": sum(k["acked"] for k in kills_all),
         "restarts_with_snapshot": sum(1 for tr in results if tr["resume"]["snapshot_on_restart"]),
+        # the state file matched the replica, yet the restart could not prove WAL continuity
+        "restarts_with_snapshot_despite_state": sum(
+            1 for tr in results if tr["resume"]["snapshot_on_restart"]
+            and tr["resume"]["state_txid_before"] == tr["resume"]["l0_before"]),
         "ltx_files_checked": sum(tr.get("ltx_checked", 0) for tr in results),
         "results": results,
     }
@@ -280,11 +306,14 @@ def main():
     ap.add_argument("--seed", type=int)
     ap.add_argument("--port", type=int, default=int(os.environ.get("CRASH_S3_PORT", 9743)))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                    help="use this configuration in every trial instead of random draws (repeatable)")
     args = ap.parse_args()
     if not os.path.exists(bl.EXT + ".so"):
         sys.exit("missing %s.so: run cargo build --release first" % bl.EXT)
     s = run(args.trials, args.kills, args.max_run, args.seed, os.environ.get("S3_ENDPOINT"),
-            args.port, keep=args.keep)
+            args.port, keep=args.keep,
+            force=dict(kv.split("=", 1) for kv in args.config) or None)
     out = bl.REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     path = out / ("crash-%s.json" % time.strftime("%Y%m%d-%H%M%S"))

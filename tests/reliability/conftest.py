@@ -13,7 +13,6 @@ test records what it saw — status JSON, SQL errors, stderr, state files — wi
 end of the session all of it is scanned for the secret, and any hit fails the run.
 """
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -26,47 +25,8 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 import benchlib as bl  # noqa: E402
 
-ACCESS_KEY = "RELIABILITYKEY%s" % secrets.token_hex(3).upper()
-# Distinctive and random per session, so a hit can only be a leak.
-SECRET_KEY = "Sec-%s-DoNotLeak" % secrets.token_hex(12)
-
-_SEEN = []  # (where, text)
-
-
-def seen(where, text):
-    """Record output that must never contain the secret (scanned at session end)."""
-    if text is None:
-        return
-    if not isinstance(text, str):
-        import json
-        text = json.dumps(text)
-    _SEEN.append((where, text))
-
-
-def seen_files(where, root):
-    """Record every small text-ish file under root (state files, logs)."""
-    for p in Path(root).rglob("*"):
-        if p.is_file() and p.stat().st_size < (1 << 20) and not p.name.endswith((".db", ".sqlite", "-wal", "-shm")):
-            try:
-                seen("%s:%s" % (where, p), p.read_bytes().decode("utf-8", "replace"))
-            except OSError:
-                pass
-
-
-def leaks():
-    out = []
-    for where, text in _SEEN:
-        i = text.find(SECRET_KEY)
-        if i >= 0:
-            out.append("%s: ...%s..." % (where, text[max(0, i - 120):i + len(SECRET_KEY) + 40]))
-    return out
-
-
-def _port(env, fallback_range):
-    if os.environ.get(env):
-        return int(os.environ[env])
-    from free_port import free_s3_port
-    return free_s3_port(*fallback_range)
+import rel_common  # noqa: E402
+from rel_common import ACCESS_KEY, SECRET_KEY, _port, leaks, seen, seen_files  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +73,7 @@ def workdir(tmp_path):
 def pytest_sessionfinish(session, exitstatus):
     found = leaks()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    msg = ("secret scan: %d outputs checked for the secret key, %d leaks" % (len(_SEEN), len(found)))
+    msg = ("secret scan: %d outputs checked for the secret key, %d leaks" % (len(rel_common._SEEN), len(found)))
     if tr:
         tr.write_line(msg, red=bool(found), green=not found)
         for f in found[:20]:

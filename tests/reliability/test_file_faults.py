@@ -8,8 +8,8 @@ import time
 import pytest
 
 import crash
-from conftest import seen
-from helpers import (can_mount, file_l0_txids, finish_writer, mount_tmpfs, read_status_log,
+from rel_common import seen
+from rel_helpers import (can_mount, file_l0_txids, finish_writer, mount_tmpfs, read_status_log,
                      remount, restore_and_compare, start_writer, umount)
 
 MOUNT = can_mount()

@@ -12,8 +12,8 @@ import pytest
 
 import benchlib as bl
 import crash
-from conftest import ACCESS_KEY, SECRET_KEY, _port, seen_files
-from helpers import finish_writer, read_status_log, restore_and_compare, start_writer
+from rel_common import ACCESS_KEY, SECRET_KEY, _port, seen_files
+from rel_helpers import finish_writer, read_status_log, restore_and_compare, start_writer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import secrets
 
 import benchlib as bl
 import crash
-from conftest import ACCESS_KEY, SECRET_KEY, leaks, seen, seen_files
+from rel_common import ACCESS_KEY, SECRET_KEY, leaks, seen, seen_files
 from free_port import closed_port
 
 WRONG_SECRET = "Wrong-%s-DoNotLeak" % secrets.token_hex(8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import benchlib as bl
 import crash
-from conftest import seen
+from rel_common import seen
 
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
@@ -46,7 +46,7 @@ def read_status_log(path):
 
 def restore_and_compare(ext, url, out, db, acked):
     """Restore (ours) equals the database and holds every acknowledged value."""
-    from conftest import ACCESS_KEY, SECRET_KEY
+    from rel_common import ACCESS_KEY, SECRET_KEY
     res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out), "overwrite": True},
                           env=crash.restore_env(ACCESS_KEY, SECRET_KEY))
     seen("restore", res)
