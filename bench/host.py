@@ -283,9 +283,9 @@ def mode_rate(p):
     for rate in p["rates_mib"]:
         s = step(rate)
         if not s["replication_ok"]:
-            s["retry_of"] = dict(s)
+            first = s
             s = step(rate)
-            s["retried"] = True
+            s["retry_of"] = first
         steps.append(s)
         log("offered %s MiB/s achieved %.1f lag %d ms wal %.1f MB drain %.2f s -> %s%s" % (
             rate, s["achieved_mib_s"], s["max_lag_ms_2nd_half"], s["max_wal_size"] / 1e6,
