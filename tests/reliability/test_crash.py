@@ -27,12 +27,6 @@ def test_crash_trials(s3, ext):
         "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: Worker::checkpoint runs wal_checkpoint(TRUNCATE) after releasing the barrier and "
-    "its read transaction, so commits landing in between are backfilled and truncated away before "
-    "they are read; the restart check (WAL-header checkpoint sequence) cannot see it, because SQLite "
-    "keeps that sequence per connection. Remove this marker once fixed (and set "
-    "crash.TRUNCATE_IN_DRAWS = True)."))
 def test_truncate_checkpoint_race(s3, ext):
     """Crash trials with TRUNCATE checkpoints every ~100 WAL pages (truncate-page-n=100)."""
     lines = []
