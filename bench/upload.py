@@ -233,16 +233,20 @@ class Server:
         else:
             from free_port import free_s3_port
             self.stop()
-            self.n += 1
-            self.port = free_s3_port()
-            e = env()
-            e.update({"S3_PORT": str(self.port), "S3_STATE": str(self.work / ("s3-%d" % self.n)),
-                      "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
-            p = subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=e,
-                               capture_output=True, text=True, timeout=600)
-            if p.returncode != 0:
-                raise RuntimeError("start-s3.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
-            self.env = e
+            for attempt in range(3):  # a port picked as free may be taken before weed binds it
+                self.n += 1
+                self.port = free_s3_port()
+                e = env()
+                e.update({"S3_PORT": str(self.port), "S3_STATE": str(self.work / ("s3-%d" % self.n)),
+                          "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
+                p = subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=e,
+                                   capture_output=True, text=True, timeout=600)
+                self.env = e
+                if p.returncode == 0:
+                    break
+                self.stop()
+                if attempt == 2:
+                    raise RuntimeError("start-s3.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
             endpoint = "http://127.0.0.1:%d" % self.port
         assert endpoint.startswith("http://127.0.0.1:"), "loopback only: %s" % endpoint
         self.port = int(endpoint.rstrip("/").rsplit(":", 1)[1])
