@@ -1,12 +1,23 @@
 """SIGKILL a replicating writer at random moments: nothing acknowledged is lost, restores pass
 integrity_check, and the next start continues the TXIDs without a gap (bench/crash.py does the
 work; CRASH_TRIALS picks the number of trials, 20 by default, 200 in the documented run)."""
+import json
 import os
+import time
 
 import pytest
 
 import crash
 from rel_common import ACCESS_KEY, SECRET_KEY, seen
+
+
+def save(summary, name):
+    """Keep the trial record (failures included) in bench/out/, as bench/crash.py does."""
+    out = crash.bl.REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ("%s-%s.json" % (name, time.strftime("%Y%m%d-%H%M%S")))
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    print("trial record:", path)
 
 
 def test_crash_trials(s3, ext):
@@ -19,6 +30,7 @@ def test_crash_trials(s3, ext):
     for tr in s["results"]:
         seen("crash trial %d" % tr["trial"], tr)
     seen("crash failures", s["failures"])
+    save(s, "crash-pytest")
     print("\n".join(lines))
     print("%d/%d trials, %d kills (%d before start), %d restarts needed a snapshot, %d LTX files checked, %.0f s, seed %d" % (
         s["passed"], trials, s["kills"], s["kills_before_start"], s["restarts_with_snapshot"],
