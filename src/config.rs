@@ -48,11 +48,27 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// Longest `lease-owner` accepted (it is written into every `lock.json`).
 pub const MAX_LEASE_OWNER_CHARS: usize = 256;
+/// Default `levels`: Litestream's L1/L2/L3 compaction intervals (`DefaultCompactionLevels`).
+pub const DEFAULT_LEVELS: [Duration; 3] = [
+    Duration::from_secs(30),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(60 * 60),
+];
+/// At most this many compaction levels: 1..=8, level 9 holds snapshots (Litestream's limit).
+pub const MAX_LEVELS: usize = 8;
+/// Default `l0-retention` (Litestream's `DefaultL0Retention`).
+pub const DEFAULT_L0_RETENTION: Duration = Duration::from_secs(5 * 60);
+/// Default `snapshot-interval` and `snapshot-retention` (Litestream: 24 h each).
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_SNAPSHOT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 const BOOL_EXPECTED: &str = "expected true or false (also 1/0, yes/no, on/off)";
 const DURATION_EXPECTED: &str = "expected a duration such as 0, 500ms, 1s, 1m30s";
 const SIZE_EXPECTED: &str =
     "expected bytes (5242880) or a number with K, KB, M, MB, G or GB (1024-based, e.g. 5MB, 1.5MB, 1GB)";
+const LEVELS_EXPECTED: &str = "expected comma-separated compaction intervals for levels 1, 2, … \
+     such as 30s,5m,1h (1 to 8 durations, each above 0), or off for no compaction";
+const ON_OFF_EXPECTED: &str = "expected on or off (also true/false, 1/0, yes/no)";
 const URL_EXPECTED: &str = "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR";
 const QUERY_PARAMS: &str = "endpoint, region, force-path-style (or forcePathStyle), \
      skip-verify (or skipVerify), part-size (or partSize), concurrency";
@@ -76,7 +92,7 @@ pub struct KeySpec {
     pub help: &'static str,
 }
 
-static KEYS: [KeySpec; 19] = [
+static KEYS: [KeySpec; 24] = [
     KeySpec {
         name: "type",
         default: "",
@@ -191,6 +207,36 @@ static KEYS: [KeySpec; 19] = [
         default: "",
         secret: false,
         help: "this instance's name in lock.json (default: hostname:pid)",
+    },
+    KeySpec {
+        name: "levels",
+        default: "30s,5m,1h",
+        secret: false,
+        help: "compaction intervals of levels 1, 2, …, comma-separated durations (sub-second allowed, at most 8), or off",
+    },
+    KeySpec {
+        name: "l0-retention",
+        default: "5m",
+        secret: false,
+        help: "how long level-0 files stay after they are compacted into level 1, a duration (0 keeps them)",
+    },
+    KeySpec {
+        name: "snapshot-interval",
+        default: "24h",
+        secret: false,
+        help: "how often a full level-9 snapshot is streamed from the database, a duration (0 disables)",
+    },
+    KeySpec {
+        name: "snapshot-retention",
+        default: "24h",
+        secret: false,
+        help: "how long level-9 snapshots are kept (the newest always is), a duration; older history goes with them",
+    },
+    KeySpec {
+        name: "retention",
+        default: "on",
+        secret: false,
+        help: "on: delete expired files from the replica; off: never delete remotely (for buckets with lifecycle rules)",
     },
 ];
 
@@ -687,6 +733,58 @@ pub fn default_lease_owner(env: &dyn Fn(&str) -> Option<String>) -> String {
         Some(h) => format!("{h}:{pid}"),
         None => format!("pid-{pid}"),
     }
+}
+
+/// `levels`: the compaction intervals of levels 1.. in order; empty = no compaction (`off`).
+fn levels_value(raw: &str) -> Result<Vec<Duration>, String> {
+    let t = raw.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = t.split(',').map(str::trim).collect();
+    if parts.len() > MAX_LEVELS {
+        return Err(format!(
+            "{} levels given, at most {MAX_LEVELS} (level 9 holds snapshots); {LEVELS_EXPECTED}",
+            parts.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let level = i + 1;
+        match parse_duration_inner(part) {
+            Ok(d) if !d.is_zero() => out.push(d),
+            Ok(_) => {
+                return Err(format!(
+                    "level {level} interval '{}' must be above 0; {LEVELS_EXPECTED}",
+                    echo(part)
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "level {level} interval '{}': {}; {LEVELS_EXPECTED}",
+                    echo(part),
+                    match e {
+                        DurationError::MissingUnit => "a number needs a unit, e.g. 30s",
+                        DurationError::Negative => "negative durations are not allowed",
+                        DurationError::TooLarge => "too large",
+                        DurationError::Syntax => "not a duration",
+                    }
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn format_levels(levels: &[Duration]) -> String {
+    if levels.is_empty() {
+        return "off".to_string();
+    }
+    levels
+        .iter()
+        .map(|d| format_duration(*d))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn has_control(s: &str) -> bool {
@@ -1652,6 +1750,24 @@ impl Settings {
             None => default_lease_owner(env),
         };
 
+        let levels = match self.stored("levels") {
+            Some(v) => levels_value(v).map_err(|e| invalid("levels", v, &e))?,
+            None => DEFAULT_LEVELS.to_vec(),
+        };
+        let l0_retention = match self.stored("l0-retention") {
+            Some(v) => duration_value("l0-retention", v)?,
+            None => DEFAULT_L0_RETENTION,
+        };
+        let snapshot_interval = match self.stored("snapshot-interval") {
+            Some(v) => duration_value("snapshot-interval", v)?,
+            None => DEFAULT_SNAPSHOT_INTERVAL,
+        };
+        let snapshot_retention = match self.stored("snapshot-retention") {
+            Some(v) => duration_value("snapshot-retention", v)?,
+            None => DEFAULT_SNAPSHOT_RETENTION,
+        };
+        let retention = self.stored("retention") != Some("off");
+
         Ok(ResolvedConfig {
             target,
             sync_interval,
@@ -1667,6 +1783,11 @@ impl Settings {
             lease,
             lease_ttl,
             lease_owner,
+            levels,
+            l0_retention: (!l0_retention.is_zero()).then_some(l0_retention),
+            snapshot_interval: (!snapshot_interval.is_zero()).then_some(snapshot_interval),
+            snapshot_retention,
+            retention,
         })
     }
 }
@@ -1776,6 +1897,15 @@ fn normalize(spec: &KeySpec, raw: &str) -> Result<String, ConfigError> {
             .map(format_duration)
             .map_err(|e| invalid(key, t, &e)),
         "lease-owner" => lease_owner_value(raw).map_err(|e| invalid(key, t, &e)),
+        "levels" => levels_value(raw)
+            .map(|v| format_levels(&v))
+            .map_err(|e| invalid(key, t, &e)),
+        "l0-retention" | "snapshot-interval" | "snapshot-retention" => {
+            duration_value(key, raw).map(format_duration)
+        }
+        "retention" => parse_bool(raw)
+            .map(|b| if b { "on" } else { "off" }.to_string())
+            .map_err(|_| invalid(key, t, ON_OFF_EXPECTED)),
         _ => Err(unknown_key(key)),
     }
 }
@@ -1883,6 +2013,16 @@ pub struct ResolvedConfig {
     pub lease_ttl: Duration,
     /// This instance's name in `lock.json`.
     pub lease_owner: String,
+    /// Compaction intervals of levels 1..=len (empty: no compaction).
+    pub levels: Vec<Duration>,
+    /// Age after which level-0 files already in level 1 are deleted; `None` = never.
+    pub l0_retention: Option<Duration>,
+    /// Level-9 snapshot interval; `None` = no level-9 snapshots.
+    pub snapshot_interval: Option<Duration>,
+    /// Age after which level-9 snapshots (and the history before them) are deleted.
+    pub snapshot_retention: Duration,
+    /// `retention`: false = never delete anything remotely.
+    pub retention: bool,
 }
 
 impl ResolvedConfig {
@@ -1980,7 +2120,12 @@ mod tests {
                 "truncate-page-n",
                 "lease",
                 "lease-ttl",
-                "lease-owner"
+                "lease-owner",
+                "levels",
+                "l0-retention",
+                "snapshot-interval",
+                "snapshot-retention",
+                "retention"
             ]
         );
         let secrets: Vec<&str> = keys().iter().filter(|k| k.secret).map(|k| k.name).collect();
@@ -2003,7 +2148,8 @@ mod tests {
             "unknown key 'foo'; valid keys: type, url, bucket, path, region, endpoint, \
              force-path-style, skip-verify, access-key-id, secret-access-key, sync-interval, \
              part-size, concurrency, min-checkpoint-page-count, checkpoint-interval, truncate-page-n, \
-             lease, lease-ttl, lease-owner"
+             lease, lease-ttl, lease-owner, \
+             levels, l0-retention, snapshot-interval, snapshot-retention, retention"
         );
         let e = Settings::new().get("foo").unwrap_err();
         assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
@@ -2341,6 +2487,59 @@ mod tests {
     }
 
     // --- durations -------------------------------------------------------------------------------
+
+    #[test]
+    fn compaction_and_retention_keys() {
+        let mut s = s3_basic();
+        let r = resolve(&s).unwrap();
+        assert_eq!(r.levels, DEFAULT_LEVELS.to_vec());
+        assert_eq!(r.l0_retention, Some(DEFAULT_L0_RETENTION));
+        assert_eq!(r.snapshot_interval, Some(DEFAULT_SNAPSHOT_INTERVAL));
+        assert_eq!(r.snapshot_retention, DEFAULT_SNAPSHOT_RETENTION);
+        assert!(r.retention);
+        assert_eq!(s.get("levels").unwrap().as_deref(), Some("30s,5m,1h"));
+        assert_eq!(s.get("retention").unwrap().as_deref(), Some("on"));
+
+        assert_eq!(set(&mut s, "levels", " 500ms, 2s ,1m30s"), "500ms,2s,1m30s");
+        assert_eq!(set(&mut s, "levels", "OFF"), "off");
+        assert_eq!(set(&mut s, "levels", "0.25s"), "250ms");
+        assert_eq!(set(&mut s, "l0-retention", "0"), "0s");
+        assert_eq!(set(&mut s, "snapshot-interval", "3000ms"), "3s");
+        assert_eq!(set(&mut s, "snapshot-retention", "4s"), "4s");
+        assert_eq!(set(&mut s, "retention", "false"), "off");
+        let r = resolve(&s).unwrap();
+        assert_eq!(r.levels, vec![Duration::from_millis(250)]);
+        assert_eq!(r.l0_retention, None);
+        assert_eq!(r.snapshot_interval, Some(Duration::from_secs(3)));
+        assert_eq!(r.snapshot_retention, Duration::from_secs(4));
+        assert!(!r.retention);
+        set(&mut s, "levels", "off");
+        set(&mut s, "snapshot-interval", "0");
+        let r = resolve(&s).unwrap();
+        assert!(r.levels.is_empty());
+        assert_eq!(r.snapshot_interval, None);
+
+        assert_eq!(
+            set_err("levels", "30s,x"),
+            "invalid value '30s,x' for levels: level 2 interval 'x': not a duration; expected \
+             comma-separated compaction intervals for levels 1, 2, … such as 30s,5m,1h (1 to 8 \
+             durations, each above 0), or off for no compaction"
+        );
+        assert!(set_err("levels", "1s,0").contains("level 2 interval '0' must be above 0"));
+        assert!(set_err("levels", "5").contains("level 1 interval '5': a number needs a unit"));
+        assert!(set_err("levels", "").contains("level 1 interval ''"));
+        assert!(set_err("levels", "1s,1s,1s,1s,1s,1s,1s,1s,1s")
+            .contains("9 levels given, at most 8 (level 9 holds snapshots)"));
+        assert_eq!(
+            set_err("retention", "maybe"),
+            "invalid value 'maybe' for retention: expected on or off (also true/false, 1/0, yes/no)"
+        );
+        assert_eq!(
+            set_err("l0-retention", "-5m"),
+            "invalid value '-5m' for l0-retention: expected a duration such as 0, 500ms, 1s, 1m30s (negative durations are not allowed)"
+        );
+        assert!(set_err("snapshot-interval", "daily").contains("for snapshot-interval"));
+    }
 
     #[test]
     fn durations_parse() {

@@ -216,3 +216,100 @@ impl<'c> DbFile<'c> {
         }
     }
 }
+
+// ---- litestream_ltx: the virtual-table shim (issue 5) ----------------------------------------
+//
+// rusqlite's vtab traits are `unsafe` to implement: the structs must be `#[repr(C)]` with the
+// SQLite base struct first, which is all that is done here. Everything else is in `ltx_table`.
+
+use rusqlite::vtab::{
+    eponymous_only_module, Context as VTabContext, Filters, IndexInfo, VTab, VTabConfig,
+    VTabConnection, VTabCursor,
+};
+
+#[repr(C)]
+pub struct LtxTab {
+    /// SQLite's base class; must come first.
+    base: ffi::sqlite3_vtab,
+    db: Option<std::path::PathBuf>,
+}
+
+// SAFETY: #[repr(C)] with `sqlite3_vtab` first, as the trait requires.
+unsafe impl<'vtab> VTab<'vtab> for LtxTab {
+    type Aux = ();
+    type Cursor = LtxCursor<'vtab>;
+
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
+        // Reads configuration and talks to the network: never from a view or trigger.
+        db.config(VTabConfig::DirectOnly)?;
+        // SAFETY: the handle is the connection running xConnect, valid for this call; the
+        // Connection made from it does not own it and never closes it.
+        let conn = unsafe { Connection::from_handle(db.handle()) }?;
+        let path = crate::ltx_table::main_db_path(&conn);
+        Ok((
+            crate::ltx_table::SCHEMA.to_string(),
+            LtxTab {
+                base: ffi::sqlite3_vtab::default(),
+                db: path,
+            },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
+        crate::ltx_table::best_index(info)
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<LtxCursor<'vtab>> {
+        Ok(LtxCursor {
+            base: ffi::sqlite3_vtab_cursor::default(),
+            state: crate::ltx_table::Cursor::new(self.db.clone()),
+            _tab: PhantomData,
+        })
+    }
+}
+
+#[repr(C)]
+pub struct LtxCursor<'vtab> {
+    /// SQLite's base class; must come first.
+    base: ffi::sqlite3_vtab_cursor,
+    state: crate::ltx_table::Cursor,
+    _tab: PhantomData<&'vtab LtxTab>,
+}
+
+// SAFETY: #[repr(C)] with `sqlite3_vtab_cursor` first, as the trait requires.
+unsafe impl VTabCursor for LtxCursor<'_> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
+        self.state.filter(idx_num, args)
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.state.next();
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.state.eof()
+    }
+
+    fn column(&self, ctx: &mut VTabContext, i: c_int) -> rusqlite::Result<()> {
+        self.state.column(ctx, i)
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.state.rowid())
+    }
+}
+
+/// Register `litestream_ltx` on a connection.
+pub fn register_ltx_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_module(c"litestream_ltx", eponymous_only_module::<LtxTab>(), None)
+}

@@ -6,10 +6,12 @@
 //! file in `restore`. `sql` is the SQL surface, `runtime` the process-wide state, `config` the
 //! settings, `host` the only place with `unsafe` calls into the host's SQLite.
 
+pub mod compactor;
 pub mod config;
 pub mod error;
 mod host;
 pub mod ltx;
+mod ltx_table;
 pub mod replica_client;
 mod replicator;
 pub mod restore;
@@ -20,7 +22,7 @@ pub mod state;
 pub mod wal;
 
 pub use host::sqlite3_litestream_init;
-pub use sql::FUNCTIONS;
+pub use sql::{FUNCTIONS, MODULES};
 
 /// `litestream_version()`: crate version and the git commit it was built from.
 pub fn version() -> String {

@@ -43,6 +43,13 @@ pub trait ReplicaClient: Send + Sync {
     fn describe(&self) -> String;
     /// Every LTX file of one level, sorted by (min_txid, max_txid).
     fn list(&self, level: u8) -> Result<Vec<LtxFileInfo>>;
+    /// As `list`, but `created_at` is the file's own timestamp (S3: the `litestream-timestamp`
+    /// metadata, read with HEAD requests, falling back to LastModified when it is missing or
+    /// unreadable), as Litestream uses for point-in-time restores. Costs one request per file.
+    fn list_timestamped(&self, level: u8) -> Result<Vec<LtxFileInfo>> {
+        // The file backend stores the header timestamp as mtime: the listing already has it.
+        self.list(level)
+    }
     /// Store a complete LTX file under `<level>/<min>-<max>.ltx`, tagged with its header timestamp.
     /// Returns the number of bytes stored.
     fn put(
@@ -161,6 +168,19 @@ pub fn format_timestamp_ms(ms: i64) -> String {
     }
     s.push('Z');
     s
+}
+
+/// Parses Go's RFC3339Nano / RFC 3339 text (`2023-11-14T22:13:20.123Z`, offsets allowed).
+pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    let nanos = t.unix_timestamp_nanos();
+    if nanos >= 0 {
+        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(nanos).ok()?))
+    } else {
+        SystemTime::UNIX_EPOCH
+            .checked_sub(std::time::Duration::from_nanos(u64::try_from(-nanos).ok()?))
+    }
 }
 
 /// Spools an encoded LTX file: in memory while small, spilled to an unlinked temporary file once
@@ -427,6 +447,32 @@ mod tests {
             "2023-11-14T22:13:20.12Z"
         );
         assert_eq!(format_timestamp_ms(1), "1970-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        for v in [
+            1_700_000_000_000i64,
+            1_700_000_000_123,
+            1_700_000_000_120,
+            1,
+        ] {
+            assert_eq!(
+                ms(parse_timestamp(&format_timestamp_ms(v)).unwrap()),
+                v as u128
+            );
+        }
+        assert_eq!(
+            ms(parse_timestamp("2023-11-14T23:13:20+01:00").unwrap()),
+            1_700_000_000_000
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp("2023-11-14 22:13:20"), None);
     }
 
     #[test]

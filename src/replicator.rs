@@ -31,11 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::compactor::{self, Compactor};
 use crate::config::ResolvedConfig;
 use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx::{self, Encoder, Header};
-use crate::replica_client::{self, Progress, ReplicaClient, Spool};
+use crate::replica_client::{self, Progress, ReplicaClient, Spool, SNAPSHOT_LEVEL};
 use crate::s3::lease::{Lease, LeaseSetup};
 use crate::state::{self, Position, WalPosition};
 use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
@@ -100,6 +101,8 @@ struct Inner {
     last_sync_at: Option<SystemTime>,
     last_error: Option<String>,
     snapshots: u64,
+    /// Why the latest full snapshot was taken (a snapshot costs a whole database upload).
+    last_snapshot_reason: Option<String>,
     checkpoints: u64,
     /// Checkpoint attempts, successful or not (backpressure waiters watch this).
     checkpoint_attempts: u64,
@@ -108,6 +111,16 @@ struct Inner {
     wal_size: u64,
     /// The lease thread changed role or error since the worker last looked.
     lease_changed: bool,
+    /// A level-9 snapshot asked for by the compactor (see `request_level9`).
+    level9: Option<Level9Request>,
+}
+
+/// "Write a level-9 snapshot `1-<current TXID>` unless the TXID is at most `newer_than`"; the
+/// answer is the TXID and size written, or None.
+type Level9Answer = Result<Option<(u64, u64)>>;
+struct Level9Request {
+    newer_than: u64,
+    reply: std::sync::mpsc::SyncSender<Level9Answer>,
 }
 
 pub struct Shared {
@@ -132,6 +145,7 @@ pub struct Replicator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     lease: Option<Arc<Lease>>,
+    compactor: Compactor,
 }
 
 impl Replicator {
@@ -172,7 +186,8 @@ impl Replicator {
         let progress = client.progress();
         let replica = client.describe();
         let meta = state::meta_dir(db_path);
-        let saved = state::load(&meta, &replica).filter(|p| p.page_size == page_size);
+        let mut saved = state::load(&meta, &replica);
+        saved.retain(|p| p.page_size == page_size);
 
         let shared = Arc::new(Shared {
             db_path: db_path.display().to_string(),
@@ -190,11 +205,13 @@ impl Replicator {
                 last_sync_at: None,
                 last_error: None,
                 snapshots: 0,
+                last_snapshot_reason: None,
                 checkpoints: 0,
                 checkpoint_attempts: 0,
                 pressure: false,
                 wal_size: 0,
                 lease_changed: false,
+                level9: None,
             }),
             cond: Condvar::new(),
         });
@@ -211,6 +228,9 @@ impl Replicator {
             }
             None => None,
         };
+        let compaction = compactor::Settings::from_config(&shared.cfg);
+        let spill_dir = meta.join("tmp");
+        let compactor_client = client.clone();
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
@@ -226,7 +246,8 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
-            checkpointed_this_run: false,
+            pinned: false,
+            barrier_held: false,
             lease: lease.clone(),
             lease_epoch: None,
             standby_wal_len: 0,
@@ -236,10 +257,43 @@ impl Replicator {
             .name("litestream-replicator".into())
             .spawn(move || worker.run())
             .context("starting the replicator thread")?;
+        // ---- compactor (issue 5) ----
+        // Level-9 snapshots are streamed by the worker thread, which owns the connections.
+        let snapshot_shared = shared.clone();
+        let snapshot: compactor::SnapshotFn =
+            Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
+        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
+        // writes of a non-holder anyway; this keeps a standby from even trying).
+        let may_write: compactor::MayWrite = match &lease {
+            Some(l) => {
+                let l = l.clone();
+                Arc::new(move || l.holding().is_some())
+            }
+            None => Arc::new(|| true),
+        };
+        let compactor = match Compactor::start(
+            compactor_client,
+            compaction,
+            &spill_dir,
+            snapshot,
+            may_write,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.lock().stop_requested = true;
+                shared.cond.notify_all();
+                let _ = thread.join();
+                if let Some(l) = &lease {
+                    l.stop();
+                }
+                return Err(e);
+            }
+        };
         Ok(Replicator {
             shared,
             thread: Mutex::new(Some(thread)),
             lease,
+            compactor,
         })
     }
 
@@ -326,6 +380,8 @@ impl Replicator {
 
     /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
     pub fn stop(&self) -> Result<u64> {
+        // The compactor first: it may be waiting on the worker for a level-9 snapshot.
+        self.compactor.stop();
         {
             let mut g = self.shared.lock();
             g.stop_requested = true;
@@ -372,12 +428,14 @@ impl Replicator {
             "multipart_uploads": progress["multipart_uploads"],
             "upload": progress["in_flight"],
             "snapshots": g.snapshots,
+            "last_snapshot_reason": g.last_snapshot_reason,
             "checkpoints": g.checkpoints,
             "wal_size": g.wal_size,
             "sync_interval": crate::config::format_duration(self.shared.cfg.sync_interval),
             "part_size": self.shared.cfg.part_size,
             "concurrency": self.shared.cfg.concurrency,
             "last_error": g.last_error,
+            "compaction": self.compactor.status_json(),
             "lease": match &lease {
                 Some(v) => v.to_json(),
                 None => serde_json::json!({
@@ -385,6 +443,37 @@ impl Replicator {
                 }),
             },
         })
+    }
+}
+
+/// Ask the worker thread for a level-9 snapshot and wait for its answer (the compactor's
+/// `SnapshotFn`).
+fn request_level9(shared: &Shared, newer_than: u64) -> Level9Answer {
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    {
+        let mut g = shared.lock();
+        if g.stop_requested || g.state == RunState::Stopped {
+            return Err(Error::msg("replication is stopping"));
+        }
+        g.level9 = Some(Level9Request { newer_than, reply });
+    }
+    shared.cond.notify_all();
+    loop {
+        match answer.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::msg(
+                    "replication stopped before the snapshot was written",
+                ))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shared.lock().state == RunState::Stopped {
+                    return Err(Error::msg(
+                        "replication stopped before the snapshot was written",
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -414,16 +503,21 @@ struct Worker {
     page_size: u32,
     client: Arc<dyn ReplicaClient>,
     /// Position from the state file, to be checked against the replica before it is trusted.
-    saved: Option<Position>,
+    saved: Vec<Position>,
     /// Position of the last upload; None until known (then the next file is a snapshot).
     pos: Option<Position>,
     /// The replica's highest TXID, once listed.
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
-    /// A complete checkpoint ran in this process since the last upload: the database file is
-    /// known to equal the replica at `pos`.
-    checkpointed_this_run: bool,
+    /// Our read transaction has pinned the WAL without a gap (other than the moments our own
+    /// barrier holds writers off) since `pos` was uploaded in this run. While pinned, a complete
+    /// checkpoint leaves us on read mark 0, which forbids further backfill, so the WAL can restart
+    /// at most once and only over frames we have uploaded. False at start and after a standby
+    /// period, when the WAL may have done anything meanwhile.
+    pinned: bool,
+    /// The barrier connection holds the write lock right now.
+    barrier_held: bool,
     /// Lease (issue 4): None = lease off.
     lease: Option<Arc<Lease>>,
     /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
@@ -479,6 +573,8 @@ impl Worker {
                         }
                     }
                     None => {
+                        // Not the holder: a pending level-9 request is refused (dropped).
+                        self.shared.lock().level9 = None;
                         if self.standby_wait(&lease) {
                             self.shutdown();
                             return;
@@ -511,7 +607,7 @@ impl Worker {
                         // While backing off, only an explicit sync request bypasses the wait.
                         due = r;
                     }
-                    if sync_wanted || now >= due {
+                    if sync_wanted || now >= due || g.level9.is_some() {
                         break;
                     }
                     g = self
@@ -530,6 +626,11 @@ impl Worker {
             next_poll = Instant::now() + poll;
             let started = Instant::now();
             let result = self.cycle(ticket);
+            // A level-9 snapshot requested by the compactor (which reports its errors itself).
+            let level9 = self.shared.lock().level9.take();
+            if let Some(req) = level9 {
+                let _ = req.reply.send(self.write_level9_snapshot(req.newer_than));
+            }
             let mut g = self.shared.lock();
             if g.pressure {
                 // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
@@ -571,6 +672,7 @@ impl Worker {
             // A standby has nothing to flush: the holder owns the replica.
             let _ = self.end_read();
             let mut g = self.shared.lock();
+            g.level9 = None;
             g.state = RunState::Stopped;
             g.last_error = None;
             drop(g);
@@ -590,6 +692,8 @@ impl Worker {
         }
         let _ = self.end_read();
         let mut g = self.shared.lock();
+        // A pending level-9 request is dropped: its requester sees the disconnect.
+        g.level9 = None;
         g.state = RunState::Stopped;
         g.last_error = result.err().map(|e| e.to_string());
         drop(g);
@@ -600,6 +704,11 @@ impl Worker {
 
     fn begin_read(&mut self) -> Result<()> {
         if !self.in_read_txn {
+            // A fresh read transaction taken while writers are free to run leaves a gap in which
+            // the WAL may have been checkpointed and restarted any number of times.
+            if !self.barrier_held {
+                self.pinned = false;
+            }
             self.conn.execute_batch("BEGIN")?;
             // The first read takes the WAL read mark; the transaction holds it until COMMIT.
             if let Err(e) = self
@@ -660,7 +769,9 @@ impl Worker {
         })?;
         self.remote_max = Some(max);
         // The saved position counts only if the replica still ends exactly where we left it.
-        self.pos = self.saved.take().filter(|p| p.txid == max && max > 0);
+        self.pos = std::mem::take(&mut self.saved)
+            .into_iter()
+            .find(|p| p.txid == max && max > 0);
         self.shared.lock().txid = max;
         Ok(max)
     }
@@ -710,11 +821,12 @@ impl Worker {
         };
         let Some(header) = header else {
             // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing
-            // is new only if the database file is known to equal the replica: we checkpointed
-            // everything ourselves in this run, or the file is untouched since the checkpoint at
-            // the last stop. Otherwise a connection may have checkpointed commits we never saw
-            // and then deleted or truncated the WAL.
-            if pos.backfilled && (self.checkpointed_this_run || self.db_unchanged_since_stop(&pos))
+            // is new only if the database file is known to equal the replica: the WAL was empty
+            // at our position, or we checkpointed everything ourselves, pinned ever since; or the
+            // file is untouched since the checkpoint at the last stop. Otherwise a connection may
+            // have checkpointed commits we never saw and then deleted or truncated the WAL.
+            if (self.pinned && (pos.backfilled || pos.wal.is_empty()))
+                || (pos.backfilled && self.db_unchanged_since_stop(&pos))
             {
                 return Ok(Plan::Incremental(Resume::At {
                     offset: pos.wal.end,
@@ -753,12 +865,13 @@ impl Worker {
                 salt2: pos.wal.salt2,
             }));
         }
-        // New salts: the WAL restarted. Safe if everything before it was checkpointed by us with
-        // writers held off, in this run: since then our read transaction has held read mark 0
-        // (the WAL was fully backfilled when it began), which forbids any further backfill, so
-        // this generation is the only one since and it is still whole. (The header's checkpoint
-        // sequence cannot prove this: SQLite keeps that counter per connection.)
-        if pos.backfilled && self.checkpointed_this_run {
+        // New salts: the WAL restarted (or appeared). Safe if everything before it was
+        // checkpointed by us with writers held off — or there was no WAL at our position — and we
+        // have been pinned since: our read transaction then sits on read mark 0, which forbids
+        // any further backfill, so this generation is the only one since and it is still whole.
+        // (The header's checkpoint sequence cannot prove this: SQLite keeps that counter per
+        // connection.)
+        if self.pinned && (pos.backfilled || pos.wal.is_empty()) {
             return Ok(Plan::Incremental(Resume::FromStart));
         }
         // Or: the database file is exactly as it was when everything was checkpointed at the last
@@ -829,15 +942,15 @@ impl Worker {
         }
         enc.finish()?;
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
-        self.upload(txid, header.timestamp_ms, &mut spool)?;
-        self.pos = Some(Position {
+        let new_pos = Position {
             txid,
             page_size: self.page_size,
             commit: seg.commit,
             wal: wal_position(&seg, seg.header.checkpoint_seq),
             backfilled: false,
             db_stamp: None,
-        });
+        };
+        self.upload(&new_pos, header.timestamp_ms, &mut spool)?;
         self.after_upload()?;
         Ok(more)
     }
@@ -868,53 +981,148 @@ impl Worker {
         let seg_ref = match &seg {
             Some(s) => s,
             None => {
-                empty_seg = Segment {
-                    header: WalHeader {
-                        magic: 0,
-                        version: 0,
-                        page_size: self.page_size,
-                        checkpoint_seq: 0,
-                        salt1: 0,
-                        salt2: 0,
-                        checksum1: 0,
-                        checksum2: 0,
-                    },
-                    start: 32,
-                    end: 32,
-                    commit,
-                    pages: Default::default(),
-                    last_frame_checksum: (0, 0),
-                    commits: 0,
-                };
+                empty_seg = empty_segment(self.page_size, commit);
                 &empty_seg
             }
         };
         let header = self.ltx_header(txid, commit, seg_ref);
-        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
-        let mut enc = Encoder::new(&mut spool, header)?;
-        let mut buf = vec![0u8; self.page_size as usize];
-        let lock_page = ltx::lock_page(self.page_size);
-        let dummy: &[u8] = &[];
-        for pgno in (1..=commit).filter(|p| *p != lock_page) {
-            match wal {
-                Some(f) => self.read_page(f, &db, seg_ref, pgno, &mut buf)?,
-                None => self.read_page(&dummy, &db, seg_ref, pgno, &mut buf)?,
-            }
-            enc.write_page(pgno, &buf)?;
-        }
-        enc.finish()?;
-        self.upload(txid, header.timestamp_ms, &mut spool)
-            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
-        self.pos = Some(Position {
+        let mut spool = self.encode_full_image(wal, &db, seg_ref, header)?;
+        let new_pos = Position {
             txid,
             page_size: self.page_size,
             commit,
             wal: wal_position(seg_ref, seg_ref.header.checkpoint_seq),
             backfilled: false,
             db_stamp: None,
-        });
-        self.shared.lock().snapshots += 1;
+        };
+        self.upload(&new_pos, header.timestamp_ms, &mut spool)
+            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
+        let mut g = self.shared.lock();
+        g.snapshots += 1;
+        g.last_snapshot_reason = Some(format!("TXID {}: {reason}", ltx::format_txid(txid)));
+        drop(g);
         self.after_upload()
+    }
+
+    /// Every page 1..=header.commit (but the lock page) into an LTX file: from the WAL segment
+    /// where it has the page, else from the database file.
+    fn encode_full_image(
+        &self,
+        wal: Option<&File>,
+        db: &DbFile,
+        seg: &Segment,
+        header: Header,
+    ) -> Result<Spool> {
+        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let mut enc = Encoder::new(&mut spool, header)?;
+        let mut buf = vec![0u8; self.page_size as usize];
+        let lock_page = ltx::lock_page(self.page_size);
+        let dummy: &[u8] = &[];
+        for pgno in (1..=header.commit).filter(|p| *p != lock_page) {
+            match wal {
+                Some(f) => self.read_page(f, db, seg, pgno, &mut buf)?,
+                None => self.read_page(&dummy, db, seg, pgno, &mut buf)?,
+            }
+            enc.write_page(pgno, &buf)?;
+        }
+        enc.finish()?;
+        Ok(spool)
+    }
+
+    // ---- level-9 snapshots for the compactor (issue 5) ---------------------------------------
+
+    /// Stream a full image of the database at the replica's current TXID to level 9 (Litestream
+    /// builds its snapshots from the database, not from the replica). The position does not
+    /// move. Returns the TXID and size written, or None when the TXID is at most `newer_than`
+    /// or there is nothing to snapshot yet.
+    fn write_level9_snapshot(&mut self, newer_than: u64) -> Result<Option<(u64, u64)>> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
+        // Seal the WAL for a moment: upload whatever is committed and move our read mark to the
+        // WAL's end. Afterwards no checkpoint can copy frames beyond the position into the
+        // database file while we read it, and frames committed meanwhile are simply ignored.
+        self.barrier
+            .execute_batch("BEGIN IMMEDIATE")
+            .context("waiting for the write lock to start a level-9 snapshot")?;
+        self.barrier_held = true;
+        let sealed = (|| -> Result<()> {
+            self.sync_wal()?;
+            self.end_read()?;
+            self.begin_read()
+        })();
+        let _ = self.barrier.execute_batch("ROLLBACK");
+        self.barrier_held = false;
+        if let Err(e) = sealed {
+            let _ = self.begin_read();
+            return Err(e);
+        }
+        let Some(pos) = self.pos else {
+            return Ok(None);
+        };
+        if pos.txid <= newer_than || pos.commit == 0 {
+            return Ok(None);
+        }
+        let wal = match File::open(&self.wal_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "opening {}: {e}",
+                    self.wal_path.display()
+                )))
+            }
+        };
+        let header = match &wal {
+            Some(f) => WalHeader::read(f)?,
+            None => None,
+        };
+        // The position's frames: the current WAL generation up to `pos.wal.end`. Any other WAL
+        // (none, truncated, or restarted after the seal, which SQLite allows only once every
+        // frame is in the database file) contributes nothing: the file alone is the image.
+        let seg = match (&wal, &header) {
+            (Some(f), Some(h))
+                if pos.wal.end > 32 && h.salts() == (pos.wal.salt1, pos.wal.salt2) =>
+            {
+                match wal::scan(f, Resume::FromStart, Some(pos.wal.end - 32))? {
+                    ScanOutcome::Segment(s)
+                        if s.end == pos.wal.end && (s.commits == 0 || s.commit == pos.commit) =>
+                    {
+                        Some(s)
+                    }
+                    _ => {
+                        return Err(Error::msg(
+                            "the WAL no longer matches the replica position; the snapshot will be retried",
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let empty_seg;
+        let seg_ref = match &seg {
+            Some(s) => s,
+            None => {
+                empty_seg = empty_segment(self.page_size, pos.commit);
+                &empty_seg
+            }
+        };
+        let mut header = self.ltx_header(pos.txid, pos.commit, seg_ref);
+        header.min_txid = 1;
+        let db = DbFile::new(&self.conn)?;
+        if seg.is_none() && db.size()? < pos.commit as u64 * self.page_size as u64 {
+            return Err(Error::msg(format!(
+                "{} is shorter than the {} pages of TXID {}; the snapshot will be retried",
+                self.shared.db_path,
+                pos.commit,
+                ltx::format_txid(pos.txid)
+            )));
+        }
+        let mut spool = self.encode_full_image(wal.as_ref(), &db, seg_ref, header)?;
+        let size = self
+            .client
+            .put(SNAPSHOT_LEVEL, 1, pos.txid, header.timestamp_ms, &mut spool)?;
+        Ok(Some((pos.txid, size)))
     }
 
     /// A page's latest committed content: the WAL frame if the segment has one, else the file.
@@ -955,21 +1163,34 @@ impl Worker {
         }
     }
 
-    fn upload(&mut self, txid: u64, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
+    /// Upload the L0 file that moves the replica to `new_pos`, and make it our position. The state
+    /// file names `new_pos` as pending first, so a crash right after the upload still leaves a
+    /// position that matches the replica.
+    fn upload(&mut self, new_pos: &Position, timestamp_ms: i64, spool: &mut Spool) -> Result<()> {
         if let Some(l) = &self.lease {
             l.check()?;
         }
+        state::save(
+            &self.meta,
+            &self.client.describe(),
+            self.pos.as_ref(),
+            Some(new_pos),
+        )
+        .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
+        let txid = new_pos.txid;
         self.client.put(0, txid, txid, timestamp_ms, spool)?;
         self.remote_max = Some(txid);
+        self.pos = Some(*new_pos);
+        // Uploads happen inside a cycle, with the read transaction held.
+        self.pinned = self.in_read_txn;
         Ok(())
     }
 
     fn after_upload(&mut self) -> Result<()> {
         self.synced_since_checkpoint = true;
-        self.checkpointed_this_run = false;
         if let Some(pos) = &self.pos {
             self.shared.lock().txid = pos.txid;
-            state::save(&self.meta, &self.client.describe(), pos)
+            state::save(&self.meta, &self.client.describe(), Some(pos), None)
                 .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         }
         Ok(())
@@ -984,13 +1205,12 @@ impl Worker {
     /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
     fn take_over(&mut self, epoch: u64) {
         self.lease_epoch = Some(epoch);
-        let from_disk = state::load(&self.meta, &self.client.describe())
-            .filter(|p| p.page_size == self.page_size);
-        let newest = [from_disk, self.pos.take(), self.saved.take()]
-            .into_iter()
-            .flatten()
-            .max_by_key(|p| p.txid);
-        self.saved = newest;
+        self.pinned = false;
+        let mut candidates = state::load(&self.meta, &self.client.describe());
+        candidates.extend(self.pos.take());
+        candidates.append(&mut self.saved);
+        candidates.retain(|p| p.page_size == self.page_size);
+        self.saved = candidates;
         self.pos = None;
         self.remote_max = None;
         let mut g = self.shared.lock();
@@ -1003,10 +1223,13 @@ impl Worker {
     fn standby_wait(&mut self, lease: &Lease) -> bool {
         if self.lease_epoch.take().is_some() {
             // Lost the lease: keep our position only as a hint for the next acquisition.
-            self.saved = self.pos.take().or(self.saved.take());
+            if let Some(p) = self.pos.take() {
+                self.saved.push(p);
+            }
             self.remote_max = None;
         }
         let _ = self.end_read();
+        self.pinned = false;
         let view = lease.view();
         let checkpoint = if lease.has_local_claim() {
             self.standby_checkpoint().err()
@@ -1090,6 +1313,11 @@ impl Worker {
 
     fn checkpoint_if_needed(&mut self) -> Result<()> {
         let Some(pos) = self.pos else { return Ok(()) };
+        if pos.backfilled {
+            // Everything up to our position is already in the database file; the WAL's next
+            // writer restarts it. Checkpointing again would only take the write lock for nothing.
+            return Ok(());
+        }
         let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
         let cfg = &self.shared.cfg;
         let pressured = self.shared.lock().pressure;
@@ -1128,6 +1356,7 @@ impl Worker {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
         }
+        self.barrier_held = true;
         let mut db_stamp = None;
         let result = (|| -> Result<(i64, i64)> {
             self.sync_wal()?;
@@ -1144,6 +1373,7 @@ impl Worker {
             Ok((r.1, r.2))
         })();
         let _ = self.barrier.execute_batch("ROLLBACK");
+        self.barrier_held = false;
         let (log, done) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -1155,13 +1385,12 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
-        self.checkpointed_this_run = complete;
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;
                 p.db_stamp = db_stamp;
                 let p = *p;
-                let _ = state::save(&self.meta, &self.client.describe(), &p);
+                let _ = state::save(&self.meta, &self.client.describe(), Some(&p), None);
             }
             if mode == CheckpointMode::Truncate {
                 self.truncate_wal()?;
@@ -1199,6 +1428,28 @@ impl Worker {
 enum CheckpointMode {
     Passive,
     Truncate,
+}
+
+/// A WAL segment with no frames: every page comes from the database file.
+fn empty_segment(page_size: u32, commit: u32) -> Segment {
+    Segment {
+        header: WalHeader {
+            magic: 0,
+            version: 0,
+            page_size,
+            checkpoint_seq: 0,
+            salt1: 0,
+            salt2: 0,
+            checksum1: 0,
+            checksum2: 0,
+        },
+        start: 32,
+        end: 32,
+        commit,
+        pages: Default::default(),
+        last_frame_checksum: (0, 0),
+        commits: 0,
+    }
 }
 
 fn wal_position(seg: &Segment, checkpoint_seq: u32) -> WalPosition {

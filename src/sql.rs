@@ -38,6 +38,10 @@ pub const FUNCTIONS: &[&str] = &[
     "litestream_restore",
 ];
 
+/// Virtual-table modules this extension registers (eponymous: usable as table-valued functions;
+/// they show in `pragma_module_list`, not `pragma_function_list`); a test pins it.
+pub const MODULES: &[&str] = &["litestream_ltx"];
+
 /// Called once per connection that loads the extension. Returns Ok(true): stay loaded.
 pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     let pure = FunctionFlags::SQLITE_UTF8
@@ -77,6 +81,7 @@ pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     conn.create_scalar_function(c"litestream_restore", 2, direct, |ctx| {
         sql_result("litestream_restore", restore_fn(ctx))
     })?;
+    host::register_ltx_table(&conn)?;
     Ok(true)
 }
 
@@ -211,6 +216,15 @@ fn describe_value(v: ValueRef<'_>) -> String {
 }
 
 fn status(ctx: &FnContext<'_>) -> Result<serde_json::Value> {
+    let mut v = replicator_status(ctx)?;
+    // Restores are process-wide: every connection sees the ones running.
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("restores".into(), restore::active_json());
+    }
+    Ok(v)
+}
+
+fn replicator_status(ctx: &FnContext<'_>) -> Result<serde_json::Value> {
     let (path, _) = main_db(ctx)?;
     if let Some(r) = path.as_deref().and_then(runtime::replicator) {
         return Ok(r.status());
@@ -269,10 +283,16 @@ fn restore_fn(ctx: &FnContext<'_>) -> Result<String> {
                             Error::msg(format!("option txid must be 16 hex digits such as \"00000000000000a3\", not {v}"))
                         })?);
                     }
+                    "timestamp" => {
+                        let s = v.as_str().unwrap_or("");
+                        opts.timestamp = Some(crate::replica_client::parse_timestamp(s).ok_or_else(|| {
+                            Error::msg(format!("option timestamp must be an RFC 3339 time such as \"2026-11-25T10:00:00Z\", not {v}"))
+                        })?);
+                    }
                     other => {
                         return Err(Error::msg(format!(
-                            "unknown option '{other}'; valid options: url, overwrite, txid"
-                        )))
+                        "unknown option '{other}'; valid options: url, overwrite, txid, timestamp"
+                    )))
                     }
                 }
             }

@@ -9,8 +9,10 @@
 //! - The state file is only a hint. It is trusted only when its replica and TXID equal what the
 //!   replica itself says and the WAL still proves continuity; anything else means a full snapshot
 //!   at the replica's next TXID — never a silent gap.
-//! - It is written after the upload it describes has completed (write to `.tmp`, rename), so it can
-//!   lag the replica but never run ahead of it.
+//! - Before an upload the file records the current position and the one the upload will make
+//!   (`pending`); after it, just the new one. A crash between the upload and the second write
+//!   leaves both, and the replica's max TXID says which one is true — so a restart after a crash
+//!   mid-sync needs no snapshot.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,13 @@ pub struct WalPosition {
     pub checkpoint_seq: u32,
     /// Cumulative checksum of the frame ending at `end` (the header's checksum when end == 32).
     pub frame_checksum: (u32, u32),
+}
+
+impl WalPosition {
+    /// The position of a snapshot taken while there was no WAL (or only an invalid one).
+    pub fn is_empty(&self) -> bool {
+        self.end <= 32 && self.salt1 == 0 && self.salt2 == 0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +99,10 @@ impl DbStamp {
 struct StateFile {
     version: u32,
     replica: String,
-    position: Position,
+    #[serde(default)]
+    position: Option<Position>,
+    #[serde(default)]
+    pending: Option<Position>,
 }
 
 const STATE_VERSION: u32 = 1;
@@ -108,21 +120,36 @@ fn state_path(meta: &Path) -> PathBuf {
     meta.join("extension-state.json")
 }
 
-/// The saved position, if the file exists, parses, and belongs to `replica`.
-pub fn load(meta: &Path, replica: &str) -> Option<Position> {
-    let text = fs::read_to_string(state_path(meta)).ok()?;
-    let state: StateFile = serde_json::from_str(&text).ok()?;
-    (state.version == STATE_VERSION && state.replica == replica).then_some(state.position)
+/// The saved positions (current and pending), if the file exists, parses, and belongs to
+/// `replica`. The caller keeps the one whose TXID is the replica's max.
+pub fn load(meta: &Path, replica: &str) -> Vec<Position> {
+    let Some(state) = fs::read_to_string(state_path(meta))
+        .ok()
+        .and_then(|text| serde_json::from_str::<StateFile>(&text).ok())
+    else {
+        return Vec::new();
+    };
+    if state.version != STATE_VERSION || state.replica != replica {
+        return Vec::new();
+    }
+    state.position.into_iter().chain(state.pending).collect()
 }
 
-pub fn save(meta: &Path, replica: &str, position: &Position) -> std::io::Result<()> {
+/// Record `position`, and `pending` when an upload that would move to it is about to start.
+pub fn save(
+    meta: &Path,
+    replica: &str,
+    position: Option<&Position>,
+    pending: Option<&Position>,
+) -> std::io::Result<()> {
     fs::create_dir_all(meta)?;
     let path = state_path(meta);
     let tmp = path.with_extension("json.tmp");
     let state = StateFile {
         version: STATE_VERSION,
         replica: replica.to_string(),
-        position: *position,
+        position: position.copied(),
+        pending: pending.copied(),
     };
     fs::write(
         &tmp,
@@ -152,9 +179,12 @@ mod tests {
             backfilled: false,
             db_stamp: None,
         };
-        save(&dir, "s3://b/p", &pos).unwrap();
-        assert_eq!(load(&dir, "s3://b/p"), Some(pos));
-        assert_eq!(load(&dir, "s3://b/other"), None);
+        save(&dir, "s3://b/p", Some(&pos), None).unwrap();
+        assert_eq!(load(&dir, "s3://b/p"), vec![pos]);
+        assert_eq!(load(&dir, "s3://b/other"), vec![]);
+        let next = Position { txid: 8, ..pos };
+        save(&dir, "s3://b/p", Some(&pos), Some(&next)).unwrap();
+        assert_eq!(load(&dir, "s3://b/p"), vec![pos, next]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -717,7 +717,7 @@ mod tests {
 /// Shared test helpers: fixture paths, a PRNG, and a hand-rolled LTX writer that can emit the
 /// legacy LZ4 frame encoding (which [`Encoder`] deliberately does not write).
 #[cfg(test)]
-mod testutil {
+pub(crate) mod testutil {
     use super::*;
 
     /// Path of a fixture: `<manifest>/../shared/fixtures/ltx/NAME`, falling back to the

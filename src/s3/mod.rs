@@ -68,6 +68,9 @@ pub(crate) fn timeouts(attempt: Duration) -> TimeoutConfig {
         .operation_attempt_timeout(attempt)
         .build()
 }
+/// HEAD requests in flight when reading `litestream-timestamp` metadata for a listing
+/// (Litestream's `MetadataConcurrency`).
+const METADATA_CONCURRENCY: usize = 50;
 
 /// Run a future on the extension's runtime from a plain thread and wait for its result.
 pub fn run<F>(rt: &Handle, fut: F) -> F::Output
@@ -290,6 +293,52 @@ impl ReplicaClient for S3Client {
         })?;
         out.sort_by_key(|f| (f.min_txid, f.max_txid));
         Ok(out)
+    }
+
+    fn list_timestamped(&self, level: u8) -> Result<Vec<LtxFileInfo>> {
+        let mut files = self.list(level)?;
+        if files.is_empty() {
+            return Ok(files);
+        }
+        let client = self.client.clone();
+        let bucket = self.target.bucket.clone();
+        let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+        let stamps = run(&self.rt, async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, key) in keys.into_iter().enumerate() {
+                let (client, bucket, sem) = (client.clone(), bucket.clone(), sem.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let resp = client
+                        .head_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            sdk_error("reading metadata of", &format!("s3://{bucket}/{key}"), e)
+                        })?;
+                    let stamp = resp
+                        .metadata()
+                        .and_then(|m| m.get("litestream-timestamp"))
+                        .and_then(|v| crate::replica_client::parse_timestamp(v));
+                    Ok::<_, Error>((i, stamp))
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                out.push(joined.map_err(|e| Error::msg(format!("metadata request failed: {e}")))??);
+            }
+            Ok::<_, Error>(out)
+        })?;
+        for (i, stamp) in stamps {
+            // Missing or unparsable metadata: keep LastModified, as Litestream does.
+            if let Some(t) = stamp {
+                files[i].created_at = t;
+            }
+        }
+        Ok(files)
     }
 
     fn put(

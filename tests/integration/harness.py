@@ -390,18 +390,37 @@ def empty_bucket(client, bucket):
         client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
 
 
+def check_other_level(name, data, meta_ts=None):
+    """A compaction (L1..L8) or snapshot (L9) file: passes ltx_check.py, its name matches its
+    header, and its litestream-timestamp metadata (if given) equals the header timestamp."""
+    m = LTX_NAME_RE.match(name.rsplit("/", 1)[-1])
+    assert m, "bad LTX file name %r" % name
+    try:
+        info = ltx_decode(data)
+    except Exception as e:  # noqa: BLE001 - report which file
+        raise AssertionError("%s fails ltx_check.py: %s" % (name, e)) from e
+    assert (info["min_txid"], info["max_txid"]) == m.groups(), name
+    if meta_ts is not None:
+        assert parse_rfc3339_ms(meta_ts) == info["timestamp_ms"], name
+    return info
+
+
 def check_s3_replica(client, bucket, path):
-    """Every object in the bucket is `<path>/0000/<16 hex>-<16 hex>.ltx`, carries metadata
-    litestream-timestamp, and passes check_ltx_chain. Returns the decoded headers."""
-    key_re = re.compile(r"^%s/0000/[0-9a-f]{16}-[0-9a-f]{16}\.ltx$" % re.escape(path))
+    """Every object in the bucket is `<path>/<%04x level>/<16 hex>-<16 hex>.ltx` and carries
+    metadata litestream-timestamp; level 0 passes check_ltx_chain, other levels (compaction,
+    snapshots) check_other_level. Returns the decoded level-0 headers."""
+    key_re = re.compile(r"^%s/(000[0-9])/[0-9a-f]{16}-[0-9a-f]{16}\.ltx$" % re.escape(path))
     keys = list_keys(client, bucket)
     bad = [k for k, _ in keys if not key_re.match(k)]
-    assert not bad, "objects outside %s/0000/<min>-<max>.ltx: %s" % (path, bad[:10])
+    assert not bad, "objects outside %s/<level>/<min>-<max>.ltx: %s" % (path, bad[:10])
     files = []
     for key, _ in keys:
         obj = client.get_object(Bucket=bucket, Key=key)
         meta = obj.get("Metadata", {})
         assert "litestream-timestamp" in meta, "%s has no litestream-timestamp metadata: %r" % (key, meta)
+        if key_re.match(key).group(1) != "0000":
+            check_other_level(key, obj["Body"].read(), meta["litestream-timestamp"])
+            continue
         files.append((key.rsplit("/", 1)[1], obj["Body"].read(), meta["litestream-timestamp"]))
     infos = check_ltx_chain(files)
     for info in infos:
@@ -410,14 +429,18 @@ def check_s3_replica(client, bucket, path):
 
 
 def check_file_replica(directory):
-    """Every file under directory is ltx/0/<16 hex>-<16 hex>.ltx and the chain passes
-    check_ltx_chain. Returns the decoded headers."""
+    """Every file under directory is ltx/<level>/<16 hex>-<16 hex>.ltx; level 0 passes
+    check_ltx_chain, other levels check_other_level. Returns the decoded level-0 headers."""
     directory = Path(directory)
     found = sorted(p for p in directory.rglob("*") if p.is_file())
+    levels = [directory / "ltx" / str(n) for n in range(10)]
     bad = [str(p.relative_to(directory)) for p in found
-           if p.parent != directory / "ltx" / "0" or not LTX_NAME_RE.match(p.name)]
-    assert not bad, "files outside ltx/0/<min>-<max>.ltx in %s: %s" % (directory, bad[:10])
-    return check_ltx_chain([(p.name, p.read_bytes(), None) for p in found])
+           if p.parent not in levels or not LTX_NAME_RE.match(p.name)]
+    assert not bad, "files outside ltx/<level>/<min>-<max>.ltx in %s: %s" % (directory, bad[:10])
+    for p in found:
+        if p.parent != levels[0]:
+            check_other_level(str(p), p.read_bytes())
+    return check_ltx_chain([(p.name, p.read_bytes(), None) for p in found if p.parent == levels[0]])
 
 
 # ---------------------------------------------------------------- the Python host

@@ -67,3 +67,39 @@ def test_wal_stays_bounded_under_200mb_of_changes(pyhost, ext, s3, bucket, tmp_p
 
     assert r["max_wal"] < WAL_LIMIT, "WAL reached %.1f MB" % (r["max_wal"] / 2**20)
     assert r["wal_generations"] >= 2, "the WAL never restarted: nothing was checkpointed"
+
+
+def test_truncate_checkpoints_lose_nothing(pyhost, ext, s3, bucket, tmp_path):
+    """A WAL already past truncate-page-n when replication starts, then more commits: the first
+    cycle snapshots and truncates the WAL; every later commit is still replicated incrementally
+    (no extra snapshot) and the restore equals the source."""
+    src = tmp_path / "trunc.db"
+    r = pyhost.run("""
+        c = connect(P["db"], load=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA wal_autocheckpoint=0")
+        c.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
+        c.execute("BEGIN")
+        for i in range(3000):
+            c.execute("INSERT INTO b(v) VALUES (randomblob(4000))")
+        c.execute("COMMIT")
+        wal_before = wal_size(P["db"])
+        c.enable_load_extension(True)
+        c.load_extension(P["ext"])
+        configure(c, P["config"])
+        one(c, "SELECT litestream_start()")
+        first = one(c, "SELECT litestream_sync(60000)")
+        syncs = []
+        for n in range(5):
+            c.execute("UPDATE b SET v = randomblob(100) WHERE id % 7 = ?", (n,))
+            syncs.append(one(c, "SELECT litestream_sync(60000)"))
+        result = {"wal_before": wal_before, "first": first, "syncs": syncs, "status": status(c),
+                  "stop": one(c, "SELECT litestream_stop()")}
+    """, db=str(src), ext=ext, config=s3_config(bucket, "trunc", s3.endpoint, truncate_page_n="1000",
+                                                 snapshot_interval="0"))
+    assert r["wal_before"] > 1000 * 4096
+    assert r["status"]["snapshots"] == 1, r["status"]
+    assert r["syncs"] == sorted(set(r["syncs"])) and r["syncs"][0] > r["first"], r["syncs"]
+    out = tmp_path / "restored.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "trunc", s3.endpoint)) == r["stop"]
+    assert_same_db(src, out)

@@ -51,7 +51,8 @@ def test_unreachable_endpoint(pyhost, tmp_path):
 @pytest.mark.parametrize("where", ["trailer", "page-data"])
 def test_corrupt_object_fails_restore(ext, s3, bucket, tmp_path, where):
     src = tmp_path / "src.db"
-    replicate_shell(ext, src, s3_config(bucket, "db", s3.endpoint))
+    # L0 only (no compaction, no level-9 snapshot), so that the corrupted file is in the plan
+    replicate_shell(ext, src, s3_config(bucket, "db", s3.endpoint, levels="off", snapshot_interval="0"))
     # the object holding the largest page frame: an incompressible page of the workload's blob
     size, start, target = max(((size, start, info) for info in check_s3_replica(s3.client, bucket, "db")
                                for _, (start, size) in info["pages"]), key=lambda t: t[:2])
