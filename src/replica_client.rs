@@ -79,6 +79,10 @@ pub struct Progress {
     /// Uploads running now, oldest first (one per replicator in practice; a Vec so that two
     /// threads sharing a client never clear each other's entry).
     pub current: Mutex<Vec<InFlight>>,
+    /// The failure a running upload is riding out (a part being retried after a failed round),
+    /// so that status shows an outage before the upload gives up; cleared by the next part
+    /// stored and when the upload ends.
+    pub retrying: Mutex<Option<String>>,
 }
 
 /// An upload currently running: every multipart upload, and single PUTs of at least 5 MiB.
@@ -125,6 +129,7 @@ impl Progress {
             // The oldest upload running (status shows one), and how many run.
             "in_flight": current.first().map(InFlight::to_json),
             "uploads_in_flight": current.len(),
+            "retrying": *self.retrying.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
 }

@@ -434,7 +434,8 @@ impl Replicator {
             "sync_interval": crate::config::format_duration(self.shared.cfg.sync_interval),
             "part_size": self.shared.cfg.part_size,
             "concurrency": self.shared.cfg.concurrency,
-            "last_error": g.last_error,
+            // An upload riding out a failure (retrying a part) is no error yet, but shows it.
+            "last_error": g.last_error.clone().or_else(|| progress["retrying"].as_str().map(str::to_string)),
             "compaction": self.compactor.status_json(),
             "lease": match &lease {
                 Some(v) => v.to_json(),

@@ -640,6 +640,10 @@ fn put_multipart(
     let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked)
         .and_then(|parts| complete(c, key, &upload_id, parts));
     drop(tracked);
+    *c.progress
+        .retrying
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = None;
 
     let outcome = match result {
         Ok(()) => {
@@ -810,6 +814,13 @@ fn upload_parts(
         Some(f) => Some(Arc::new(f.map_err(read_err)?)),
         None => None,
     };
+    let job = Arc::new(PartJob {
+        client: c.client.clone(),
+        bucket: c.target.bucket.clone(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        progress: c.progress.clone(),
+    });
     let (tx, rx) = std::sync::mpsc::channel::<(i32, u64, Result<String>)>();
     let mut running: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
@@ -856,18 +867,11 @@ fn upload_parts(
                     len: data.len(),
                     outcome: None,
                 };
-                let client = c.client.clone();
-                let (bucket, key, upload_id) = (
-                    c.target.bucket.clone(),
-                    key.to_string(),
-                    upload_id.to_string(),
-                );
+                let job = job.clone();
                 let handle = c.rt.spawn(async move {
                     // Move the whole guard in (a closure would capture only the field it assigns).
                     let mut report = report;
-                    let outcome =
-                        send_part(&client, &bucket, &key, &upload_id, part, data, digests).await;
-                    report.outcome = Some(outcome);
+                    report.outcome = Some(send_part(&job, part, data, digests).await);
                 });
                 running.insert(part, handle);
                 continue;
@@ -941,15 +945,23 @@ fn worth_another_round<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     }
 }
 
-async fn send_part(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-    part: i32,
-    data: PartBody,
-    digests: Digests,
-) -> Result<String> {
+/// What every part of one multipart upload shares.
+struct PartJob {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    progress: Arc<Progress>,
+}
+
+async fn send_part(job: &PartJob, part: i32, data: PartBody, digests: Digests) -> Result<String> {
+    let PartJob {
+        client,
+        bucket,
+        key,
+        upload_id,
+        progress,
+    } = job;
     let len = data.len();
     let mut pause = PART_ROUND_PAUSE;
     let mut round = 1;
@@ -971,13 +983,20 @@ async fn send_part(
         let sent = op.send().await;
         match sent {
             Ok(out) => {
+                *progress.retrying.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return out.e_tag().map(str::to_string).ok_or_else(|| {
                     Error::msg(format!(
                         "uploading part {part} of s3://{bucket}/{key}: no ETag in the response"
                     ))
-                })
+                });
             }
             Err(e) if round < PART_ROUNDS && worth_another_round(&e) => {
+                let what = format!("uploading part {part} of");
+                *progress.retrying.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "{} (retrying, round {} of {PART_ROUNDS})",
+                    sdk_error(&what, &format!("s3://{bucket}/{key}"), e),
+                    round + 1
+                ));
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 round += 1;

@@ -517,18 +517,22 @@ REPLICATE_UNTIL_SYNCED = """
     c.executescript(P["fill"])
     configure(c, P["config"])
     one(c, "SELECT litestream_start()")
-    errors = []
+    errors, status_errors = [], []
     deadline = time.time() + P["sync_for"]
     synced = None
     while time.time() < deadline:
-        err = error_of(c, "SELECT litestream_sync(5000)")
+        err = error_of(c, "SELECT litestream_sync(2000)")
         if err is None:
             synced = True
             break
         errors.append(err)
+        le = status(c).get("last_error")
+        if le:
+            status_errors.append(le)
     st = status(c)
     stop_err = error_of(c, "SELECT litestream_stop()")
-    result = {"synced": synced, "errors": errors[-3:], "status": st, "stop_err": stop_err}
+    result = {"synced": synced, "errors": errors[-3:], "status": st, "stop_err": stop_err,
+              "status_errors": status_errors}
 """
 
 
@@ -565,6 +569,10 @@ def test_server_stopped_mid_upload(pyhost, tmp_path, outage):
             raise box["error"]
         r = box["result"]
         assert r["synced"], r
+        # the outage showed in status while the parts were being retried, before any give-up
+        assert r["status_errors"], "status showed no error during the outage: %s" % r
+        print("status during the outage:", r["status_errors"][0])
+        assert r["status"]["last_error"] is None, r["status"]
         if outage >= 45:
             # the first upload failed and was aborted once the server was back; then redone
             assert ops.count("CreateMultipartUpload") >= 2, ops
