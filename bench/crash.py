@@ -252,7 +252,7 @@ def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=9743, wo
         pass
     work = Path(work or bl.mkwork("litestream-crash-"))
     ctx = {"client": client, "bucket": bucket, "endpoint": endpoint, "work": work,
-           "run": time.strftime("%H%M%S"), "kills": kills, "max_run": max_run,
+           "run": "%s-%d" % (time.strftime("%H%M%S"), os.getpid()), "kills": kills, "max_run": max_run,
            "resume_commits": resume_commits, "ltx_check_every": ltx_check_every,
            "access_key": access_key, "secret_key": secret_key, "keep": keep, "force": force}
     results, failures = [], []

@@ -92,8 +92,13 @@ impl RunState {
 struct Inner {
     state: RunState,
     stop_requested: bool,
-    /// First commit notified by a hook that no completed cycle has covered yet.
+    /// First commit notified by a hook since the running cycle (if any) started.
     dirty_since: Option<Instant>,
+    /// While a cycle runs: the first hooked commit it is meant to cover. A commit that lands
+    /// while the cycle runs may or may not be in what it reads, so it goes to `dirty_since` and
+    /// is only cleared by a later cycle; clearing one timestamp at the end of the cycle would hide
+    /// it (lag_ms 0 while a commit waits).
+    covering_since: Option<Instant>,
     /// Sync requests made so far, and the highest request number a finished upload covers.
     sync_requested: u64,
     synced_gen: u64,
@@ -113,6 +118,16 @@ struct Inner {
     lease_changed: bool,
     /// A level-9 snapshot asked for by the compactor (see `request_level9`).
     level9: Option<Level9Request>,
+}
+
+impl Inner {
+    /// The oldest hooked commit not known to be in the replica (what `lag_ms` measures).
+    fn oldest_pending(&self) -> Option<Instant> {
+        match (self.dirty_since, self.covering_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// "Write a level-9 snapshot `1-<current TXID>` unless the TXID is at most `newer_than`"; the
@@ -199,6 +214,7 @@ impl Replicator {
                 state: RunState::Running,
                 stop_requested: false,
                 dirty_since: None,
+                covering_since: None,
                 sync_requested: 0,
                 synced_gen: 0,
                 txid: 0,
@@ -422,7 +438,7 @@ impl Replicator {
             "replica": self.shared.replica,
             "txid": ltx::format_txid(g.txid),
             "last_sync_at": g.last_sync_at.map(|t| replica_client::format_timestamp_ms(unix_ms(t))),
-            "lag_ms": g.dirty_since.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+            "lag_ms": g.oldest_pending().map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
             "bytes_uploaded": progress["bytes_uploaded"],
             "objects_uploaded": progress["objects_uploaded"],
             "multipart_uploads": progress["multipart_uploads"],
@@ -625,7 +641,10 @@ impl Worker {
             }
             attempted = ticket;
             next_poll = Instant::now() + poll;
-            let started = Instant::now();
+            {
+                let mut g = self.shared.lock();
+                g.covering_since = g.dirty_since.take();
+            }
             let result = self.cycle(ticket);
             // A level-9 snapshot requested by the compactor (which reports its errors itself).
             let level9 = self.shared.lock().level9.take();
@@ -643,14 +662,14 @@ impl Worker {
                 Ok(()) => {
                     g.state = RunState::Running;
                     g.last_error = None;
-                    if g.dirty_since.is_some_and(|t| t <= started) {
-                        g.dirty_since = None;
-                    }
+                    g.covering_since = None;
                     backoff = None;
                 }
                 Err(e) => {
                     g.state = RunState::Error;
                     g.last_error = Some(e.to_string());
+                    g.dirty_since = g.oldest_pending();
+                    g.covering_since = None;
                     let delay = backoff
                         .map(|(d, _)| (d * 2).min(BACKOFF_MAX))
                         .unwrap_or(BACKOFF_START);
@@ -1250,6 +1269,7 @@ impl Worker {
         g.state = state;
         g.last_error = error;
         g.dirty_since = None;
+        g.covering_since = None;
         drop(g);
         self.shared.cond.notify_all();
         let deadline = Instant::now() + STANDBY_TICK;
