@@ -10,7 +10,9 @@
 #    (same profile: the dependency tree is built once);
 # 3. starts SeaweedFS on a free loopback port with a throwaway state dir, SigV4 enforced;
 # 4. runs the integration tests (pytest; "no tests collected" counts as a failure);
-# 5. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
+# 5. runs the reliability suite's CI subset (tests/reliability: crash trials, S3 outage and faults,
+#    file-replica faults, secrets);
+# 6. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
 #
 # Knobs: LITESTREAM_VENV_DIR, LITESTREAM_SHARED_DIR (default <repo>/../shared), CARGO (cargo).
 # Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
@@ -108,6 +110,25 @@ case $rc in
   5) phase_end "pytest tests/integration" "FAILED (no tests collected)" ;;
   *) phase_end "pytest tests/integration" "FAILED (exit $rc)" ;;
 esac
+
+# ---------------------------------------------------------------- 5. reliability (CI subset)
+# Crash trials (20 SIGKILLs, 6 with TRUNCATE checkpoints), S3 server killed and restarted, random
+# S3 faults through a proxy, read-only / full `file` replica (needs root for tmpfs; skipped
+# otherwise), secrets scan. These start their own SeaweedFS servers on free loopback ports.
+# The documented full runs: bench/README.md. Skipped when pytest arguments were given (a focused
+# run) or LITESTREAM_SKIP_RELIABILITY=1.
+if [ -z "${LITESTREAM_SKIP_RELIABILITY:-}" ] && [ $# -eq 0 ]; then
+  phase_start "pytest tests/reliability"
+  set +e
+  "$VENV/bin/pytest" tests/reliability -q
+  rc=$?
+  set -e
+  case $rc in
+    0) phase_end "pytest tests/reliability" ok ;;
+    5) phase_end "pytest tests/reliability" "FAILED (no tests collected)" ;;
+    *) phase_end "pytest tests/reliability" "FAILED (exit $rc)" ;;
+  esac
+fi
 
 summary
 if [ ${#FAILED[@]} -gt 0 ]; then
