@@ -67,6 +67,9 @@ pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// A standby wakes at least this often (besides lease changes) to refresh status and to run the
 /// checkpoints of a database nobody else on this host replicates.
 const STANDBY_TICK: Duration = Duration::from_secs(1);
+/// A level-9 snapshot is read again when the WAL restarted under it; a second restart needs a
+/// checkpoint our read mark forbids, so two attempts suffice and the third is a margin.
+const LEVEL9_ATTEMPTS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -820,10 +823,7 @@ impl Worker {
                     Some(f) => self.write_incremental(f, resume)?,
                     None => false,
                 },
-                Plan::Snapshot { reason } => {
-                    self.write_snapshot(wal.as_ref(), &reason)?;
-                    false
-                }
+                Plan::Snapshot { reason } => self.write_snapshot(wal.as_ref(), &reason)?,
             };
             if !more {
                 return Ok(());
@@ -918,8 +918,7 @@ impl Worker {
         let seg = match wal::scan(wal, resume, Some(MAX_SYNC_WAL_BYTES))? {
             ScanOutcome::NoWal => return Ok(false),
             ScanOutcome::PrevFrameMismatch { reason } => {
-                self.write_snapshot(Some(wal), &format!("WAL continuity lost ({reason})"))?;
-                return Ok(false);
+                return self.write_snapshot(Some(wal), &format!("WAL continuity lost ({reason})"));
             }
             ScanOutcome::Segment(s) => s,
         };
@@ -961,6 +960,9 @@ impl Worker {
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
+        if !wal_generation_unchanged(wal, &seg)? {
+            return Ok(true); // what was read may be torn: plan again
+        }
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
         let new_pos = Position {
             txid,
@@ -975,8 +977,9 @@ impl Worker {
         Ok(more)
     }
 
-    /// Upload a full image of the database at the next TXID.
-    fn write_snapshot(&mut self, wal: Option<&File>, reason: &str) -> Result<()> {
+    /// Upload a full image of the database at the next TXID. Returns true (nothing uploaded) when
+    /// the WAL restarted while it was read: the caller plans again.
+    fn write_snapshot(&mut self, wal: Option<&File>, reason: &str) -> Result<bool> {
         let txid = match self.pos {
             Some(p) => p.txid + 1,
             None => self.ensure_remote_position()? + 1,
@@ -995,7 +998,7 @@ impl Worker {
         };
         if commit == 0 {
             // An empty database has no pages to snapshot yet; the first write will give it some.
-            return Ok(());
+            return Ok(false);
         }
         let empty_seg;
         let seg_ref = match &seg {
@@ -1007,6 +1010,11 @@ impl Worker {
         };
         let header = self.ltx_header(txid, commit, seg_ref);
         let mut spool = self.encode_full_image(wal, &db, seg_ref, header)?;
+        if let (Some(f), Some(s)) = (wal, &seg) {
+            if !wal_generation_unchanged(f, s)? {
+                return Ok(true);
+            }
+        }
         let new_pos = Position {
             txid,
             page_size: self.page_size,
@@ -1021,7 +1029,8 @@ impl Worker {
         g.snapshots += 1;
         g.last_snapshot_reason = Some(format!("TXID {}: {reason}", ltx::format_txid(txid)));
         drop(g);
-        self.after_upload()
+        self.after_upload()?;
+        Ok(false)
     }
 
     /// Every page 1..=header.commit (but the lock page) into an LTX file: from the WAL segment
@@ -1083,6 +1092,24 @@ impl Worker {
         if pos.txid <= newer_than || pos.commit == 0 {
             return Ok(None);
         }
+        // A restart found after reading (see `wal_generation_unchanged`) means the file alone is
+        // the image now; the second attempt sees the new salts and takes that path.
+        for _ in 0..LEVEL9_ATTEMPTS {
+            if let Some((mut spool, timestamp_ms)) = self.encode_level9(&pos)? {
+                let size =
+                    self.client
+                        .put(SNAPSHOT_LEVEL, 1, pos.txid, timestamp_ms, &mut spool)?;
+                return Ok(Some((pos.txid, size)));
+            }
+        }
+        Err(Error::msg(
+            "the WAL kept restarting while the level-9 snapshot was read; it will be retried",
+        ))
+    }
+
+    /// The image at `pos` (sealed, our read mark at its end) as a level-9 LTX file, or None when
+    /// the WAL restarted while it was read. Also returns the file's timestamp.
+    fn encode_level9(&self, pos: &Position) -> Result<Option<(Spool, i64)>> {
         let wal = match File::open(&self.wal_path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -1109,6 +1136,9 @@ impl Worker {
                         if s.end == pos.wal.end && (s.commits == 0 || s.commit == pos.commit) =>
                     {
                         Some(s)
+                    }
+                    _ if !WalHeader::read(f)?.is_some_and(|n| n.salts() == h.salts()) => {
+                        return Ok(None); // restarted while scanning
                     }
                     _ => {
                         return Err(Error::msg(
@@ -1138,11 +1168,13 @@ impl Worker {
                 ltx::format_txid(pos.txid)
             )));
         }
-        let mut spool = self.encode_full_image(wal.as_ref(), &db, seg_ref, header)?;
-        let size = self
-            .client
-            .put(SNAPSHOT_LEVEL, 1, pos.txid, header.timestamp_ms, &mut spool)?;
-        Ok(Some((pos.txid, size)))
+        let spool = self.encode_full_image(wal.as_ref(), &db, seg_ref, header)?;
+        if let (Some(f), Some(s)) = (&wal, &seg) {
+            if !wal_generation_unchanged(f, s)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some((spool, header.timestamp_ms)))
     }
 
     /// A page's latest committed content: the WAL frame if the segment has one, else the file.
@@ -1449,6 +1481,20 @@ impl Worker {
 enum CheckpointMode {
     Passive,
     Truncate,
+}
+
+/// Whether the WAL still holds the generation `seg` was read from, checked after its frames were
+/// read. Frames we read can be overwritten by a WAL restart when our read transaction sits on read
+/// mark 0 (the WAL was fully checkpointed when it began): SQLite then allows one restart, and the
+/// new generation overwrites frames from the start of the file while we may still be reading
+/// them (found by the crash trials: a level-9 snapshot with three pages of a later transaction).
+/// A writer writes the new WAL header before any frame of the new generation, so unchanged salts
+/// after the reads prove every read saw the old generation.
+fn wal_generation_unchanged(wal: &File, seg: &Segment) -> Result<bool> {
+    if seg.end <= wal::WAL_HEADER_SIZE {
+        return Ok(true); // no frame was read
+    }
+    Ok(WalHeader::read(wal)?.is_some_and(|h| h.salts() == seg.header.salts()))
 }
 
 /// A WAL segment with no frames: every page comes from the database file.
