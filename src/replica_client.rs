@@ -386,7 +386,12 @@ impl ReplicaClient for FileReplicaClient {
             fs::rename(&tmp, &path)?;
             File::open(&dir)?.sync_all()
         };
-        write(body).with_context(|| format!("writing {}", path.display()))?;
+        if let Err(e) = write(body) {
+            // A full disk fails the write half-way; the same name is not always written again
+            // (a later compaction covers a different range), so the partial file goes now.
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::from(e).context(format!("writing {}", path.display())));
+        }
         self.progress
             .bytes_uploaded
             .fetch_add(body.len(), Ordering::Relaxed);
