@@ -2044,8 +2044,37 @@ pub fn target_from_url(url: &str) -> Result<ReplicaTarget, ConfigError> {
 }
 
 fn target_from_url_with_env(url: &str, env: EnvFn<'_>) -> Result<ReplicaTarget, ConfigError> {
+    target_from_url_using(url, None, env)
+}
+
+/// Keys of a connection's configuration that also apply to a replica named by URL: a user who
+/// configured credentials (or skip-verify) with `litestream_configure` and restores from another
+/// replica by URL expects them to be used there too, as the environment's are.
+const URL_INHERITED_KEYS: &[&str] = &["access-key-id", "secret-access-key", "skip-verify"];
+
+/// The replica named by `url`, with the credentials configured in `configured` (a connection's
+/// settings) when the URL is an S3 one; the environment fills in what neither gives.
+pub fn target_from_url_with_settings(
+    url: &str,
+    configured: &Settings,
+) -> Result<ReplicaTarget, ConfigError> {
+    target_from_url_using(url, Some(configured), &process_env)
+}
+
+fn target_from_url_using(
+    url: &str,
+    configured: Option<&Settings>,
+    env: EnvFn<'_>,
+) -> Result<ReplicaTarget, ConfigError> {
     let mut settings = Settings::new();
     settings.set("url", Some(url))?;
+    if let Some(c) = configured.filter(|_| url.trim_start().starts_with("s3://")) {
+        for key in URL_INHERITED_KEYS {
+            if let Some(v) = c.stored(key) {
+                settings.set(key, Some(v))?;
+            }
+        }
+    }
     settings.resolve_with_env(env).map(|r| r.target)
 }
 
@@ -3353,6 +3382,33 @@ mod tests {
         // Credentials are not checked for a file replica.
         set(&mut s, "access-key-id", "x");
         assert!(s.resolve_with_env(&home).is_ok());
+    }
+
+    #[test]
+    fn target_from_url_inherits_configured_credentials() {
+        let mut configured = Settings::new();
+        set(&mut configured, "bucket", "other");
+        set(&mut configured, "access-key-id", "AKIDEXAMPLE");
+        set(&mut configured, "secret-access-key", SECRET);
+        set(&mut configured, "skip-verify", "true");
+        let url = "s3://my-bucket/app.db?endpoint=https://127.0.0.1:8333";
+        match target_from_url_using(url, Some(&configured), &no_env).unwrap() {
+            ReplicaTarget::S3(t) => {
+                assert_eq!(
+                    (t.bucket.as_str(), t.path.as_str()),
+                    ("my-bucket", "app.db")
+                );
+                assert_eq!(t.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
+                assert_eq!(t.secret_access_key.as_deref(), Some(SECRET));
+                assert!(t.skip_verify);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A file URL takes nothing from an S3 configuration.
+        match target_from_url_using("file:///tmp/r", Some(&configured), &no_env).unwrap() {
+            ReplicaTarget::File { dir } => assert_eq!(dir, Path::new("/tmp/r")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

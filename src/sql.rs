@@ -298,12 +298,13 @@ fn restore_fn(ctx: &FnContext<'_>) -> Result<String> {
             }
         }
     }
+    let (path, _) = main_db(ctx)?;
+    let key = settings_key(&path);
     let target = match url {
-        Some(u) => crate::config::target_from_url(&u)?,
-        None => {
-            let (path, _) = main_db(ctx)?;
-            runtime::with_settings(&settings_key(&path), |s| s.resolve())?.target
-        }
+        Some(u) => runtime::with_settings(&key, |s| {
+            crate::config::target_from_url_with_settings(&u, s)
+        })?,
+        None => runtime::with_settings(&key, |s| s.resolve())?.target,
     };
     let client = runtime::open_client(&target)?;
     let txid = restore::restore(client.as_ref(), Path::new(&out), &opts)?;

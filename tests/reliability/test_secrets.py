@@ -53,6 +53,9 @@ def test_secret_never_shown(s3, ext, workdir):
         # a restore from the same replica with the configured credentials
         {"sql": "SELECT litestream_configure('access-key-id', ?)", "args": [ACCESS_KEY]},
         {"sql": "SELECT litestream_restore(?, ?)", "args": [str(workdir / "r1.db"), json.dumps({"overwrite": True})]},
+        # by URL: the configured credentials apply too (the environment's secret is a wrong one)
+        {"sql": "SELECT litestream_restore(?, ?)", "args": [str(workdir / "r1u.db"), json.dumps(
+            {"url": "s3://crash/secrets?endpoint=%s" % s3.endpoint})]},
     ]
     out, raw = run_script(ext, workdir / "good.db", steps)
     res = {s["sql"]: s for s in out}
@@ -61,8 +64,9 @@ def test_secret_never_shown(s3, ext, workdir):
     assert "result" in synced, "replication with the configured secret failed: %s" % synced
     assert any("error" in s for s in out if s["sql"] == "SELECT litestream_start()"), \
         "start with a secret but no access key id succeeded: %s" % out
-    restored = out[-1]
+    restored, by_url = out[-2], out[-1]
     assert "result" in restored, restored
+    assert "result" in by_url, "a restore by URL ignored the configured credentials: %s" % by_url
     assert SECRET_KEY not in raw, "secret in the outputs:\n%s" % raw[:3000]
 
     # a wrong secret: SigV4 fails; status, sync and stop errors must not echo it either
