@@ -8,7 +8,8 @@
 One trial:
  1. a fresh database; a writer process (/usr/bin/python3 bench/crash_host.py write) starts
     replication with a randomly drawn configuration (sync-interval 0 / 100ms / 1s; default or
-    tiny checkpoint thresholds, so WAL restarts happen under the kill), commits a monotonic
+    tiny checkpoint thresholds, so WAL restarts happen under the kill; sometimes sub-second
+    compaction levels and level-9 snapshots), commits a monotonic
     counter (one value per transaction, sometimes with 200 KiB of bulk rows or deletions) and
     calls litestream_sync() every 1-8 commits, appending each acknowledged value to a file
     (fsynced) after the call returned;
@@ -121,6 +122,11 @@ def draw_config(rng):
         cfg["truncate-page-n"] = str(rng.choice([100, 400]))
     if rng.random() < 0.25:
         cfg["checkpoint-interval"] = "1s"
+    if rng.random() < 0.25:
+        # compaction and level-9 snapshots (read from the live database) under the kill; a
+        # restore prefers them to the L0 chain
+        cfg["levels"] = "300ms,1s"
+        cfg["snapshot-interval"] = "500ms"
     return cfg
 
 
