@@ -3,6 +3,7 @@
 
     nice -n 5 .venv/bin/python bench/soak.py                 # the documented run (3600 s)
     nice -n 5 .venv/bin/python bench/soak.py --smoke         # 3 minutes, short compaction intervals
+    .venv/bin/python bench/soak.py --report bench/out/soak-<UTC>.json   # the summary again
 
 Runs with any Python that has boto3 (the repo venv); the writer and the restore host are this
 same file run by /usr/bin/python3 (`soak.py host MODE JSON`, stdlib only), the only Python here
@@ -588,14 +589,7 @@ def main():
         log("litestream restore (reference): %s" % {k: r.get(k) for k in ("integrity", "rows", "equal", "wall_s", "error")})
 
         samples = [json.loads(ln) for ln in samples_path.read_text().splitlines()]
-        a = analyse(samples, res, window)
-        a["sample_s"] = args.sample
-        v = verdicts(a, restores, [cc for cc in census if "error" not in cc])
-        a["bucket_objects_max"] = max((cc["objects"] for cc in census), default=None)
-        a["bucket_objects_end"] = census[-1]["objects"]
-        a["bucket_mib_max"] = max((cc.get("bytes", 0) for cc in census), default=0) / MIB
-        a["bucket_mib_end"] = census[-1].get("bytes", 0) / MIB
-        a["weed_rss_max_mib"] = max((cc.get("weed_rss_kib") or 0 for cc in census), default=0) / 1024
+        a, v = summarise(samples, res, window, args.sample, args.levels, restores, census)
         report = {"machine": machine, "git": bl.git_rev(), "ext": bl.EXT, "args": vars(args),
                   "config": shown, "summary": a, "verdicts": v, "source": src, "restores": restores,
                   "census": census, "writer": {k: res[k] for k in res if k not in ("syncs_ms", "lags_ms")},
@@ -612,6 +606,51 @@ def main():
     sys.exit(rc)
 
 
+def duration_s(text):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for u in ("ms", "s", "m", "h"):
+        if text.endswith(u):
+            return float(text[:-len(u)]) * units[u]
+    return float(text)
+
+
+def summarise(samples, res, window, sample_s, levels, restores, census):
+    a = analyse(samples, res, window)
+    a["sample_s"] = sample_s
+    v = verdicts(a, restores, [cc for cc in census if "error" not in cc])
+    a["bucket_objects_max"] = max((cc["objects"] for cc in census), default=None)
+    a["bucket_objects_end"] = census[-1]["objects"]
+    a["bucket_mib_max"] = max((cc.get("bytes", 0) for cc in census), default=0) / MIB
+    a["bucket_mib_end"] = census[-1].get("bytes", 0) / MIB
+    a["weed_rss_max_mib"] = max((cc.get("weed_rss_kib") or 0 for cc in census), default=0) / 1024
+    # RSS peaks and troughs per cycle of the slowest compaction level (its compaction, and the
+    # level-9 snapshot on a similar schedule, are what the sawtooth follows)
+    cycle = max(duration_s(x) for x in levels.split(",")) if levels not in ("", "off") else window
+    a["rss_cycle_s"] = cycle
+    a["rss_cycle_peaks_mib"], a["rss_cycle_troughs_mib"] = [], []
+    t = 0.0
+    while t < a["duration_s"]:
+        blk = [s["vmrss_kib"] / 1024 for s in samples if t <= s["t"] < t + cycle]
+        if len(blk) > 1:  # not the lone final sample
+            a["rss_cycle_peaks_mib"].append(round(max(blk), 1))
+            a["rss_cycle_troughs_mib"].append(round(min(blk), 1))
+        t += cycle
+    return a, v
+
+
+def report_again(path):
+    """--report FILE: recompute and print the summary of a finished run's JSON."""
+    r = json.load(open(path))
+    args = r["args"]
+    window = args.get("window") or min(600.0, args["duration"] / 3)
+    res = dict(r["writer"], syncs_ms=r["syncs_ms"], lags_ms=r["lags_ms"])
+    a, v = summarise(r["samples"], res, window, args["sample"], args["levels"], r["restores"], r["census"])
+    r["summary"], r["verdicts"] = a, v
+    with open(path, "w") as f:
+        json.dump(r, f, indent=1)
+    print_summary(a, v, r["machine"], path)
+
+
 def print_summary(a, v, machine, path):
     f = lambda x, d=1: "-" if x is None else ("%.*f" % (d, x))  # noqa: E731
     rows = [
@@ -622,6 +661,8 @@ def print_summary(a, v, machine, path):
         ("writer RSS", "first-window max %s MiB, last-window max %s MiB, slope after warm-up %s MiB/h; start %s, end %s, VmHWM %s MiB" % (
             f(a["rss_first_max_mib"]), f(a["rss_last_max_mib"]), f(a["rss_slope_mib_per_h"], 2),
             f(a["rss_start_mib"]), f(a["rss_end_mib"]), f(a["hwm_mib"]))),
+        ("writer RSS per %s-s cycle" % f(a.get("rss_cycle_s"), 0), "peaks %s, troughs %s MiB" % (
+            a.get("rss_cycle_peaks_mib"), a.get("rss_cycle_troughs_mib"))),
         ("writer fds / threads", "fds first %s last %s, threads max %s, CPU %s s" % (
             a["fds_first_max"], a["fds_last_max"], a["threads_max"], f(a["cpu_s"]))),
         ("-wal file", "max %s MiB, p99 %s MiB (first window max %s, last %s)" % (
@@ -657,5 +698,7 @@ def print_summary(a, v, machine, path):
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "host":
         host_main(sys.argv[2], json.loads(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--report":
+        report_again(sys.argv[2])
     else:
         main()
