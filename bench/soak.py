@@ -631,7 +631,7 @@ def summarise(samples, res, window, sample_s, levels, restores, census):
     t = 0.0
     while t < a["duration_s"]:
         blk = [s["vmrss_kib"] / 1024 for s in samples if t <= s["t"] < t + cycle]
-        if len(blk) > 1:  # not the lone final sample
+        if blk and t + cycle / 2 <= a["duration_s"]:  # not a last sliver of a cycle
             a["rss_cycle_peaks_mib"].append(round(max(blk), 1))
             a["rss_cycle_troughs_mib"].append(round(min(blk), 1))
         t += cycle
