@@ -598,9 +598,15 @@ impl LeaseStore for S3LeaseStore {
                 "checking that the S3 provider honours conditional writes ({url}): {e}"
             ))
         };
-        let first = self
-            .put_key(&key, body, &Cond::Absent)
-            .map_err(inconclusive)?;
+        let first = match self.put_key(&key, body, &Cond::Absent) {
+            Ok(etag) => etag,
+            Err(e) => {
+                // The object may exist all the same: a PUT whose answer was lost (the SDK's retry
+                // of it then meets our own object: 412). Remove it, or it is litter in the replica.
+                let _ = self.delete_key(&key, None);
+                return Err(inconclusive(e));
+            }
+        };
         let verdict = (|| {
             match self.put_key(&key, body, &Cond::Absent) {
                 Err(StoreError::Precondition) | Err(StoreError::Conflict) => {}

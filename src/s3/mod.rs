@@ -54,9 +54,13 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Upper bound for one attempt of a request without a large body (list, get headers, complete).
-/// CompleteMultipartUpload of thousands of parts may take minutes on AWS.
-const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Upper bound for one attempt of a request without a large body (list, head, get until its
+/// headers arrive, delete). These take milliseconds; an answer that has not come after this long
+/// is a stalled connection, and every minute spent on it blocks the replicator or the compactor
+/// (and `litestream_stop()`, which joins them). A download's body is not under this deadline: it
+/// is watched by stalled-stream protection instead. CompleteMultipartUpload, which may take
+/// minutes on AWS for thousands of parts, overrides it (`upload::COMPLETE_ATTEMPT_TIMEOUT`).
+pub(crate) const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body (or a download) that moves no bytes for this long is a stalled connection: the
 /// attempt fails as a timeout and is retried on a fresh connection.
 const STALL_GRACE: Duration = Duration::from_secs(10);

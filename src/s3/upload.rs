@@ -66,6 +66,9 @@ const ATTEMPT_BASE: Duration = Duration::from_secs(30);
 /// …plus the body at this rate (256 KiB/s: a slow uplink still finishes a 100 MiB part in under
 /// 7 minutes, while a stuck response to a 5 MiB part is given up after 50 s).
 const ATTEMPT_FLOOR_RATE: u64 = 256 * 1024;
+/// One attempt of CompleteMultipartUpload: AWS may take minutes to assemble thousands of parts
+/// (other requests get `OPERATION_ATTEMPT_TIMEOUT`).
+pub(crate) const COMPLETE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Rounds per part (each round is the SDK's own quick retries); pauses between rounds start at
 /// `PART_ROUND_PAUSE` and double (2, 4, 8, 16 s), so a part survives an outage of about half a
 /// minute before the upload is given up (and aborted); the replicator then retries it whole.
@@ -703,6 +706,11 @@ fn complete(c: &S3Client, key: &str, upload_id: &str, parts: Vec<CompletedPart>)
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
+            )
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::new()
+                    .timeout_config(timeouts(COMPLETE_ATTEMPT_TIMEOUT)),
             )
             .send()
             .await;

@@ -1,0 +1,241 @@
+"""S3 faults: the extension replicates through a fault-injecting proxy (tests/integration/s3proxy.py)
+in front of SeaweedFS. A seeded share of the requests gets a random fault: 500 InternalError,
+503 SlowDown, a connection reset part-way through the request body, a stalled request or answer,
+an answer dropped after the server did the work, an answer cut part-way through its body.
+
+Workload (bench/crash_host.py `write`): small commits with litestream_sync() every few (failures
+tolerated and recorded), a few transactions larger than part-size (5 MB: multipart uploads, parts
+faulted too), compaction with short level intervals, short L0 and snapshot retention (compaction
+reads and writes and retention deletes are faulted), and the lease on with a short TTL (lock.json
+conditional writes are faulted; an answer lost after a successful write must not make the
+replicator lose or fight its own lease).
+
+Then faults off: the final litestream_sync() succeeds and replication stops. Checks: the lease was
+never lost and its token never changed, L0 TXIDs are contiguous up to the stopped TXID, no
+multipart upload is left open, every object in the bucket is an LTX file that passes
+../shared/tools/ltx_check.py (lock.json aside, which the stop removes), our restore and the
+reference `litestream restore` equal the database, and restores run *through* the faulty proxy
+either produce exactly the database or fail leaving no output file at all.
+
+Knobs: RELIABILITY_FAULT_SECONDS (writing time, default 35), RELIABILITY_FAULT_RATE (share of
+requests faulted, default 0.15), RELIABILITY_FAULT_SEED (default: random; printed, and named in
+every failure), RELIABILITY_FAULT_RESTORES (restores through the faults, default 3).
+"""
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import benchlib as bl
+import crash
+from rel_common import ACCESS_KEY, SECRET_KEY, _port, seen, seen_files
+from rel_helpers import finish_writer, read_status_log, restore_and_compare, start_writer
+from s3proxy import S3Proxy, random_faults
+
+SECONDS = float(os.environ.get("RELIABILITY_FAULT_SECONDS", "35"))
+RATE = float(os.environ.get("RELIABILITY_FAULT_RATE", "0.15"))
+SEED = int(os.environ.get("RELIABILITY_FAULT_SEED") or random.SystemRandom().randrange(1 << 31))
+RESTORES = int(os.environ.get("RELIABILITY_FAULT_RESTORES", "3"))
+# A stall costs the client a whole attempt deadline (30 s; src/s3/mod.rs), a few fit in a run.
+MAX_STALLS = max(1, int(SECONDS // 30))
+BUCKET = "faults"
+PREFIX = "db"
+LTX_KEY = re.compile(r"^%s/([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$" % PREFIX)
+LEASE_TTL = "6s"
+
+
+def fail(msg):
+    pytest.fail("[seed %d; rerun with RELIABILITY_FAULT_SEED=%d] %s" % (SEED, SEED, msg), pytrace=False)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg() if callable(msg) else msg)
+
+
+@pytest.fixture(scope="module")
+def faulty(ext):
+    """Runs the scenario once; the tests below check its outcome."""
+    print("\nS3 faults: seed %d, rate %.2f, %.0f s of writes" % (SEED, RATE, SECONDS))
+    state = tempfile.mkdtemp(prefix="litestream-rel-faults-s3-")
+    work = Path(tempfile.mkdtemp(prefix="litestream-rel-faults-"))
+    server = bl.S3Server(_port("RELIABILITY_S3_PORT2", (32000, 45000)), state, buckets=(BUCKET,),
+                         access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
+    rule = random_faults(SEED, RATE, max_stalls=MAX_STALLS)
+    proxy = S3Proxy(server.port, rule=rule).start()
+    try:
+        db, ack, slog = work / "db.sqlite", work / "acked.txt", work / "status.jsonl"
+        config = bl.ext_config(BUCKET, PREFIX, proxy.url, "100ms", access_key=ACCESS_KEY,
+                               secret_key=SECRET_KEY, part_size="5MB", levels="2s,6s",
+                               l0_retention="3s", snapshot_interval="12s", snapshot_retention="15s",
+                               lease="on", lease_ttl=LEASE_TTL, min_checkpoint_page_count="500")
+        rng = random.Random(SEED)
+        big_at = sorted(rng.uniform(1.0, max(2.0, SECONDS - 3.0)) for _ in range(max(2, int(SECONDS // 12))))
+        writer, t0 = start_writer({
+            "db": str(db), "ext": ext, "config": config, "ack": str(ack), "seed": SEED,
+            "duration_s": SECONDS, "pace_s": 0.01, "sync_every": [2, 12],
+            "tolerate_sync_errors": True, "sync_timeout_ms": 3000,
+            "final_sync_timeout_ms": 180000, "status_log": str(slog), "status_every_s": 0.25,
+            "bulk_p": 0.05, "big_at_s": big_at, "big_bytes": 11 << 20})
+        # Faults off just before the writer's own end (its final litestream_sync() must succeed).
+        time.sleep(max(0.0, t0 + SECONDS - 0.5 - time.time()))
+        rule.enabled = False
+        t_off = time.time()
+        faults = rule.summary()
+        res = finish_writer(writer, timeout=400)
+        t_done = time.time()
+        rows = read_status_log(slog)
+        client = server.client()
+        uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+        keys = bl.list_keys(client, BUCKET, "")
+        seen("faults summary", faults)
+        print("writes ended; faults off; the writer's final sync + stop took %.1f s (sync %.1f s)" % (
+            t_done - t_off, res["final_sync_s"]))
+        yield {"server": server, "proxy": proxy, "rule": rule, "client": client, "work": work,
+               "db": db, "ack": ack, "res": res, "rows": rows, "faults": faults, "t_off": t_off,
+               "t_done": t_done, "uploads": uploads, "keys": keys}
+    finally:
+        proxy.stop()
+        server.stop()
+        seen_files("faults workdir", work)
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_faults_were_injected(faulty):
+    f = faulty["faults"]
+    print("\nfaulted %d of %d requests: %s" % (f["faulted"], f["requests"], f["kinds"]))
+    print("by operation: %s" % f["by_op"])
+    check(f["faulted"] >= 10, "too few faults injected to mean anything: %s" % f)
+    ops = {k.split("/")[0] for k in f["by_op"]}
+    check("PutObject" in ops, "no PutObject was faulted: %s" % f["by_op"])
+
+
+def test_replication_converges(faulty):
+    res, rows = faulty["res"], faulty["rows"]
+    final = res["status"]
+    seen("final status", final)
+    print("\nfinal sync (faults off) took %.2f s; %d litestream_sync() calls failed under faults" % (
+        res["final_sync_s"], len(res["sync_errors"])))
+    check(final["state"] == "running" and final["last_error"] is None, "final status: %s" % final)
+    check(final.get("multipart_uploads", 0) >= 1, "no multipart upload completed: %s" % final)
+    # The lease: held throughout with one token; a lost answer to our own lock.json write is ours.
+    lost = [r["status"] for r in rows if "lost lease" in json.dumps(r["status"])]
+    check(not lost, lambda: "the lease was lost under faults: %s" % lost[0])
+    tokens = sorted({json.dumps(r["status"].get("lease", {}).get("token")) for r in rows
+                     if r["status"].get("lease", {}).get("token") is not None})
+    print("lease tokens seen in status: %s" % tokens)
+    check(len(tokens) <= 1, "the lease token changed (the replicator fought its own lease): %s" % tokens)
+    roles = [r["status"].get("lease", {}).get("role") for r in rows]
+    first = roles.index("holder") if "holder" in roles else len(roles)
+    check(first < len(roles), "the replicator never held the lease: %s" % rows[-1]["status"])
+    check(all(r == "holder" for r in roles[first:]),
+          "the replicator left the holder role under faults: %s" % roles[first:])
+    errors = sorted({(r["status"].get("last_error") or "")[:160] for r in rows} - {""})
+    print("%d distinct errors shown in status under faults, e.g.:\n  %s" % (
+        len(errors), "\n  ".join(errors[:6])))
+
+
+def test_l0_contiguous_and_every_object_valid(faulty):
+    import sys
+    sys.path.insert(0, str(bl.SHARED / "tools"))
+    import ltx_check
+    client, res = faulty["client"], faulty["res"]
+    stopped = int(res["stopped_txid"], 16)
+    l0, levels, other = [], {}, []
+    for key in faulty["keys"]:
+        m = LTX_KEY.match(key)
+        if not m:
+            other.append(key)
+            continue
+        level, lo, hi = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
+        levels[level] = levels.get(level, 0) + 1
+        data = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        try:
+            info = ltx_check.decode(data)
+        except Exception as e:  # noqa: BLE001
+            fail("%s fails ltx_check.py: %s" % (key, e))
+        check((int(info["min_txid"], 16), int(info["max_txid"], 16)) == (lo, hi),
+              "%s: header TXIDs %s-%s" % (key, info["min_txid"], info["max_txid"]))
+        if level == 0:
+            check(lo == hi, "L0 file %s spans several TXIDs" % key)
+            l0.append(lo)
+    print("\n%d objects checked with ltx_check.py, per level %s; stopped at TXID %d" % (
+        len(faulty["keys"]) - len(other), dict(sorted(levels.items())), stopped))
+    check(not other, "objects that are not LTX files left in the bucket: %s" % other[:10])
+    l0.sort()
+    check(l0 and l0[-1] == stopped, "newest L0 TXID %s != stopped TXID %d" % (l0[-1:], stopped))
+    check(l0 == list(range(l0[0], stopped + 1)),
+          lambda: "L0 TXIDs have a gap: missing %s" % sorted(set(range(l0[0], stopped + 1)) - set(l0))[:10])
+
+
+def test_no_multipart_upload_left_open(faulty):
+    uploads = faulty["uploads"]
+    check(not uploads, "multipart uploads left open: %s" % [(u["Key"], u["UploadId"]) for u in uploads])
+
+
+def test_restore_equals_source(faulty, ext):
+    url = "s3://%s/%s?endpoint=%s" % (BUCKET, PREFIX, faulty["server"].endpoint)
+    try:
+        res = restore_and_compare(ext, url, faulty["work"] / "restored.db", faulty["db"],
+                                  crash.read_acked(faulty["ack"]))
+    except AssertionError as e:
+        fail(str(e))
+    print("\nour restore: TXID %s, %d counter rows, %d bulk rows" % (res["txid"], res["count"], res["bulk"]))
+
+
+def test_reference_restore_equals_source(faulty):
+    out = faulty["work"] / "ref-restored.db"
+    url = "s3://%s/%s?endpoint=%s&forcePathStyle=true&region=us-east-1" % (
+        BUCKET, PREFIX, faulty["server"].endpoint)
+    p = subprocess.run([bl.litestream_bin(), "restore", "-integrity-check", "full", "-o", str(out), url],
+                       text=True, capture_output=True, timeout=300,
+                       env=bl.child_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}))
+    seen("reference restore stdout", p.stdout)
+    seen("reference restore stderr", p.stderr)
+    check(p.returncode == 0, "litestream restore exited %d:\n%s" % (p.returncode, p.stderr[-3000:]))
+    got, _ = crash.host("inspect", {"db": str(out)})
+    src, _ = crash.host("inspect", {"db": str(faulty["db"])})
+    check(got["integrity"] == "ok", "reference restore integrity: %s" % got)
+    check((got["digest"], got["max"], got["bulk"]) == (src["digest"], src["max"], src["bulk"]),
+          "reference restore differs from the database: %s vs %s" % (got, src))
+
+
+def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
+    """Restores through the proxy with faults on: each produces exactly the database, or fails and
+    leaves no file behind (neither the output nor its temporary)."""
+    proxy, rule = faulty["proxy"], faulty["rule"]
+    src, _ = crash.host("inspect", {"db": str(faulty["db"])})
+    url = "s3://%s/%s?endpoint=%s" % (BUCKET, PREFIX, proxy.url)
+    outcomes = []
+    for i in range(RESTORES):
+        # Each stall costs 30 s: only the first restore may meet one.
+        r = random_faults(SEED * 7 + i, RATE, max_stalls=1 if i == 0 else 0)
+        proxy.set_rule(r)
+        out = faulty["work"] / ("through-faults-%d.db" % i)
+        t0 = time.time()
+        res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out)},
+                              env=crash.restore_env(ACCESS_KEY, SECRET_KEY), timeout=400)
+        proxy.set_rule(None)
+        seen("restore through faults %d" % i, res)
+        seen("restore through faults %d stderr" % i, err)
+        leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(out.name)]
+        s = r.summary()
+        if "error" in res:
+            check(not leftovers, "failed restore %d left files behind: %s (%s)" % (i, leftovers, res["error"]))
+            outcomes.append("failed cleanly in %.1f s (%d/%d requests faulted: %s): %s" % (
+                time.time() - t0, s["faulted"], s["requests"], s["kinds"], res["error"][:200]))
+            continue
+        check(res["integrity"] == "ok", "restore %d through faults: integrity %s" % (i, res))
+        check((res["digest"], res["max"], res["bulk"]) == (src["digest"], src["max"], src["bulk"]),
+              "restore %d through faults differs from the database: %s vs %s" % (i, res, src))
+        outcomes.append("exact in %.1f s (%d/%d requests faulted: %s)" % (
+            time.time() - t0, s["faulted"], s["requests"], s["kinds"]))
+    print("\n" + "\n".join("restore through faults %d: %s" % (i, o) for i, o in enumerate(outcomes)))
