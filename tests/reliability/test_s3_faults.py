@@ -239,3 +239,46 @@ def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
         outcomes.append("exact in %.1f s (%d/%d requests faulted: %s)" % (
             time.time() - t0, s["faulted"], s["requests"], s["kinds"]))
     print("\n" + "\n".join("restore through faults %d: %s" % (i, o) for i, o in enumerate(outcomes)))
+
+
+def test_lease_survives_a_lost_answer_to_its_own_renewal(s3, ext, workdir):
+    """Deterministic: a lock.json renewal lands but its answer is lost, and the next attempts of
+    that request fail (500). The lock now holds our own newer write, so our next renewal's
+    If-Match no longer matches: that is still our lease (same token, our own body), not a
+    takeover. The replicator must keep it: no "lost lease", no new token, no standby spell."""
+    puts = []
+
+    def rule(req):
+        if req.method == "PUT" and req.path.endswith("/lock.json"):
+            puts.append(req.index)
+            n = len(puts)
+            if n == 3:
+                return ("drop_response",)
+            if n in (4, 5):
+                return ("status", 500)
+        return None
+
+    proxy = S3Proxy(s3.port, rule=rule).start()
+    try:
+        db, ack, slog = workdir / "db.sqlite", workdir / "acked.txt", workdir / "status.jsonl"
+        prefix = "lease-lost-answer-%d" % os.getpid()
+        config = bl.ext_config("crash", prefix, proxy.url, "100ms", access_key=ACCESS_KEY,
+                               secret_key=SECRET_KEY, lease="on", lease_ttl="3s")
+        writer, _ = start_writer({
+            "db": str(db), "ext": ext, "config": config, "ack": str(ack), "seed": 1,
+            "duration_s": 8, "pace_s": 0.02, "sync_every": [2, 6], "tolerate_sync_errors": True,
+            "sync_timeout_ms": 2000, "final_sync_timeout_ms": 60000, "status_log": str(slog),
+            "status_every_s": 0.1})
+        res = finish_writer(writer)
+        rows = read_status_log(slog)
+    finally:
+        proxy.stop()
+    assert len(puts) >= 6, "too few lock.json writes to reach the fault: %d" % len(puts)
+    lost = [r["status"]["lease"] for r in rows if "lost lease" in json.dumps(r["status"])]
+    assert not lost, "the replicator lost its own lease: %s" % lost[0]
+    tokens = {r["status"]["lease"]["token"] for r in rows if r["status"]["lease"].get("token")}
+    assert tokens == {1}, "the lease token changed: %s" % tokens
+    roles = [r["status"]["lease"]["role"] for r in rows]
+    first = roles.index("holder")
+    assert all(x == "holder" for x in roles[first:]), "left the holder role: %s" % roles[first:]
+    assert res["status"]["last_error"] is None, res["status"]
