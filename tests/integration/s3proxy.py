@@ -85,6 +85,12 @@ class Request:
             return "HeadObject"
         if self.method == "GET" and ("list-type=2" in q or self.path.count("/") <= 1):
             return "ListObjectsV2"
+        if self.method == "GET":
+            return "GetObject"
+        if self.method == "POST" and ("delete" in q.split("&") or "delete=" in q.split("&")):
+            return "DeleteObjects"
+        if self.method == "DELETE":
+            return "DeleteObject"
         return self.method
 
 
