@@ -681,7 +681,44 @@ fn put_multipart(
         }
     };
     active_uploads().remove(&upload_id);
+    c.progress
+        .uploads_aborted
+        .fetch_add(abort_unheard_uploads(c, key), Ordering::Relaxed);
     outcome
+}
+
+/// Abort the other multipart uploads of `key`: a CreateMultipartUpload whose answer was lost (a
+/// reset, a stalled or cut answer) is retried by the SDK, and the upload the server made for the
+/// lost attempt is then one we never heard of, left open forever unless aborted. One writer
+/// replicates to a prefix at a time, so an upload of this very key that no client of this
+/// process is running is such an orphan (or a dead process's). Best effort: the listing and the
+/// aborts have the SDK's retries; what still fails is left to the store's lifecycle rules.
+fn abort_unheard_uploads(c: &S3Client, key: &str) -> u64 {
+    let (client, bucket, key) = (c.client.clone(), c.target.bucket.clone(), key.to_string());
+    run(&c.rt, async move {
+        let Ok(resp) = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix(&key)
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let mut aborted = 0;
+        for u in resp.uploads() {
+            let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            if k == key
+                && !active_uploads().contains(id)
+                && try_abort(&client, &bucket, k, id).await.is_ok()
+            {
+                aborted += 1;
+            }
+        }
+        aborted
+    })
 }
 
 /// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost

@@ -220,9 +220,21 @@ def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
     src, _ = crash.host("inspect", {"db": str(faulty["db"])})
     url = "s3://%s/%s?endpoint=%s" % (BUCKET, PREFIX, proxy.url)
     outcomes = []
-    for i in range(RESTORES):
-        # Each stall costs 30 s: only the first restore may meet one.
-        r = random_faults(SEED * 7 + i, RATE, max_stalls=1 if i == 0 else 0)
+    rules = [random_faults(SEED * 7 + i, RATE, max_stalls=1 if i == 0 else 0)  # a stall costs 30 s
+             for i in range(RESTORES)]
+    # Every download's first answer cut half-way: resumed (a ranged GET), the restore is exact.
+    first_cut = set()
+
+    def cut_once(q):
+        if q.op() == "GetObject" and q.path not in first_cut:
+            first_cut.add(q.path)
+            return ("truncate", 0.5)
+        return None
+    cut_once.summary = lambda: {"faulted": len(first_cut), "requests": len(first_cut), "kinds": {"truncate": len(first_cut)}}
+    rules.append(cut_once)
+    # And one that cannot succeed: every download fails.
+    rules.append(random_faults(SEED, 1.0, {"500": 1}, only=lambda q: q.op() == "GetObject"))
+    for i, r in enumerate(rules):
         proxy.set_rule(r)
         out = faulty["work"] / ("through-faults-%d.db" % i)
         t0 = time.time()
@@ -234,10 +246,13 @@ def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
         leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(out.name)]
         s = r.summary()
         if "error" in res:
+            check(i != RESTORES, "a restore whose every download was cut once (then resumed) "
+                  "failed: %s" % res["error"])
             check(not leftovers, "failed restore %d left files behind: %s (%s)" % (i, leftovers, res["error"]))
             outcomes.append("failed cleanly in %.1f s (%d/%d requests faulted: %s): %s" % (
                 time.time() - t0, s["faulted"], s["requests"], s["kinds"], res["error"][:200]))
             continue
+        check(i <= RESTORES, "restore %d succeeded although every download failed" % i)
         check(res["integrity"] == "ok", "restore %d through faults: integrity %s" % (i, res))
         check((res["digest"], res["max"], res["bulk"]) == (src["digest"], src["max"], src["bulk"]),
               "restore %d through faults differs from the database: %s vs %s" % (i, res, src))
@@ -323,3 +338,34 @@ def test_commit_not_blocked_by_a_stalled_upload(s3, ext, workdir):
         proxy.stop()
     print("\nslowest commit %.2f s" % res["commit_max_s"])
     assert res["commit_max_s"] < 5
+
+
+def test_unheard_create_multipart_upload_is_aborted(s3, ext, workdir):
+    """CreateMultipartUpload's answer is lost after the server made the upload: the SDK retries
+    and completes a second upload; the first, whose id the client never saw, must not be left
+    open."""
+    creates = []
+
+    def rule(req):
+        if req.op() == "CreateMultipartUpload":
+            creates.append(req.index)
+            if len(creates) == 1:
+                return ("drop_response",)
+        return None
+
+    proxy = S3Proxy(s3.port, rule=rule).start()
+    prefix = "unheard-create-%d" % os.getpid()
+    try:
+        config = bl.ext_config("crash", prefix, proxy.url, "100ms", access_key=ACCESS_KEY,
+                               secret_key=SECRET_KEY, part_size="5MB", levels="off")
+        writer, _ = start_writer({
+            "db": str(workdir / "db.sqlite"), "ext": ext, "config": config,
+            "ack": str(workdir / "acked.txt"), "seed": 1, "duration_s": 3, "pace_s": 0.02,
+            "big_at_s": [0.5], "big_bytes": 11 << 20})
+        res = finish_writer(writer)
+    finally:
+        proxy.stop()
+    assert len(creates) >= 2, "the fault was not reached: %s" % creates
+    assert res["status"]["multipart_uploads"] >= 1, res["status"]
+    left = s3.client().list_multipart_uploads(Bucket="crash", Prefix=prefix + "/").get("Uploads", [])
+    assert not left, "multipart uploads left open: %s" % [(u["Key"], u["UploadId"]) for u in left]
