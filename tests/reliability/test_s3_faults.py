@@ -17,6 +17,12 @@ multipart upload is left open, every object in the bucket is an LTX file that pa
 reference `litestream restore` equal the database, and restores run *through* the faulty proxy
 either produce exactly the database or fail leaving no output file at all.
 
+Deterministic companions: a lock.json renewal that lands unheard keeps the lease; a
+CreateMultipartUpload answered into the void leaves no open upload; a restore whose every
+download is cut once is exact (resumed), one whose every download fails writes nothing; and,
+opt-in (RELIABILITY_FAULT_LOCK=1, xfail), commits blocked by an upload stalled under the
+checkpoint's write lock.
+
 Knobs: RELIABILITY_FAULT_SECONDS (writing time, default 35), RELIABILITY_FAULT_RATE (share of
 requests faulted, default 0.15), RELIABILITY_FAULT_SEED (default: random; printed, and named in
 every failure), RELIABILITY_FAULT_RESTORES (restores through the faults, default 3).
