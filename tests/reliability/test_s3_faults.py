@@ -115,8 +115,11 @@ def faulty(ext):
         proxy.stop()
         server.stop()
         seen_files("faults workdir", work)
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("RELIABILITY_FAULT_KEEP") == "1":  # for a post-mortem
+            print("kept: S3 state %s, work %s" % (state, work))
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_faults_were_injected(faulty):
