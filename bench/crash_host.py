@@ -7,7 +7,9 @@ Modes:
              litestream_sync() every few commits and appends each acknowledged value to the ack
              file (fsynced) only after litestream_sync() returned. Meant to be SIGKILLed.
              With `commits` or `duration_s` set it ends by itself: final sync, stop, report.
-             `tolerate_sync_errors`: a failed litestream_sync() is recorded, not fatal (outage
+             `busy_timeout_s`: the connection's busy timeout (default 30; the result reports the
+             slowest commit, `commit_max_s`); `tolerate_sync_errors`: a failed litestream_sync()
+             is recorded, not fatal (outage
              tests); `status_log`: litestream_status() appended as JSON lines every
              `status_every_s`; `pace_s`: sleep between commits.
     restore  litestream_restore(out, {"url": ...}) from a :memory: host, then checks the copy.
@@ -56,7 +58,7 @@ def summary(c):
 
 def mode_write(p):
     rng = random.Random(p.get("seed"))
-    c = sqlite3.connect(p["db"], isolation_level=None, timeout=30)
+    c = sqlite3.connect(p["db"], isolation_level=None, timeout=p.get("busy_timeout_s", 30))
     c.execute("PRAGMA journal_mode=WAL").fetchone()
     c.execute("PRAGMA synchronous=%s" % p.get("synchronous", "NORMAL"))
     c.execute("CREATE TABLE IF NOT EXISTS c(n INTEGER PRIMARY KEY, pad BLOB)")
@@ -80,12 +82,14 @@ def mode_write(p):
     sync_errors = []
     status_log = open(p["status_log"], "a") if p.get("status_log") else None
     next_status = 0.0
+    commit_max = (0.0, None)  # the slowest commit (seconds, time), replication's toll on writers
     while (limit is None or done < limit) and (end_at is None or time.time() < end_at):
         if status_log and time.time() >= next_status:
             status_log.write(json.dumps({"t": time.time(), "n": n, "status": status(c)}) + "\n")
             status_log.flush()
             next_status = time.time() + p.get("status_every_s", 0.2)
         n += 1
+        t_commit = time.perf_counter()
         c.execute("BEGIN")
         c.execute("INSERT INTO c(n, pad) VALUES (?, randomblob(?))", (n, rng.randint(0, p.get("pad_max", 3000))))
         r = rng.random()
@@ -94,6 +98,7 @@ def mode_write(p):
         elif r < p.get("bulk_p", 0.03) + p.get("delete_p", 0.02):
             c.execute("DELETE FROM bulk WHERE id IN (SELECT id FROM bulk ORDER BY random() LIMIT 40)")
         c.execute("COMMIT")
+        commit_max = max(commit_max, (time.perf_counter() - t_commit, time.time()))
         done += 1
         next_sync -= 1
         if next_sync <= 0:
@@ -133,6 +138,7 @@ def mode_write(p):
     last = one(c, "SELECT litestream_stop()")
     return {"before": before, "last": n, "status": st, "stopped_txid": last,
             "final_sync_s": final_sync_s, "sync_errors": sync_errors,
+            "commit_max_s": commit_max[0], "commit_max_at": commit_max[1],
             "sync_p50_ms": sorted(syncs)[len(syncs) // 2] * 1000 if syncs else None}
 
 

@@ -58,6 +58,12 @@ const GO_ZERO_TO_UNIX_SECS: u128 = 62_135_596_800;
 /// Whether this process may write to the replica now (the lease holder); checked before every
 /// upload and delete.
 pub type MayWrite = Arc<dyn Fn() -> bool + Send + Sync>;
+/// The highest TXID the replicator knows it uploaded (its position). A level-0 file beyond it
+/// may be an upload whose answer was lost: the replicator then uploads that TXID again, built
+/// afresh from the WAL with whatever was committed since, under the same name. Compacting the
+/// first version would leave those commits out of level 1 (and so out of every restore that
+/// uses it), so level-0 files beyond this are not compacted yet.
+pub type Confirmed = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// Asks the replicator to stream a level-9 snapshot `1-<current TXID>` from the database unless
 /// its TXID is at most the given one; returns the TXID and size written, or None if it was not
 /// newer.
@@ -293,6 +299,7 @@ struct Worker {
     spill_dir: PathBuf,
     snapshot: SnapshotFn,
     may_write: MayWrite,
+    confirmed: Confirmed,
 }
 
 impl Compactor {
@@ -302,6 +309,7 @@ impl Compactor {
         spill_dir: &Path,
         snapshot: SnapshotFn,
         may_write: MayWrite,
+        confirmed: Confirmed,
     ) -> Result<Compactor> {
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
@@ -322,6 +330,7 @@ impl Compactor {
             spill_dir: spill_dir.to_path_buf(),
             snapshot,
             may_write,
+            confirmed,
         };
         let thread = std::thread::Builder::new()
             .name("litestream-compactor".into())
@@ -526,7 +535,11 @@ impl Worker {
             return Ok(None); // too early: this interval already has its file
         }
         let dst_max = newest.map_or(0, |f| f.max_txid);
-        let inputs = compaction_inputs(&self.client.list(dst - 1)?, dst_max);
+        let mut inputs = compaction_inputs(&self.client.list(dst - 1)?, dst_max);
+        if dst == 1 {
+            let confirmed = (self.confirmed)();
+            inputs.retain(|f| f.max_txid <= confirmed);
+        }
         if inputs.is_empty() || self.stopping() {
             return Ok(None);
         }
@@ -1060,6 +1073,7 @@ mod tests {
             spill_dir: dir.join("tmp"),
             snapshot: Arc::new(|_| Ok(None)),
             may_write: Arc::new(|| true),
+            confirmed: Arc::new(|| u64::MAX),
         }
     }
 

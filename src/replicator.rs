@@ -290,12 +290,16 @@ impl Replicator {
             }
             None => Arc::new(|| true),
         };
+        // Level 1 takes only level-0 files the worker knows are uploaded (see `Confirmed`).
+        let confirmed_shared = shared.clone();
+        let confirmed: compactor::Confirmed = Arc::new(move || confirmed_shared.lock().txid);
         let compactor = match Compactor::start(
             compactor_client,
             compaction,
             &spill_dir,
             snapshot,
             may_write,
+            confirmed,
         ) {
             Ok(c) => c,
             Err(e) => {

@@ -68,6 +68,9 @@ const EXPIRY_SLACK: Duration = Duration::from_millis(5);
 const CONFLICT_RETRY: Duration = Duration::from_millis(50);
 /// Retry period of a failed renewal (network error): several tries fit before the fence closes.
 const MAX_RENEW_RETRY: Duration = Duration::from_secs(1);
+/// Our own recent lock.json writes remembered (body, when sent): enough to recognise a write of
+/// ours that landed although we never heard its answer (see `Keeper::own_write`).
+const OWN_WRITES_KEPT: usize = 8;
 /// lock.json larger than this is not a lease (it is read into memory).
 const MAX_LOCK_BYTES: usize = 64 * 1024;
 /// Attempts per lease request: lease requests must finish well within a renewal interval, so
@@ -598,9 +601,15 @@ impl LeaseStore for S3LeaseStore {
                 "checking that the S3 provider honours conditional writes ({url}): {e}"
             ))
         };
-        let first = self
-            .put_key(&key, body, &Cond::Absent)
-            .map_err(inconclusive)?;
+        let first = match self.put_key(&key, body, &Cond::Absent) {
+            Ok(etag) => etag,
+            Err(e) => {
+                // The object may exist all the same: a PUT whose answer was lost (the SDK's retry
+                // of it then meets our own object: 412). Remove it, or it is litter in the replica.
+                let _ = self.delete_key(&key, None);
+                return Err(inconclusive(e));
+            }
+        };
         let verdict = (|| {
             match self.put_key(&key, body, &Cond::Absent) {
                 Err(StoreError::Precondition) | Err(StoreError::Conflict) => {}
@@ -856,6 +865,8 @@ struct KState {
     resolved: bool,
     error: Option<String>,
     lost: Option<String>,
+    /// Bodies of our latest lock writes (acquire, renew) with when each was sent, newest last.
+    written: Vec<(String, Instant)>,
 }
 
 struct Keeper {
@@ -910,6 +921,7 @@ impl Lease {
                 resolved: false,
                 error: None,
                 lost: None,
+                written: Vec::new(),
             }),
             cond: Condvar::new(),
             waker,
@@ -1067,6 +1079,29 @@ impl Keeper {
         self.update(|s| s.error = Some(e));
     }
 
+    /// Remember a lock write before it is sent.
+    fn note_write(&self, body: &str, sent: Instant) {
+        let mut s = self.lock();
+        if s.written.len() >= OWN_WRITES_KEPT {
+            s.written.remove(0);
+        }
+        s.written.push((body.to_string(), sent));
+    }
+
+    /// When we sent `body`, if it is one of our own recent lock writes. A write can land while
+    /// its answer is lost (a reset, a timeout) and every retry of it fail: then lock.json holds
+    /// our write under an ETag we never saw, and our next conditional write gets a 412. The body
+    /// is unique (it carries `expires_at` to the microsecond), so finding it byte for byte in
+    /// lock.json proves nobody has written since: the lease is still ours, not taken over.
+    fn own_write(&self, body: &[u8]) -> Option<Instant> {
+        self.lock()
+            .written
+            .iter()
+            .rev()
+            .find(|(b, _)| b.as_bytes() == body)
+            .map(|(_, sent)| *sent)
+    }
+
     fn run(&self) {
         let mut local = false;
         let mut last_note = String::new();
@@ -1203,6 +1238,11 @@ impl Keeper {
                     return poll;
                 }
                 Ok(rec) if !rec.expired(now) => {
+                    if let Some(sent) = self.own_write(&body) {
+                        // An acquisition of ours that landed unheard (see `own_write`).
+                        self.become_holder(rec, etag, sent);
+                        return Duration::ZERO;
+                    }
                     let wait = self.timing.standby_wait(&rec, now);
                     self.update(|s| {
                         s.seen = Some(rec);
@@ -1232,6 +1272,7 @@ impl Keeper {
             &self.owner,
         );
         let body = rec.to_json();
+        self.note_write(&body, sent);
         match self.store.put(&body, &cond) {
             Ok(etag) => {
                 self.become_holder(rec, etag, sent);
@@ -1240,11 +1281,15 @@ impl Keeper {
             Err(StoreError::Precondition) | Err(StoreError::NotFound) => {
                 // Another instance won, or the lock changed under us. Our own write may also have
                 // landed with only its response lost (the SDK retried it into a 412): then the
-                // lock is byte for byte what we sent.
+                // lock is byte for byte what we sent (this write or an earlier unheard one).
                 match self.store.get() {
-                    Ok(Some((b, etag))) if b == body.as_bytes() => {
-                        self.become_holder(rec, etag, sent);
-                        self.timing.renew_every()
+                    Ok(Some((b, etag))) if self.own_write(&b).is_some() => {
+                        let sent = self.own_write(&b).unwrap_or(sent);
+                        match LeaseRecord::parse(&b) {
+                            Ok(mine) => self.become_holder(mine, etag, sent),
+                            Err(_) => self.become_holder(rec, etag, sent),
+                        }
+                        Duration::ZERO
                     }
                     Ok(Some((b, _))) => {
                         if let Ok(other) = LeaseRecord::parse(&b) {
@@ -1301,23 +1346,27 @@ impl Keeper {
             &self.owner,
         );
         let body = rec.to_json();
+        self.note_write(&body, sent);
         let outcome = match self.store.put(&body, &Cond::Matches(h.etag.clone())) {
             Err(StoreError::Precondition) | Err(StoreError::NotFound) => {
-                // As in acquire: a lost response to our own successful write looks like this.
+                // As in acquire: a lost response to our own successful write looks like this, be
+                // it this write (the SDK retried it into a 412) or an earlier one whose every
+                // attempt seemed to fail. Then the lease is still ours, as of when that write
+                // was sent; the fence runs from then, and the next renewal is due from then.
                 match self.store.get() {
-                    Ok(Some((b, etag))) if b == body.as_bytes() => Ok(etag),
-                    Ok(other) => {
-                        let seen = other.and_then(|(b, _)| LeaseRecord::parse(&b).ok());
-                        Err((StoreError::Precondition, seen))
-                    }
+                    Ok(Some((b, etag))) => match (self.own_write(&b), LeaseRecord::parse(&b)) {
+                        (Some(sent), Ok(mine)) if mine.token == h.token => Ok((etag, sent, mine)),
+                        (_, parsed) => Err((StoreError::Precondition, parsed.ok())),
+                    },
+                    Ok(None) => Err((StoreError::Precondition, None)),
                     Err(e) => Err((e, None)),
                 }
             }
-            Ok(etag) => Ok(etag),
+            Ok(etag) => Ok((etag, sent, rec)),
             Err(e) => Err((e, None)),
         };
         match outcome {
-            Ok(etag) => {
+            Ok((etag, sent, rec)) => {
                 self.fence.grant(h.token, self.timing.fence_deadline(sent));
                 self.update(|s| {
                     s.held = Some(Held {
@@ -1335,7 +1384,8 @@ impl Keeper {
                     s.seen = Some(rec);
                     s.error = None;
                 });
-                self.timing.renew_every()
+                // Due one interval after the write that holds (an earlier one, if it was unheard).
+                (sent + self.timing.renew_every()).saturating_duration_since(Instant::now())
             }
             Err((StoreError::Precondition, seen)) => {
                 self.fence.revoke();
@@ -1692,6 +1742,8 @@ mod tests {
         ignore_conditions: AtomicBool,
         writes: AtomicU64,
         replica_token: AtomicU64,
+        /// The next this many successful writes land but report a network error (lost answer).
+        lose_answers: AtomicU64,
     }
 
     impl MemStore {
@@ -1728,6 +1780,12 @@ mod tests {
             let etag = format!("\"v{v}\"");
             *g = Some((body.as_bytes().to_vec(), etag.clone()));
             self.writes.fetch_add(1, Ordering::SeqCst);
+            let lose = self
+                .lose_answers
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if lose.is_ok() {
+                return Err(StoreError::Other("connection reset (test)".into()));
+            }
             Ok(etag)
         }
         fn delete(&self, etag: &str) -> std::result::Result<(), StoreError> {
@@ -1801,6 +1859,43 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_renewal_that_landed_unheard_keeps_the_lease() {
+        // The renewal's write lands but its answer is lost and the request fails; the next
+        // renewal's If-Match (the ETag before it) then fails with a 412 against our own write.
+        let store = Arc::new(MemStore::default());
+        let d = tmpdir("unheard-renew");
+        let l = start(&store, "u:1", &d, 1200);
+        wait_for("hold", 3.0, || l.holding().is_some());
+        let writes = store.writes.load(Ordering::SeqCst);
+        store.lose_answers.store(2, Ordering::SeqCst);
+        wait_for("two unheard writes and a renewal", 5.0, || {
+            store.writes.load(Ordering::SeqCst) >= writes + 4
+        });
+        let v = l.view();
+        assert!(v.lost.is_none(), "lost its own lease: {:?}", v.lost);
+        assert!(l.holding().is_some());
+        assert_eq!(store.record().unwrap().token, 1);
+        l.stop();
+        assert!(store.record().is_none(), "released on stop");
+    }
+
+    #[test]
+    fn an_acquisition_that_landed_unheard_is_ours() {
+        let store = Arc::new(MemStore::default());
+        store.lose_answers.store(1, Ordering::SeqCst);
+        let d = tmpdir("unheard-acquire");
+        let t0 = Instant::now();
+        let l = start(&store, "u:2", &d, 3000);
+        wait_for("hold", 2.5, || l.holding().is_some());
+        assert!(
+            t0.elapsed() < Duration::from_millis(2500),
+            "waited for our own lock to expire"
+        );
+        assert_eq!(store.record().unwrap().token, 1);
+        l.stop();
     }
 
     #[test]

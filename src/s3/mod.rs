@@ -54,9 +54,13 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A refused or black-holed endpoint must surface as an error within seconds, not hang a sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Upper bound for one attempt of a request without a large body (list, get headers, complete).
-/// CompleteMultipartUpload of thousands of parts may take minutes on AWS.
-const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Upper bound for one attempt of a request without a large body (list, head, get until its
+/// headers arrive, delete). These take milliseconds; an answer that has not come after this long
+/// is a stalled connection, and every minute spent on it blocks the replicator or the compactor
+/// (and `litestream_stop()`, which joins them). A download's body is not under this deadline: it
+/// is watched by stalled-stream protection instead. CompleteMultipartUpload, which may take
+/// minutes on AWS for thousands of parts, overrides it (`upload::COMPLETE_ATTEMPT_TIMEOUT`).
+pub(crate) const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body (or a download) that moves no bytes for this long is a stalled connection: the
 /// attempt fails as a timeout and is retried on a fresh connection.
 const STALL_GRACE: Duration = Duration::from_secs(10);
@@ -366,17 +370,28 @@ impl ReplicaClient for S3Client {
         let client = self.client.clone();
         let bucket = self.target.bucket.clone();
         let key = file.key.clone();
-        let body = run(&self.rt, async move {
+        let (body, etag) = run(&self.rt, async move {
             client
                 .get_object()
                 .bucket(&bucket)
                 .key(&key)
                 .send()
                 .await
-                .map(|r| r.body)
+                .map(|r| (r.body, r.e_tag))
                 .map_err(|e| sdk_error("downloading", &format!("s3://{bucket}/{key}"), e))
         })?;
-        Ok(Box::new(BodyReader::new(&self.rt, body, file.key.clone())))
+        let resume = Resume {
+            client: self.client.clone(),
+            bucket: self.target.bucket.clone(),
+            key: file.key.clone(),
+            etag,
+        };
+        Ok(Box::new(BodyReader::new(
+            &self.rt,
+            body,
+            file.key.clone(),
+            Some(resume),
+        )))
     }
 
     fn delete(&self, files: &[LtxFileInfo]) -> Result<()> {
@@ -431,19 +446,78 @@ pub struct BodyReader {
 
 /// Chunks buffered between the network task and the reader (each chunk is at most a few 100 KiB).
 const BODY_CHANNEL_CHUNKS: usize = 16;
+/// A download whose body breaks off (connection reset, an answer cut short, a stalled stream) is
+/// resumed where it stopped, up to this many times per object: the SDK retries a request only
+/// until its headers arrive, and without this one broken body among the dozens of files a
+/// compaction or a restore reads fails the whole run — under a steady error rate, ever more
+/// surely as the inputs pile up.
+const BODY_RESUMES: u32 = 5;
+
+/// How to fetch the rest of an object: a ranged GET pinned to the first answer's ETag (If-Match),
+/// so that the pieces are of one and the same object.
+pub struct Resume {
+    client: Client,
+    bucket: String,
+    key: String,
+    etag: Option<String>,
+}
+
+impl Resume {
+    async fn from(&self, offset: u64) -> std::result::Result<ByteStream, String> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={offset}-"));
+        if let Some(etag) = &self.etag {
+            req = req.if_match(etag);
+        }
+        req.send().await.map(|r| r.body).map_err(|e| {
+            sdk_error(
+                "resuming the download of",
+                &format!("s3://{}/{}", self.bucket, self.key),
+                e,
+            )
+            .to_string()
+        })
+    }
+}
 
 impl BodyReader {
-    pub fn new(rt: &Handle, mut body: ByteStream, key: String) -> BodyReader {
+    pub fn new(
+        rt: &Handle,
+        mut body: ByteStream,
+        key: String,
+        resume: Option<Resume>,
+    ) -> BodyReader {
         let (tx, rx) = std::sync::mpsc::sync_channel(BODY_CHANNEL_CHUNKS);
         rt.spawn_blocking(move || {
             // spawn_blocking: `send` on a full std channel blocks, which must not stall a worker.
             let handle = Handle::current();
+            let mut offset: u64 = 0;
+            let mut resumes = 0;
             loop {
                 let next = handle.block_on(body.next());
                 let msg = match next {
                     None => break,
-                    Some(Ok(b)) => Ok(b),
-                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Ok(b)) => {
+                        offset += b.len() as u64;
+                        Ok(b)
+                    }
+                    Some(Err(e)) => match &resume {
+                        Some(r) if resumes < BODY_RESUMES => {
+                            resumes += 1;
+                            match handle.block_on(r.from(offset)) {
+                                Ok(rest) => {
+                                    body = rest;
+                                    continue;
+                                }
+                                Err(e2) => Err(format!("{e}; resuming at byte {offset}: {e2}")),
+                            }
+                        }
+                        _ => Err(e.to_string()),
+                    },
                 };
                 let stop = msg.is_err();
                 if tx.send(msg).is_err() || stop {

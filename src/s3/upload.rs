@@ -66,6 +66,9 @@ const ATTEMPT_BASE: Duration = Duration::from_secs(30);
 /// …plus the body at this rate (256 KiB/s: a slow uplink still finishes a 100 MiB part in under
 /// 7 minutes, while a stuck response to a 5 MiB part is given up after 50 s).
 const ATTEMPT_FLOOR_RATE: u64 = 256 * 1024;
+/// One attempt of CompleteMultipartUpload: AWS may take minutes to assemble thousands of parts
+/// (other requests get `OPERATION_ATTEMPT_TIMEOUT`).
+pub(crate) const COMPLETE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Rounds per part (each round is the SDK's own quick retries); pauses between rounds start at
 /// `PART_ROUND_PAUSE` and double (2, 4, 8, 16 s), so a part survives an outage of about half a
 /// minute before the upload is given up (and aborted); the replicator then retries it whole.
@@ -678,7 +681,44 @@ fn put_multipart(
         }
     };
     active_uploads().remove(&upload_id);
+    c.progress
+        .uploads_aborted
+        .fetch_add(abort_unheard_uploads(c, key), Ordering::Relaxed);
     outcome
+}
+
+/// Abort the other multipart uploads of `key`: a CreateMultipartUpload whose answer was lost (a
+/// reset, a stalled or cut answer) is retried by the SDK, and the upload the server made for the
+/// lost attempt is then one we never heard of, left open forever unless aborted. One writer
+/// replicates to a prefix at a time, so an upload of this very key that no client of this
+/// process is running is such an orphan (or a dead process's). Best effort: the listing and the
+/// aborts have the SDK's retries; what still fails is left to the store's lifecycle rules.
+fn abort_unheard_uploads(c: &S3Client, key: &str) -> u64 {
+    let (client, bucket, key) = (c.client.clone(), c.target.bucket.clone(), key.to_string());
+    run(&c.rt, async move {
+        let Ok(resp) = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix(&key)
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let mut aborted = 0;
+        for u in resp.uploads() {
+            let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            if k == key
+                && !active_uploads().contains(id)
+                && try_abort(&client, &bucket, k, id).await.is_ok()
+            {
+                aborted += 1;
+            }
+        }
+        aborted
+    })
 }
 
 /// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost
@@ -703,6 +743,11 @@ fn complete(c: &S3Client, key: &str, upload_id: &str, parts: Vec<CompletedPart>)
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
+            )
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::new()
+                    .timeout_config(timeouts(COMPLETE_ATTEMPT_TIMEOUT)),
             )
             .send()
             .await;

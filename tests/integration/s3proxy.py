@@ -11,6 +11,7 @@ Content-Length bodies, keep-alive) to count requests and to apply a fault to cho
 
 - rule(req) -> None                 pass the request through
 - ("reset", n)                      forward the headers and n body bytes, then reset both sides
+                                    (a request without a body: right after its headers)
 - ("stall",)                        stop reading the request and never answer (until stop())
 - ("stall_response",)               forward the whole request, but never forward the answer
 - ("drop_response",)                forward the whole request; when the answer comes, reset the
@@ -18,6 +19,13 @@ Content-Length bodies, keep-alive) to count requests and to apply a fault to cho
                                     never hears of it)
 - ("status", code)                  answer `code` with an S3-style XML error, without forwarding
   (code 503 → SlowDown, 500 → InternalError; the connection is closed afterwards)
+- ("truncate", fraction)            forward the whole request; pass the answer's status line and
+                                    headers (Content-Length included) but only `fraction` of its
+                                    body, then reset (an answer without a body is cut inside its
+                                    headers instead)
+
+random_faults(seed, rate, mix) builds a seeded rule that faults a `rate` share of the requests,
+each with a kind drawn from `mix` (weights; see FAULT_KINDS), and counts what it did.
 
 delay_ms delays every chunk, in each direction, by that much (a round trip of 2 × delay_ms). The
 bytes in flight per direction are capped (DELAY_BUFFER) so a slow reader pushes back on the
@@ -77,6 +85,12 @@ class Request:
             return "HeadObject"
         if self.method == "GET" and ("list-type=2" in q or self.path.count("/") <= 1):
             return "ListObjectsV2"
+        if self.method == "GET":
+            return "GetObject"
+        if self.method == "POST" and ("delete" in q.split("&") or "delete=" in q.split("&")):
+            return "DeleteObjects"
+        if self.method == "DELETE":
+            return "DeleteObject"
         return self.method
 
 
@@ -178,7 +192,7 @@ class S3Proxy:
             _hard_close(cwriter)
             return
         self._writers.update((cwriter, uwriter))
-        state = {"hold_responses": False, "drop_responses": False}
+        state = {"hold_responses": False, "drop_responses": False, "truncate": None}
         up = DelayLine(uwriter, self.delay, self.rate)
         down = DelayLine(cwriter, self.delay)
         t1 = asyncio.ensure_future(self._client_to_server(conn_id, creader, cwriter, up, uwriter, state))
@@ -206,6 +220,8 @@ class S3Proxy:
 
     async def _server_to_client(self, ureader, down, state):
         while True:
+            if state["truncate"] is not None:
+                await self._truncated_response(ureader, down, *state["truncate"])
             data = await ureader.read(CHUNK)
             if not data:
                 await down.close()
@@ -214,7 +230,39 @@ class S3Proxy:
                 continue  # swallowed: the client waits for an answer that never comes
             if state["drop_responses"]:
                 raise _Reset()
+            if state["truncate"] is not None:
+                # The request was faulted while this read was already waiting: cut from here on.
+                await self._truncated_response(ureader, down, *state["truncate"], first=data)
             await down.send(data)
+
+    async def _truncated_response(self, ureader, down, fraction, method, first=b""):
+        """Forward the answer's head and `fraction` of its body, then reset (never returns)."""
+        buf = first
+        while b"\r\n\r\n" not in buf:
+            data = await ureader.read(CHUNK)
+            if not data:
+                break
+            buf += data
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            k, _, v = line.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v.strip() or 0)
+        if method == "HEAD" or not sep:
+            length = 0  # a HEAD answer's Content-Length describes the object, not a body here
+        if length == 0:
+            await down.send(head[:max(1, int(len(head) * fraction))])
+        else:
+            cut = min(int(length * fraction), length - 1)
+            while len(body) < cut:
+                data = await ureader.read(CHUNK)
+                if not data:
+                    break
+                body += data
+            await down.send(head + sep + body[:cut])
+        await down.flush()
+        raise _Reset()
 
     async def _client_to_server(self, conn_id, creader, cwriter, up, uwriter, state):
         while True:
@@ -260,6 +308,11 @@ class S3Proxy:
                 state["hold_responses"] = True
             if action and action[0] == "drop_response":
                 state["drop_responses"] = True
+            if action and action[0] == "truncate":
+                state["truncate"] = (action[1], method)
+            if action and action[0] == "reset" and not length and not chunked:
+                await up.flush()  # no body to cut: the reset follows the headers
+                raise _Reset()
             if chunked:
                 # Not expected from our client (the tests assert it); pass the rest through raw.
                 while True:
@@ -301,6 +354,86 @@ class S3Proxy:
         if hashes:
             req.sha256 = hashes[0].hexdigest()
             req.md5 = base64.b64encode(hashes[1].digest()).decode()
+
+
+FAULT_KINDS = ("500", "503", "reset", "stall", "stall_response", "drop_response", "truncate")
+# Every kind equally likely, except stalls: each costs the client a whole attempt deadline.
+DEFAULT_MIX = {"500": 3, "503": 3, "reset": 3, "drop_response": 3, "truncate": 3,
+               "stall": 1, "stall_response": 1}
+
+
+class RandomFaults:
+    """A seeded rule for S3Proxy: each request is faulted with probability `rate`, the kind drawn
+    from `mix` ({kind: weight}, kinds in FAULT_KINDS):
+
+    - "500" / "503": an InternalError / SlowDown answer, nothing forwarded;
+    - "reset": the connection reset after a random part of the request body (right after the
+      headers when there is none);
+    - "stall": the request is no longer read and never answered;
+    - "stall_response": forwarded, the answer never arrives;
+    - "drop_response": forwarded (the server acts on it), the connection reset when it answers;
+    - "truncate": forwarded, the answer cut at a random point of its body.
+
+    `max_stalls` caps the stalls ("stall" + "stall_response"): each costs the client its whole
+    attempt deadline, so a short run can only afford a few. `only(req)` restricts which requests
+    may be faulted. `enabled` switches faulting off and on; `counts` holds {kind: n} and
+    `by_op` {(op, kind): n}; `total` counts every request seen.
+    """
+
+    def __init__(self, seed, rate, mix=None, max_stalls=None, only=None):
+        import random
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.rate = rate
+        mix = dict(DEFAULT_MIX if mix is None else mix)
+        unknown = set(mix) - set(FAULT_KINDS)
+        assert not unknown, "unknown fault kinds %s (known: %s)" % (unknown, FAULT_KINDS)
+        self.kinds = [k for k in FAULT_KINDS if mix.get(k)]
+        self.weights = [mix[k] for k in self.kinds]
+        self.max_stalls = max_stalls
+        self.only = only
+        self.enabled = True
+        self.total = 0
+        self.counts = {}
+        self.by_op = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, req):
+        with self._lock:
+            self.total += 1
+            if not self.enabled or (self.only and not self.only(req)):
+                return None
+            if self.rng.random() >= self.rate:
+                return None
+            kind = self.rng.choices(self.kinds, self.weights)[0]
+            stalls = self.counts.get("stall", 0) + self.counts.get("stall_response", 0)
+            if kind.startswith("stall") and self.max_stalls is not None and stalls >= self.max_stalls:
+                kind = "503"
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            op = req.op() + (":lock.json" if req.path.endswith("/lock.json") else "")
+            key = (op, kind)
+            self.by_op[key] = self.by_op.get(key, 0) + 1
+            if kind in ("500", "503"):
+                return ("status", int(kind))
+            if kind == "reset":
+                length = int(req.headers.get("content-length", "0") or 0)
+                return ("reset", self.rng.randrange(length) if length > 0 else 0)
+            if kind == "truncate":
+                return ("truncate", self.rng.random())
+            return (kind,)
+
+    def faulted(self):
+        return sum(self.counts.values())
+
+    def summary(self):
+        return {"seed": self.seed, "rate": self.rate, "requests": self.total,
+                "faulted": self.faulted(), "kinds": dict(sorted(self.counts.items())),
+                "by_op": {"%s/%s" % k: v for k, v in sorted(self.by_op.items())}}
+
+
+def random_faults(seed, rate, mix=None, max_stalls=None, only=None):
+    """See RandomFaults."""
+    return RandomFaults(seed, rate, mix, max_stalls, only)
 
 
 class DelayLine:
