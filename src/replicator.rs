@@ -1075,6 +1075,8 @@ impl Worker {
         // Seal the WAL for a moment: upload whatever is committed and move our read mark to the
         // WAL's end. Afterwards no checkpoint can copy frames beyond the position into the
         // database file while we read it, and frames committed meanwhile are simply ignored.
+        // Upload first without the lock, so the sealed section has little left to send.
+        self.sync_wal()?;
         self.barrier
             .execute_batch("BEGIN IMMEDIATE")
             .context("waiting for the write lock to start a level-9 snapshot")?;
@@ -1409,6 +1411,10 @@ impl Worker {
     }
 
     fn checkpoint_inner(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
+        // Upload first, with writers free to run, so the locked section below has little left to
+        // send. (It still uploads what arrived meanwhile while holding writers off: a stalled
+        // upload there blocks commits — known, see bench/RESULTS.md.)
+        self.sync_wal()?;
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
