@@ -70,6 +70,12 @@ const STANDBY_TICK: Duration = Duration::from_secs(1);
 /// A level-9 snapshot is read again when the WAL restarted under it; a second restart needs a
 /// checkpoint our read mark forbids, so two attempts suffice and the third is a margin.
 const LEVEL9_ATTEMPTS: usize = 3;
+/// A checkpoint that finds new commits under its write lock gives up (the next cycle uploads them
+/// without the lock) while the WAL is below this size. Hooked writers past it wait in
+/// backpressure, which gives the next attempt a quiet moment; past it, a writer that never
+/// pauses (another process, which backpressure does not slow down) gets its commits uploaded
+/// under the lock, so it cannot starve checkpoints and grow the WAL without bound.
+const MAX_DEFERRED_WAL_BYTES: u64 = BACKPRESSURE_WAL_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -112,6 +118,8 @@ struct Inner {
     /// Why the latest full snapshot was taken (a snapshot costs a whole database upload).
     last_snapshot_reason: Option<String>,
     checkpoints: u64,
+    /// Checkpoints deferred because commits arrived while they waited for the write lock.
+    checkpoint_deferrals: u64,
     /// Checkpoint attempts, successful or not (backpressure waiters watch this).
     checkpoint_attempts: u64,
     /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
@@ -226,6 +234,7 @@ impl Replicator {
                 snapshots: 0,
                 last_snapshot_reason: None,
                 checkpoints: 0,
+                checkpoint_deferrals: 0,
                 checkpoint_attempts: 0,
                 pressure: false,
                 wal_size: 0,
@@ -265,6 +274,7 @@ impl Replicator {
             remote_max: None,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
+            checkpoint_deferrals: 0,
             pinned: false,
             barrier_held: false,
             lease: lease.clone(),
@@ -453,6 +463,7 @@ impl Replicator {
             "snapshots": g.snapshots,
             "last_snapshot_reason": g.last_snapshot_reason,
             "checkpoints": g.checkpoints,
+            "checkpoints_deferred": g.checkpoint_deferrals,
             "wal_size": g.wal_size,
             "sync_interval": crate::config::format_duration(self.shared.cfg.sync_interval),
             "part_size": self.shared.cfg.part_size,
@@ -534,6 +545,9 @@ struct Worker {
     remote_max: Option<u64>,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
+    /// Checkpoints given up because commits arrived between the upload and the write lock (see
+    /// `checkpoint_inner`), in this run.
+    checkpoint_deferrals: u64,
     /// Our read transaction has pinned the WAL without a gap (other than the moments our own
     /// barrier holds writers off) since `pos` was uploaded in this run. While pinned, a complete
     /// checkpoint leaves us on read mark 0, which forbids further backfill, so the WAL can restart
@@ -715,7 +729,7 @@ impl Worker {
         if result.is_ok() {
             // Leave the WAL fully backfilled, so that the next start can prove continuity even if
             // the WAL restarts once while we are not watching.
-            result = self.checkpoint(CheckpointMode::Passive, true);
+            result = self.checkpoint(CheckpointMode::Passive, true, false);
         }
         let _ = self.end_read();
         let mut g = self.shared.lock();
@@ -1392,7 +1406,12 @@ impl Worker {
         } else {
             return Ok(());
         };
-        self.checkpoint(mode, false)
+        // Below the backpressure size, commits that slip in defer the checkpoint; above it an
+        // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
+        let wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.checkpoint(mode, false, wal_len < MAX_DEFERRED_WAL_BYTES)
     }
 
     /// Checkpoint with writers held off: take the write lock on the barrier connection, upload
@@ -1400,8 +1419,9 @@ impl Worker {
     /// frame was backfilled, the position is marked so the WAL's next restart is accepted.
     /// `stamp`: also record the database file's identity while writers are still held off (at
     /// stop), see `state::DbStamp`.
-    fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
-        let result = self.checkpoint_inner(mode, stamp);
+    /// `defer_if_busy`: give up (for now) rather than upload while writers are held off.
+    fn checkpoint(&mut self, mode: CheckpointMode, stamp: bool, defer_if_busy: bool) -> Result<()> {
+        let result = self.checkpoint_inner(mode, stamp, defer_if_busy);
         let mut g = self.shared.lock();
         g.checkpoint_attempts += 1;
         g.pressure = false;
@@ -1410,10 +1430,14 @@ impl Worker {
         result
     }
 
-    fn checkpoint_inner(&mut self, mode: CheckpointMode, stamp: bool) -> Result<()> {
-        // Upload first, with writers free to run, so the locked section below has little left to
-        // send. (It still uploads what arrived meanwhile while holding writers off: a stalled
-        // upload there blocks commits — known, see bench/RESULTS.md.)
+    fn checkpoint_inner(
+        &mut self,
+        mode: CheckpointMode,
+        stamp: bool,
+        defer_if_busy: bool,
+    ) -> Result<()> {
+        // Upload first, with writers free to run: what is left for the locked section below is
+        // normally nothing, so it does no network I/O while the application cannot commit.
         self.sync_wal()?;
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
@@ -1421,7 +1445,14 @@ impl Worker {
         }
         self.barrier_held = true;
         let mut db_stamp = None;
-        let result = (|| -> Result<(i64, i64)> {
+        let result = (|| -> Result<Option<(i64, i64)>> {
+            if defer_if_busy && self.has_unuploaded_commits()? {
+                // Commits slipped in after the upload. Uploading them now would hold every writer
+                // for an S3 round trip — or for a stalled request's whole timeout (the fault suite
+                // measured 51 s commits, and "database is locked" for a 5 s busy timeout). The
+                // next cycle uploads them without the lock and tries again.
+                return Ok(None);
+            }
             self.sync_wal()?;
             self.end_read()?;
             let r: (i64, i64, i64) =
@@ -1433,12 +1464,17 @@ impl Worker {
                 db_stamp = state::DbStamp::take_settled(&self.db_file_path).ok();
             }
             self.begin_read()?;
-            Ok((r.1, r.2))
+            Ok(Some((r.1, r.2)))
         })();
         let _ = self.barrier.execute_batch("ROLLBACK");
         self.barrier_held = false;
         let (log, done) = match result {
-            Ok(v) => v,
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                self.checkpoint_deferrals += 1;
+                self.shared.lock().checkpoint_deferrals = self.checkpoint_deferrals;
+                return Ok(());
+            }
             Err(e) => {
                 let _ = self.begin_read();
                 return Err(e.context("checkpoint"));
@@ -1464,6 +1500,33 @@ impl Worker {
 }
 
 impl Worker {
+    /// Whether the WAL holds a commit the replica does not (a local read of the WAL; no upload).
+    /// Anything that would need a snapshot counts as yes.
+    fn has_unuploaded_commits(&self) -> Result<bool> {
+        let wal = match File::open(&self.wal_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(matches!(self.plan(None, None)?, Plan::Snapshot { .. }))
+            }
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "opening {}: {e}",
+                    self.wal_path.display()
+                )))
+            }
+        };
+        let header = WalHeader::read(&wal)?;
+        Ok(match self.plan(Some(&wal), header.as_ref())? {
+            Plan::Snapshot { .. } => true,
+            // One committed transaction beyond the position is enough to answer.
+            Plan::Incremental(resume) => match wal::scan(&wal, resume, Some(1))? {
+                ScanOutcome::Segment(seg) => seg.commits > 0,
+                ScanOutcome::NoWal => false,
+                ScanOutcome::PrevFrameMismatch { .. } => true,
+            },
+        })
+    }
+
     /// Shrink the WAL file after a complete checkpoint. Run from the barrier connection (no longer
     /// in its write transaction) while `conn` keeps its read transaction on read mark 0: a commit
     /// that slips in before the truncation restarts the WAL and appends frames, which TRUNCATE
