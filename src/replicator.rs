@@ -821,20 +821,7 @@ impl Worker {
     fn sync_wal(&mut self) -> Result<()> {
         self.ensure_remote_position()?;
         loop {
-            let wal = match File::open(&self.wal_path) {
-                Ok(f) => Some(f),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(Error::msg(format!(
-                        "opening {}: {e}",
-                        self.wal_path.display()
-                    )))
-                }
-            };
-            let header = match &wal {
-                Some(f) => WalHeader::read(f)?,
-                None => None,
-            };
+            let (wal, header) = self.open_wal()?;
             let plan = self.plan(wal.as_ref(), header.as_ref())?;
             let more = match plan {
                 Plan::Incremental(resume) => match wal.as_ref() {
@@ -1089,8 +1076,8 @@ impl Worker {
         // Seal the WAL for a moment: upload whatever is committed and move our read mark to the
         // WAL's end. Afterwards no checkpoint can copy frames beyond the position into the
         // database file while we read it, and frames committed meanwhile are simply ignored.
-        // Upload first without the lock, so the sealed section has little left to send.
-        self.sync_wal()?;
+        // (The cycle that runs just before this uploaded what was committed, without the lock,
+        // so the sealed section has little left to send.)
         self.barrier
             .execute_batch("BEGIN IMMEDIATE")
             .context("waiting for the write lock to start a level-9 snapshot")?;
@@ -1130,20 +1117,7 @@ impl Worker {
     /// The image at `pos` (sealed, our read mark at its end) as a level-9 LTX file, or None when
     /// the WAL restarted while it was read. Also returns the file's timestamp.
     fn encode_level9(&self, pos: &Position) -> Result<Option<(Spool, i64)>> {
-        let wal = match File::open(&self.wal_path) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(Error::msg(format!(
-                    "opening {}: {e}",
-                    self.wal_path.display()
-                )))
-            }
-        };
-        let header = match &wal {
-            Some(f) => WalHeader::read(f)?,
-            None => None,
-        };
+        let (wal, header) = self.open_wal()?;
         // The position's frames: the current WAL generation up to `pos.wal.end`. Any other WAL
         // (none, truncated, or restarted after the seal, which SQLite allows only once every
         // frame is in the database file) contributes nothing: the file alone is the image.
@@ -1157,7 +1131,7 @@ impl Worker {
                     {
                         Some(s)
                     }
-                    _ if !WalHeader::read(f)?.is_some_and(|n| n.salts() == h.salts()) => {
+                    _ if WalHeader::read(f)?.is_none_or(|n| n.salts() != h.salts()) => {
                         return Ok(None); // restarted while scanning
                     }
                     _ => {
@@ -1436,9 +1410,9 @@ impl Worker {
         stamp: bool,
         defer_if_busy: bool,
     ) -> Result<()> {
-        // Upload first, with writers free to run: what is left for the locked section below is
-        // normally nothing, so it does no network I/O while the application cannot commit.
-        self.sync_wal()?;
+        // The cycle that calls this has just uploaded, with writers free to run: what is left
+        // for the locked section below is normally nothing, so it does no network I/O while the
+        // application cannot commit.
         if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
@@ -1503,11 +1477,24 @@ impl Worker {
     /// Whether the WAL holds a commit the replica does not (a local read of the WAL; no upload).
     /// Anything that would need a snapshot counts as yes.
     fn has_unuploaded_commits(&self) -> Result<bool> {
+        let (wal, header) = self.open_wal()?;
+        Ok(match (self.plan(wal.as_ref(), header.as_ref())?, &wal) {
+            (Plan::Snapshot { .. }, _) => true,
+            (Plan::Incremental(_), None) => false,
+            // One committed transaction beyond the position is enough to answer.
+            (Plan::Incremental(resume), Some(f)) => match wal::scan(f, resume, Some(1))? {
+                ScanOutcome::Segment(seg) => seg.commits > 0,
+                ScanOutcome::NoWal => false,
+                ScanOutcome::PrevFrameMismatch { .. } => true,
+            },
+        })
+    }
+
+    /// The `-wal` file (None when there is none) and its header (None when it has no valid one).
+    fn open_wal(&self) -> Result<(Option<File>, Option<WalHeader>)> {
         let wal = match File::open(&self.wal_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(matches!(self.plan(None, None)?, Plan::Snapshot { .. }))
-            }
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(Error::msg(format!(
                     "opening {}: {e}",
@@ -1515,16 +1502,11 @@ impl Worker {
                 )))
             }
         };
-        let header = WalHeader::read(&wal)?;
-        Ok(match self.plan(Some(&wal), header.as_ref())? {
-            Plan::Snapshot { .. } => true,
-            // One committed transaction beyond the position is enough to answer.
-            Plan::Incremental(resume) => match wal::scan(&wal, resume, Some(1))? {
-                ScanOutcome::Segment(seg) => seg.commits > 0,
-                ScanOutcome::NoWal => false,
-                ScanOutcome::PrevFrameMismatch { .. } => true,
-            },
-        })
+        let header = match &wal {
+            Some(f) => WalHeader::read(f)?,
+            None => None,
+        };
+        Ok((wal, header))
     }
 
     /// Shrink the WAL file after a complete checkpoint. Run from the barrier connection (no longer
