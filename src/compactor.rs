@@ -404,11 +404,7 @@ impl Worker {
     fn run(self) {
         let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
         if let Err(panic) = body {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::error::panic_message(panic.as_ref());
             self.shared.status().errors.push((
                 Task::L0Retention,
                 format!("internal error in compaction: {msg}"),

@@ -4,7 +4,9 @@
 //! Data flows one way: commit → WAL reader (`wal`) → LTX encoder (`ltx`) → uploader (`s3`,
 //! `replica_client`) → replica, driven by `replicator`; and replica → restore plan → decoder →
 //! file in `restore`. `sql` is the SQL surface, `runtime` the process-wide state, `config` the
-//! settings, `host` the only place with `unsafe` calls into the host's SQLite.
+//! settings, `host` the only place with `unsafe` calls into the host's SQLite (enforced:
+//! `unsafe_code` is denied everywhere else).
+#![deny(unsafe_code)]
 
 pub mod compactor;
 pub mod config;
@@ -21,7 +23,9 @@ mod sql;
 pub mod state;
 pub mod wal;
 
-pub use host::sqlite3_litestream_init;
+// The entry point SQLite's loader calls: registers the SQL surface on each connection.
+export_entry_point!(sql::register);
+
 pub use sql::{FUNCTIONS, MODULES};
 
 /// `litestream_version()`: crate version and the git commit it was built from.

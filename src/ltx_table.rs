@@ -3,12 +3,12 @@
 //!
 //! `SELECT * FROM litestream_ltx` lists the replica configured for the calling connection's main
 //! database; `SELECT * FROM litestream_ltx('s3://bucket/path?endpoint=…')` lists any replica
-//! (the hidden `url` column). The virtual-table plumbing (`unsafe impl`s) is in `host`; this
-//! module is the safe part: schema, planning, rows.
+//! (the hidden `url` column). The virtual-table plumbing (`unsafe impl`s, panic guards) is
+//! `host::TableFunction`; this module is the safe part: schema, planning, rows.
 //!
 //! Invariants:
-//! - The table is DIRECTONLY (set in `host`): it reads configuration and talks to the network,
-//!   so a view or trigger of an untrusted database cannot use it.
+//! - The table is DIRECTONLY (every `host::TableFunction` is): it reads configuration and talks
+//!   to the network, so a view or trigger of an untrusted database cannot use it.
 //! - `created_at` is the listing's LastModified (file replicas: mtime) in RFC 3339 whole seconds,
 //!   UTC — the form Go's `time.RFC3339` prints — and `min_txid`/`max_txid` are 16 hex digits,
 //!   so rows compare as text with Litestream's `-json` output.
@@ -20,20 +20,48 @@ use rusqlite::vtab::{Context, Filters, IndexConstraintOp, IndexInfo};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::host::{TableCursor, TableFunction};
 use crate::ltx;
 use crate::replica_client::{all_levels, LtxFileInfo};
 use crate::runtime;
 
-/// Declared to SQLite at connect time. `url` is the hidden argument column.
-pub const SCHEMA: &str = "CREATE TABLE x(level INTEGER, min_txid TEXT, max_txid TEXT, \
-                          size INTEGER, created_at TEXT, key TEXT, url HIDDEN)";
+/// The table as one connection sees it: the settings of its main database.
+pub struct LtxTable {
+    /// Canonical path of the connection's main database (None: in-memory or temporary).
+    db: Option<PathBuf>,
+}
+
+impl TableFunction for LtxTable {
+    type Cursor = Cursor;
+    const NAME: &'static str = "litestream_ltx";
+    /// `url` is the hidden argument column.
+    const SCHEMA: &'static str = "CREATE TABLE x(level INTEGER, min_txid TEXT, max_txid TEXT, \
+                                  size INTEGER, created_at TEXT, key TEXT, url HIDDEN)";
+
+    fn connect(conn: &Connection) -> rusqlite::Result<LtxTable> {
+        Ok(LtxTable {
+            db: main_db_path(conn),
+        })
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
+        best_index(info)
+    }
+
+    fn open(&self) -> rusqlite::Result<Cursor> {
+        Ok(Cursor {
+            db: self.db.clone(),
+            ..Cursor::default()
+        })
+    }
+}
 const COL_URL: i32 = 6;
 /// `idx_num` when a url argument is given.
 const WITH_URL: i32 = 1;
 
 /// The canonical path of the connection's main database (the key of its settings), or None
 /// for in-memory and temporary databases.
-pub fn main_db_path(conn: &Connection) -> Option<PathBuf> {
+fn main_db_path(conn: &Connection) -> Option<PathBuf> {
     match conn.path() {
         None | Some("") => None,
         Some(p) => std::fs::canonicalize(p).ok(),
@@ -46,7 +74,7 @@ fn module_error(e: impl std::fmt::Display) -> rusqlite::Error {
 
 /// xBestIndex: use an `url = ?` constraint as the argument; refuse plans where it cannot be
 /// used (SQLite then picks one where it can, as for `generate_series`).
-pub fn best_index(info: &mut IndexInfo) -> rusqlite::Result<()> {
+fn best_index(info: &mut IndexInfo) -> rusqlite::Result<()> {
     let mut url_at = None;
     let mut url_unusable = false;
     for (i, c) in info.constraints().enumerate() {
@@ -89,15 +117,8 @@ pub struct Cursor {
     url: Option<String>,
 }
 
-impl Cursor {
-    pub fn new(db: Option<PathBuf>) -> Cursor {
-        Cursor {
-            db,
-            ..Cursor::default()
-        }
-    }
-
-    pub fn filter(&mut self, idx_num: i32, args: &Filters<'_>) -> rusqlite::Result<()> {
+impl TableCursor for Cursor {
+    fn filter(&mut self, idx_num: i32, args: &Filters<'_>) -> rusqlite::Result<()> {
         self.url = if idx_num == WITH_URL {
             Some(args.get::<Option<String>>(0)?.ok_or_else(|| {
                 module_error("the url must not be NULL; expected s3://BUCKET/PATH or file:///DIR")
@@ -110,6 +131,36 @@ impl Cursor {
         Ok(())
     }
 
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.pos as i64)
+    }
+
+    fn column(&self, ctx: &mut Context, i: i32) -> rusqlite::Result<()> {
+        let Some(f) = self.rows.get(self.pos) else {
+            return ctx.set_result(&rusqlite::types::Null);
+        };
+        match i {
+            0 => ctx.set_result(&(f.level as i64)),
+            1 => ctx.set_result(&ltx::format_txid(f.min_txid)),
+            2 => ctx.set_result(&ltx::format_txid(f.max_txid)),
+            3 => ctx.set_result(&(f.size as i64)),
+            4 => ctx.set_result(&rfc3339_seconds(f.created_at)),
+            5 => ctx.set_result(&f.key),
+            _ => ctx.set_result(&self.url),
+        }
+    }
+}
+
+impl Cursor {
     fn list(&self) -> Result<Vec<LtxFileInfo>> {
         let target = match &self.url {
             Some(u) => crate::config::target_from_url(u)?,
@@ -130,33 +181,6 @@ impl Cursor {
             rows.extend(client.list(level)?);
         }
         Ok(rows)
-    }
-
-    pub fn next(&mut self) {
-        self.pos += 1;
-    }
-
-    pub fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
-    }
-
-    pub fn rowid(&self) -> i64 {
-        self.pos as i64
-    }
-
-    pub fn column(&self, ctx: &mut Context, i: i32) -> rusqlite::Result<()> {
-        let Some(f) = self.rows.get(self.pos) else {
-            return ctx.set_result(&rusqlite::types::Null);
-        };
-        match i {
-            0 => ctx.set_result(&(f.level as i64)),
-            1 => ctx.set_result(&ltx::format_txid(f.min_txid)),
-            2 => ctx.set_result(&ltx::format_txid(f.max_txid)),
-            3 => ctx.set_result(&(f.size as i64)),
-            4 => ctx.set_result(&rfc3339_seconds(f.created_at)),
-            5 => ctx.set_result(&f.key),
-            _ => ctx.set_result(&self.url),
-        }
     }
 }
 

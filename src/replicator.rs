@@ -570,11 +570,7 @@ impl Worker {
         let lease = self.lease.clone();
         let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
         if let Err(panic) = body {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::error::panic_message(panic.as_ref());
             let mut g = shared.lock();
             g.last_error = Some(format!("internal error in the replicator: {msg}"));
             g.state = RunState::Stopped;

@@ -81,7 +81,7 @@ pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     conn.create_scalar_function(c"litestream_restore", 2, direct, |ctx| {
         sql_result("litestream_restore", restore_fn(ctx))
     })?;
-    host::register_ltx_table(&conn)?;
+    host::register_table_function::<crate::ltx_table::LtxTable>(&conn, c"litestream_ltx")?;
     Ok(true)
 }
 
@@ -104,15 +104,16 @@ fn json_result(
 /// The calling connection's main database: its canonical path, or None for `:memory:` and
 /// temporary databases (SQLite reports an empty file name for both).
 fn main_db(ctx: &FnContext<'_>) -> Result<(Option<PathBuf>, Option<String>)> {
-    // SAFETY: the connection reference is used only during this call, on the calling thread.
-    let conn = unsafe { ctx.get_connection() }?;
-    let path = match conn.path() {
+    let (path, vfs) = host::with_calling_connection(ctx, |conn| {
+        (conn.path().map(str::to_string), host::vfs_name(conn))
+    })?;
+    let path = match path.as_deref() {
         None | Some("") => None,
         Some(p) => {
             Some(std::fs::canonicalize(p).map_err(|e| Error::msg(format!("resolving {p}: {e}")))?)
         }
     };
-    Ok((path, host::vfs_name(&conn)))
+    Ok((path, vfs))
 }
 
 /// Configuration of memory and temporary databases lives under the empty path; they can be
@@ -163,9 +164,9 @@ fn start(ctx: &FnContext<'_>) -> Result<&'static str> {
     let (_replicator, started) = runtime::start(&path, vfs.as_deref())?;
     // Every connection that calls start() wakes the replicator on its commits. The hook also
     // replaces this connection's auto-checkpoint: checkpoints are the replicator's job now.
-    // SAFETY: as in main_db.
-    let conn = unsafe { ctx.get_connection() }?;
-    host::install_wal_hook(&conn, &path.display().to_string(), runtime::notify_commit);
+    host::with_calling_connection(ctx, |conn| {
+        host::install_wal_hook(conn, &path.display().to_string(), runtime::notify_commit)
+    })?;
     Ok(if started {
         "started"
     } else {

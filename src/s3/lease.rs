@@ -932,11 +932,7 @@ impl Lease {
             .spawn(move || {
                 let k2 = k.clone();
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k.run())) {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let msg = crate::error::panic_message(p.as_ref());
                     k2.fence.revoke();
                     let mut s = k2.lock();
                     s.held = None;
