@@ -37,15 +37,14 @@ use crate::config::{format_duration, ResolvedConfig};
 use crate::error::{Context, Error, Result};
 use crate::ltx::{self, Decoder};
 use crate::replica_client::{
-    all_levels, format_timestamp_ms, LtxFileInfo, ReplicaClient, Spool, SNAPSHOT_LEVEL,
+    all_levels, format_timestamp_ms, unix_ms, LtxFileInfo, ReplicaClient, Spool, SNAPSHOT_LEVEL,
+    SPOOL_MEMORY_LIMIT,
 };
 use crate::restore::{plan_files, Target};
 
 /// Inputs open at once in one merge. Every open input holds a download stream and a page, so
 /// this bounds connections and memory when a level has piled up thousands of files.
 const MERGE_FAN_IN: usize = 32;
-/// Merged files up to this size stay in memory before upload; larger ones spill to disk.
-const SPOOL_MEMORY_LIMIT: usize = 8 << 20;
 /// How often level-0 retention is checked besides after each level-1 compaction (Litestream's
 /// `l0-retention-check-interval`).
 const L0_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -392,12 +391,6 @@ impl Drop for Compactor {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Worker {

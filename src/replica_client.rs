@@ -118,19 +118,35 @@ impl InFlight {
     }
 }
 
+/// What `Progress` counts, at one moment.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProgressSnapshot {
+    pub bytes_uploaded: u64,
+    pub objects_uploaded: u64,
+    pub multipart_uploads: u64,
+    pub uploads_aborted: u64,
+    /// The oldest upload running (status shows one), and how many run.
+    pub in_flight: Option<serde_json::Value>,
+    pub uploads_in_flight: usize,
+    pub retrying: Option<String>,
+}
+
 impl Progress {
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> ProgressSnapshot {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        serde_json::json!({
-            "bytes_uploaded": self.bytes_uploaded.load(Ordering::Relaxed),
-            "objects_uploaded": self.objects_uploaded.load(Ordering::Relaxed),
-            "multipart_uploads": self.multipart_uploads.load(Ordering::Relaxed),
-            "uploads_aborted": self.uploads_aborted.load(Ordering::Relaxed),
-            // The oldest upload running (status shows one), and how many run.
-            "in_flight": current.first().map(InFlight::to_json),
-            "uploads_in_flight": current.len(),
-            "retrying": *self.retrying.lock().unwrap_or_else(|p| p.into_inner()),
-        })
+        ProgressSnapshot {
+            bytes_uploaded: self.bytes_uploaded.load(Ordering::Relaxed),
+            objects_uploaded: self.objects_uploaded.load(Ordering::Relaxed),
+            multipart_uploads: self.multipart_uploads.load(Ordering::Relaxed),
+            uploads_aborted: self.uploads_aborted.load(Ordering::Relaxed),
+            in_flight: current.first().map(InFlight::to_json),
+            uploads_in_flight: current.len(),
+            retrying: self
+                .retrying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
     }
 }
 
@@ -152,6 +168,13 @@ pub fn replica_max_txid(client: &dyn ReplicaClient) -> Result<u64> {
 
 /// Litestream's `litestream-timestamp` metadata value: RFC 3339 in UTC with the fraction's
 /// trailing zeros trimmed (Go's RFC3339Nano), e.g. `2023-11-14T22:13:20.123Z`.
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn format_timestamp_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
@@ -187,6 +210,10 @@ pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
             .checked_sub(std::time::Duration::from_nanos(u64::try_from(-nanos).ok()?))
     }
 }
+
+/// Encoded LTX files up to this size stay in memory (replicator and compactor alike); larger
+/// ones spill to a temporary file.
+pub const SPOOL_MEMORY_LIMIT: usize = 8 << 20;
 
 /// Spools an encoded LTX file: in memory while small, spilled to an unlinked temporary file once
 /// it passes `memory_limit`, so a multi-GiB snapshot never sits in RAM.

@@ -20,6 +20,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::host;
+use crate::replicator::Status;
 use crate::restore::{self, RestoreOptions};
 use crate::runtime;
 
@@ -217,33 +218,19 @@ fn describe_value(v: ValueRef<'_>) -> String {
 }
 
 fn status(ctx: &FnContext<'_>) -> Result<serde_json::Value> {
-    let mut v = replicator_status(ctx)?;
-    // Restores are process-wide: every connection sees the ones running.
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("restores".into(), restore::active_json());
-    }
-    Ok(v)
-}
-
-fn replicator_status(ctx: &FnContext<'_>) -> Result<serde_json::Value> {
     let (path, _) = main_db(ctx)?;
-    if let Some(r) = path.as_deref().and_then(runtime::replicator) {
-        return Ok(r.status());
-    }
-    let replica = runtime::with_settings(&settings_key(&path), |s| {
-        s.resolve().ok().map(|c| c.replica_display())
-    });
-    Ok(serde_json::json!({
-        "state": "stopped",
-        "db": path.as_deref().map(|p| p.display().to_string()),
-        "replica": replica,
-        "txid": null,
-        "last_sync_at": null,
-        "lag_ms": 0,
-        "bytes_uploaded": 0,
-        "objects_uploaded": 0,
-        "last_error": null,
-    }))
+    let mut status = match path.as_deref().and_then(runtime::replicator) {
+        Some(r) => r.status(),
+        None => {
+            let replica = runtime::with_settings(&settings_key(&path), |s| {
+                s.resolve().ok().map(|c| c.replica_display())
+            });
+            Status::stopped(path.as_deref().map(|p| p.display().to_string()), replica)
+        }
+    };
+    // Restores are process-wide: every connection sees the ones running.
+    status.restores = Some(restore::active_json());
+    Ok(serde_json::to_value(status)?)
 }
 
 fn restore_fn(ctx: &FnContext<'_>) -> Result<String> {

@@ -1,0 +1,206 @@
+//! Checkpoints: ours run only after every frame they can backfill is in the replica, with the
+//! write lock held by the barrier connection so no commit slips between "uploaded everything" and
+//! "checkpoint"; a standby runs plain ones for a database nobody on this host replicates.
+//!
+//! Invariants:
+//! - Nothing is uploaded while writers are held off below the backpressure size: commits that
+//!   slipped in after the upload defer the checkpoint to the next cycle.
+//! - A complete checkpoint marks the position `backfilled`: the WAL's next restart is the one
+//!   `decide::plan` may accept. TRUNCATE runs from the barrier connection while our read mark 0
+//!   is held, so a commit that slips in makes it give up rather than truncate unread frames.
+
+use std::time::{Duration, Instant};
+
+use super::decide::{self, CheckpointFacts, CheckpointMode, CheckpointPolicy, Plan};
+use super::worker::Worker;
+use super::{BACKPRESSURE_WAL_BYTES, BUSY_TIMEOUT};
+use crate::error::{Context, Error, Result};
+use crate::state;
+use crate::wal::{self, ScanOutcome};
+
+/// A checkpoint that finds new commits under its write lock gives up (the next cycle uploads them
+/// without the lock) while the WAL is below this size. Hooked writers past it wait in
+/// backpressure, which gives the next attempt a quiet moment; past it, a writer that never
+/// pauses (another process, which backpressure does not slow down) gets its commits uploaded
+/// under the lock, so it cannot starve checkpoints and grow the WAL without bound.
+const MAX_DEFERRED_WAL_BYTES: u64 = BACKPRESSURE_WAL_BYTES;
+
+impl Worker {
+    /// A standby's database still needs checkpoints (the extension replaced the host's
+    /// auto-checkpoint). Plain ones: nothing of it is being replicated from here, and whatever
+    /// it does to the WAL only means a snapshot when this instance takes over.
+    pub(super) fn standby_checkpoint(&mut self) -> Result<()> {
+        let len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len == self.standby_wal_len {
+            return Ok(());
+        }
+        let frames = len.saturating_sub(32) / wal::frame_size(self.page_size);
+        let policy = CheckpointPolicy::from_config(&self.shared.cfg);
+        let Some(mode) =
+            decide::standby_checkpoint_mode(&policy, frames, self.last_checkpoint.elapsed())
+        else {
+            return Ok(());
+        };
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .with_context(|| format!("standby checkpoint({mode})"))?;
+        self.last_checkpoint = Instant::now();
+        self.standby_wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.shared.lock().checkpoints += 1;
+        Ok(())
+    }
+
+    pub(super) fn checkpoint_if_needed(&mut self) -> Result<()> {
+        let Some(pos) = self.pos else { return Ok(()) };
+        let facts = CheckpointFacts {
+            frames: pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size),
+            backfilled: pos.backfilled,
+            pressured: self.shared.lock().pressure,
+            since_last: self.last_checkpoint.elapsed(),
+            synced_since: self.synced_since_checkpoint,
+        };
+        let policy = CheckpointPolicy::from_config(&self.shared.cfg);
+        let Some(mode) = decide::checkpoint_mode(&policy, &facts) else {
+            return Ok(());
+        };
+        // Below the backpressure size, commits that slip in defer the checkpoint; above it an
+        // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
+        let wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.checkpoint(mode, false, wal_len < MAX_DEFERRED_WAL_BYTES)
+    }
+
+    /// Checkpoint with writers held off: take the write lock on the barrier connection, upload
+    /// whatever was committed meanwhile (the WAL is now sealed), checkpoint, release. If every
+    /// frame was backfilled, the position is marked so the WAL's next restart is accepted.
+    /// `stamp`: also record the database file's identity while writers are still held off (at
+    /// stop), see `state::DbStamp`.
+    /// `defer_if_busy`: give up (for now) rather than upload while writers are held off.
+    pub(super) fn checkpoint(
+        &mut self,
+        mode: CheckpointMode,
+        stamp: bool,
+        defer_if_busy: bool,
+    ) -> Result<()> {
+        let result = self.checkpoint_inner(mode, stamp, defer_if_busy);
+        let mut g = self.shared.lock();
+        g.checkpoint_attempts += 1;
+        g.pressure = false;
+        drop(g);
+        self.shared.cond.notify_all();
+        result
+    }
+
+    pub(super) fn checkpoint_inner(
+        &mut self,
+        mode: CheckpointMode,
+        stamp: bool,
+        defer_if_busy: bool,
+    ) -> Result<()> {
+        // The cycle that calls this has just uploaded, with writers free to run: what is left
+        // for the locked section below is normally nothing, so it does no network I/O while the
+        // application cannot commit.
+        if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // A writer holds the lock; try again next cycle rather than stall it.
+            return Ok(());
+        }
+        self.barrier_held = true;
+        let mut db_stamp = None;
+        let result = (|| -> Result<Option<(i64, i64)>> {
+            if defer_if_busy && self.has_unuploaded_commits()? {
+                // Commits slipped in after the upload. Uploading them now would hold every writer
+                // for an S3 round trip — or for a stalled request's whole timeout (the fault suite
+                // measured 51 s commits, and "database is locked" for a 5 s busy timeout). The
+                // next cycle uploads them without the lock and tries again.
+                return Ok(None);
+            }
+            self.sync_wal()?;
+            self.end_read()?;
+            let r: (i64, i64, i64) =
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+            if stamp && r.1 >= 0 && r.1 == r.2 {
+                db_stamp = state::DbStamp::take_settled(&self.db_file_path).ok();
+            }
+            self.begin_read()?;
+            Ok(Some((r.1, r.2)))
+        })();
+        let _ = self.barrier.execute_batch("ROLLBACK");
+        self.barrier_held = false;
+        let (log, done) = match result {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                self.checkpoint_deferrals += 1;
+                self.shared.lock().checkpoint_deferrals = self.checkpoint_deferrals;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = self.begin_read();
+                return Err(e.context("checkpoint"));
+            }
+        };
+        self.last_checkpoint = Instant::now();
+        self.synced_since_checkpoint = false;
+        self.shared.lock().checkpoints += 1;
+        let complete = log >= 0 && log == done;
+        if complete {
+            if let Some(p) = self.pos.as_mut() {
+                p.backfilled = true;
+                p.db_stamp = db_stamp;
+                let p = *p;
+                let _ = state::save(&self.meta, &self.client.describe(), Some(&p), None);
+            }
+            if mode == CheckpointMode::Truncate {
+                self.truncate_wal()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the WAL holds a commit the replica does not (a local read of the WAL; no upload).
+    /// Anything that would need a snapshot counts as yes.
+    pub(super) fn has_unuploaded_commits(&self) -> Result<bool> {
+        let (wal, header) = self.open_wal()?;
+        Ok(match (self.plan(wal.as_ref(), header.as_ref())?, &wal) {
+            (Plan::Snapshot { .. }, _) => true,
+            (Plan::Incremental(_), None) => false,
+            // One committed transaction beyond the position is enough to answer.
+            (Plan::Incremental(resume), Some(f)) => match wal::scan(f, resume, Some(1))? {
+                ScanOutcome::Segment(seg) => seg.commits > 0,
+                ScanOutcome::NoWal => false,
+                ScanOutcome::PrevFrameMismatch { .. } => true,
+            },
+        })
+    }
+
+    /// Shrink the WAL file after a complete checkpoint. Run from the barrier connection (no longer
+    /// in its write transaction) while `conn` keeps its read transaction on read mark 0: a commit
+    /// that slips in before the truncation restarts the WAL and appends frames, which TRUNCATE
+    /// would have to backfill — and backfilling needs read mark 0 exclusively, so it gives up
+    /// (SQLITE_BUSY) instead of truncating frames we have not read. Busy timeout 0: never hold
+    /// the write lock while waiting for that.
+    pub(super) fn truncate_wal(&mut self) -> Result<()> {
+        self.barrier.busy_timeout(Duration::ZERO)?;
+        let r = self
+            .barrier
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.barrier.busy_timeout(BUSY_TIMEOUT)?;
+        match r {
+            // busy = 1: a writer or reader was in the way; the next checkpoint tries again.
+            Ok(_) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
+            Err(e) => Err(Error::from(e).context("checkpoint(TRUNCATE)")),
+        }
+    }
+}

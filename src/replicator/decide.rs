@@ -1,0 +1,569 @@
+//! The replicator's decisions, as pure functions of what it has observed: where the next L0 file
+//! continues from (or why it must be a full snapshot), whether a checkpoint is due and of which
+//! kind, and what the thread should do next. The thread gathers the facts (reads the WAL header,
+//! stats files, looks at the clock) and does the I/O; everything here is unit-tested.
+//!
+//! Invariants:
+//! - `plan` answers `Incremental` only when the facts prove that the WAL still holds every frame
+//!   committed since the position: the same generation with the frame before the position intact,
+//!   or exactly one restart that our own complete checkpoint allowed while our read transaction
+//!   pinned the WAL (read mark 0 forbids a second), or a database file untouched since the
+//!   checkpoint at the last stop. Any other case is a snapshot with the reason stated.
+//! - `checkpoint_mode` never asks for a checkpoint before the position exists, nor again once
+//!   everything up to it is backfilled.
+
+use std::time::{Duration, Instant};
+
+use crate::config::ResolvedConfig;
+use crate::state::Position;
+use crate::wal::Resume;
+
+/// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How the next L0 file is produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Continue the WAL from a proven position.
+    Incremental(Resume),
+    /// Full database image at the next TXID.
+    Snapshot { reason: String },
+}
+
+impl Plan {
+    fn snapshot(reason: &str) -> Plan {
+        Plan::Snapshot {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the replicator knows when it plans the next file.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanFacts<'a> {
+    /// Our position in the replica (None: not proven; the next file is a snapshot).
+    pub pos: Option<&'a Position>,
+    /// The database's page size.
+    pub page_size: u32,
+    /// The WAL header's page size and salts (None: no WAL, or no valid header).
+    pub wal_header: Option<(u32, (u32, u32))>,
+    /// The frame just before `pos.wal.end` still carries the position's salts and checksum (true
+    /// when there is no such frame to check).
+    pub prev_frame_intact: bool,
+    /// Our read transaction has pinned the WAL without a gap since `pos` was uploaded.
+    pub pinned: bool,
+    /// The database file still has the identity recorded at the last stop's checkpoint.
+    pub db_unchanged_since_stop: bool,
+}
+
+/// Decide where to continue reading (litestream-format.md §3.6, with our own checkpoints and read
+/// mark used to prove that at most one restart happened).
+pub fn plan(f: &PlanFacts<'_>) -> Plan {
+    let Some(pos) = f.pos else {
+        return Plan::snapshot("no continuous position in the replica");
+    };
+    let resume_at = Resume::At {
+        offset: pos.wal.end,
+        salt1: pos.wal.salt1,
+        salt2: pos.wal.salt2,
+    };
+    // Nothing was lost since the position if everything before it was checkpointed by us with
+    // writers held off — or there was no WAL at it — and we have been pinned since: our read
+    // transaction then sits on read mark 0, which forbids any further backfill. Or: the database
+    // file is exactly as it was when everything was checkpointed at the last stop, so nothing was
+    // backfilled since and no generation can have come and gone.
+    let nothing_lost_since = (f.pinned && (pos.backfilled || pos.wal.is_empty()))
+        || (pos.backfilled && f.db_unchanged_since_stop);
+    let Some((wal_page_size, salts)) = f.wal_header else {
+        // No valid WAL header: the WAL is empty (a commit writes the header first). Nothing is
+        // new only if the database file is known to equal the replica; otherwise a connection may
+        // have checkpointed commits we never saw and then deleted or truncated the WAL.
+        return if nothing_lost_since {
+            Plan::Incremental(resume_at)
+        } else {
+            Plan::snapshot("the WAL was emptied by a checkpoint the replicator did not see")
+        };
+    };
+    if wal_page_size != f.page_size {
+        return Plan::snapshot("the WAL page size changed");
+    }
+    if salts == (pos.wal.salt1, pos.wal.salt2) {
+        // Same WAL generation: the frame before our end must still be the one we read.
+        return if f.prev_frame_intact {
+            Plan::Incremental(resume_at)
+        } else {
+            Plan::snapshot("the WAL was overwritten behind the replicator")
+        };
+    }
+    // New salts: the WAL restarted (or appeared); this generation is the only one since, and it
+    // is still whole, when nothing can have been lost. (The header's checkpoint sequence cannot
+    // prove this: SQLite keeps that counter per connection.)
+    if nothing_lost_since {
+        Plan::Incremental(Resume::FromStart)
+    } else {
+        Plan::snapshot("the WAL restarted without a checkpoint the replicator could account for")
+    }
+}
+
+/// A checkpoint of ours. Every kind runs with writers held off by the barrier connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointMode {
+    Passive,
+    /// PASSIVE, then shrink the WAL file.
+    Truncate,
+}
+
+/// The checkpoint policy, from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub min_page_count: u32,
+    pub interval: Option<Duration>,
+    pub truncate_page_n: Option<u32>,
+}
+
+impl CheckpointPolicy {
+    pub fn from_config(cfg: &ResolvedConfig) -> CheckpointPolicy {
+        CheckpointPolicy {
+            min_page_count: cfg.min_checkpoint_page_count,
+            interval: cfg.checkpoint_interval,
+            truncate_page_n: cfg.truncate_page_n,
+        }
+    }
+
+    fn interval_elapsed(&self, since_last: Duration) -> bool {
+        self.interval.is_some_and(|i| since_last >= i)
+    }
+
+    fn truncate_due(&self, frames: u64) -> bool {
+        self.truncate_page_n.is_some_and(|n| frames >= n as u64)
+    }
+}
+
+/// What the replicator knows when it considers a checkpoint after a cycle.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointFacts {
+    /// Frames in the WAL up to our position.
+    pub frames: u64,
+    /// Everything up to the position is already in the database file.
+    pub backfilled: bool,
+    /// A hooked writer waits for the WAL to shrink.
+    pub pressured: bool,
+    pub since_last: Duration,
+    /// Something was uploaded since the last checkpoint.
+    pub synced_since: bool,
+}
+
+/// Which checkpoint (if any) the replicator runs after a cycle that reached its position.
+pub fn checkpoint_mode(policy: &CheckpointPolicy, f: &CheckpointFacts) -> Option<CheckpointMode> {
+    if f.backfilled {
+        // The WAL's next writer restarts it; checkpointing again would only take the write lock
+        // for nothing.
+        return None;
+    }
+    let interval_due = policy.interval_elapsed(f.since_last) && f.synced_since && f.frames > 1;
+    if policy.truncate_due(f.frames) {
+        Some(CheckpointMode::Truncate)
+    } else if f.frames >= policy.min_page_count as u64 || f.pressured || interval_due {
+        Some(CheckpointMode::Passive)
+    } else {
+        None
+    }
+}
+
+/// The SQLite checkpoint a standby runs for a database nobody else on this host replicates
+/// (`PRAGMA wal_checkpoint(<mode>)`), given the WAL's frame count.
+pub fn standby_checkpoint_mode(
+    policy: &CheckpointPolicy,
+    frames: u64,
+    since_last: Duration,
+) -> Option<&'static str> {
+    if policy.truncate_due(frames) {
+        Some("TRUNCATE")
+    } else if frames >= policy.min_page_count as u64 || policy.interval_elapsed(since_last) {
+        Some("PASSIVE")
+    } else {
+        None
+    }
+}
+
+/// What the replicator thread, waiting between cycles, knows.
+#[derive(Clone, Copy, Debug)]
+pub struct WaitFacts {
+    pub now: Instant,
+    pub stop_requested: bool,
+    /// The lease changed role or error (only counted when a lease is in use).
+    pub lease_changed: bool,
+    /// A sync request not yet attempted, or a writer under backpressure.
+    pub sync_wanted: bool,
+    /// A level-9 snapshot is asked for.
+    pub level9_wanted: bool,
+    /// The first hooked commit not yet covered by a cycle.
+    pub dirty_since: Option<Instant>,
+    pub sync_interval: Duration,
+    /// When the WAL is next polled for commits of connections without the hook.
+    pub next_poll: Instant,
+    /// While backing off after an error: when to try again.
+    pub retry_at: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Run the final sync and stop.
+    Stop,
+    /// Go back to the lease gate.
+    LeaseChanged,
+    /// Run a cycle now.
+    Cycle,
+    /// Nothing to do before this instant (or an event).
+    SleepUntil(Instant),
+}
+
+/// What to do next. While backing off, only an explicit request (sync, backpressure, level 9)
+/// bypasses the wait.
+pub fn wake(f: &WaitFacts) -> Wake {
+    if f.stop_requested {
+        return Wake::Stop;
+    }
+    if f.lease_changed {
+        return Wake::LeaseChanged;
+    }
+    if f.sync_wanted || f.level9_wanted {
+        return Wake::Cycle;
+    }
+    let due = match f.retry_at {
+        Some(retry) => retry,
+        None => {
+            let commit_due = f.dirty_since.map(|t| t + f.sync_interval);
+            commit_due.map_or(f.next_poll, |c| c.min(f.next_poll))
+        }
+    };
+    if f.now >= due {
+        Wake::Cycle
+    } else {
+        Wake::SleepUntil(due)
+    }
+}
+
+/// The delay before retrying after a failed cycle, given the previous one.
+pub fn next_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(BACKOFF_START, |d| (d * 2).min(BACKOFF_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::WalPosition;
+
+    const SALTS: (u32, u32) = (7, 9);
+
+    fn pos(backfilled: bool) -> Position {
+        Position {
+            txid: 5,
+            page_size: 4096,
+            commit: 3,
+            wal: WalPosition {
+                end: 32 + 2 * (24 + 4096),
+                salt1: SALTS.0,
+                salt2: SALTS.1,
+                checkpoint_seq: 0,
+                frame_checksum: (1, 2),
+            },
+            backfilled,
+            db_stamp: None,
+        }
+    }
+
+    fn facts(p: &Position) -> PlanFacts<'_> {
+        PlanFacts {
+            pos: Some(p),
+            page_size: 4096,
+            wal_header: Some((4096, SALTS)),
+            prev_frame_intact: true,
+            pinned: true,
+            db_unchanged_since_stop: false,
+        }
+    }
+
+    fn is_snapshot(p: Plan, why: &str) -> bool {
+        matches!(p, Plan::Snapshot { reason } if reason.contains(why))
+    }
+
+    #[test]
+    fn no_position_means_snapshot() {
+        let p = pos(false);
+        let f = PlanFacts {
+            pos: None,
+            ..facts(&p)
+        };
+        assert!(is_snapshot(plan(&f), "no continuous position"));
+    }
+
+    #[test]
+    fn same_generation_continues_only_if_the_previous_frame_is_intact() {
+        let p = pos(false);
+        let f = facts(&p);
+        assert_eq!(
+            plan(&f),
+            Plan::Incremental(Resume::At {
+                offset: p.wal.end,
+                salt1: 7,
+                salt2: 9
+            })
+        );
+        let torn = PlanFacts {
+            prev_frame_intact: false,
+            ..f
+        };
+        assert!(is_snapshot(plan(&torn), "overwritten"));
+        let other_page_size = PlanFacts {
+            wal_header: Some((1024, SALTS)),
+            ..f
+        };
+        assert!(is_snapshot(plan(&other_page_size), "page size"));
+    }
+
+    #[test]
+    fn a_restart_is_accepted_only_after_our_checkpoint_while_pinned() {
+        let restarted = |p: &Position, pinned: bool, unchanged: bool| {
+            let f = PlanFacts {
+                wal_header: Some((4096, (8, 1))),
+                pinned,
+                db_unchanged_since_stop: unchanged,
+                ..facts(p)
+            };
+            plan(&f)
+        };
+        let backfilled = pos(true);
+        let not_backfilled = pos(false);
+        assert_eq!(
+            restarted(&backfilled, true, false),
+            Plan::Incremental(Resume::FromStart)
+        );
+        // Unpinned: a second restart may have discarded frames.
+        assert!(is_snapshot(
+            restarted(&backfilled, false, false),
+            "restarted without a checkpoint"
+        ));
+        // Our checkpoint did not cover the position.
+        assert!(is_snapshot(
+            restarted(&not_backfilled, true, false),
+            "restarted"
+        ));
+        // The database file untouched since the checkpoint at the last stop.
+        assert_eq!(
+            restarted(&backfilled, false, true),
+            Plan::Incremental(Resume::FromStart)
+        );
+        assert!(is_snapshot(
+            restarted(&not_backfilled, false, true),
+            "restarted"
+        ));
+    }
+
+    #[test]
+    fn a_restart_from_no_wal_at_the_position_is_accepted_while_pinned() {
+        let mut p = pos(false);
+        p.wal = WalPosition {
+            end: 32,
+            salt1: 0,
+            salt2: 0,
+            checkpoint_seq: 0,
+            frame_checksum: (0, 0),
+        };
+        let f = PlanFacts {
+            wal_header: Some((4096, SALTS)),
+            ..facts(&p)
+        };
+        assert_eq!(plan(&f), Plan::Incremental(Resume::FromStart));
+        let unpinned = PlanFacts { pinned: false, ..f };
+        assert!(is_snapshot(plan(&unpinned), "restarted"));
+    }
+
+    #[test]
+    fn an_emptied_wal_is_trusted_only_with_proof() {
+        let backfilled = pos(true);
+        let f = PlanFacts {
+            wal_header: None,
+            ..facts(&backfilled)
+        };
+        assert!(matches!(plan(&f), Plan::Incremental(Resume::At { .. })));
+        let unpinned = PlanFacts { pinned: false, ..f };
+        assert!(is_snapshot(plan(&unpinned), "emptied"));
+        let stamped = PlanFacts {
+            db_unchanged_since_stop: true,
+            ..unpinned
+        };
+        assert!(matches!(plan(&stamped), Plan::Incremental(_)));
+        let p = pos(false);
+        let not_backfilled = PlanFacts {
+            wal_header: None,
+            ..facts(&p)
+        };
+        assert!(is_snapshot(plan(&not_backfilled), "emptied"));
+    }
+
+    fn policy() -> CheckpointPolicy {
+        CheckpointPolicy {
+            min_page_count: 1000,
+            interval: Some(Duration::from_secs(60)),
+            truncate_page_n: Some(121_359),
+        }
+    }
+
+    fn ckpt(frames: u64) -> CheckpointFacts {
+        CheckpointFacts {
+            frames,
+            backfilled: false,
+            pressured: false,
+            since_last: Duration::from_secs(1),
+            synced_since: true,
+        }
+    }
+
+    #[test]
+    fn checkpoint_thresholds() {
+        let p = policy();
+        assert_eq!(checkpoint_mode(&p, &ckpt(10)), None);
+        assert_eq!(
+            checkpoint_mode(&p, &ckpt(1000)),
+            Some(CheckpointMode::Passive)
+        );
+        assert_eq!(
+            checkpoint_mode(&p, &ckpt(121_359)),
+            Some(CheckpointMode::Truncate)
+        );
+        let pressured = CheckpointFacts {
+            pressured: true,
+            ..ckpt(10)
+        };
+        assert_eq!(
+            checkpoint_mode(&p, &pressured),
+            Some(CheckpointMode::Passive)
+        );
+        let done = CheckpointFacts {
+            backfilled: true,
+            ..ckpt(200_000)
+        };
+        assert_eq!(checkpoint_mode(&p, &done), None);
+        let no_truncate = CheckpointPolicy {
+            truncate_page_n: None,
+            ..p
+        };
+        assert_eq!(
+            checkpoint_mode(&no_truncate, &ckpt(200_000)),
+            Some(CheckpointMode::Passive)
+        );
+    }
+
+    #[test]
+    fn interval_checkpoints_need_new_uploads_and_more_than_one_frame() {
+        let p = policy();
+        let due = CheckpointFacts {
+            since_last: Duration::from_secs(61),
+            ..ckpt(2)
+        };
+        assert_eq!(checkpoint_mode(&p, &due), Some(CheckpointMode::Passive));
+        let nothing_new = CheckpointFacts {
+            synced_since: false,
+            ..due
+        };
+        assert_eq!(checkpoint_mode(&p, &nothing_new), None);
+        let one_frame = CheckpointFacts { frames: 1, ..due };
+        assert_eq!(checkpoint_mode(&p, &one_frame), None);
+        let off = CheckpointPolicy {
+            interval: None,
+            ..p
+        };
+        assert_eq!(checkpoint_mode(&off, &due), None);
+    }
+
+    #[test]
+    fn standby_checkpoints() {
+        let p = policy();
+        let s = Duration::from_secs(1);
+        assert_eq!(standby_checkpoint_mode(&p, 10, s), None);
+        assert_eq!(standby_checkpoint_mode(&p, 1000, s), Some("PASSIVE"));
+        assert_eq!(standby_checkpoint_mode(&p, 130_000, s), Some("TRUNCATE"));
+        assert_eq!(
+            standby_checkpoint_mode(&p, 10, Duration::from_secs(61)),
+            Some("PASSIVE")
+        );
+    }
+
+    fn waiting(now: Instant) -> WaitFacts {
+        WaitFacts {
+            now,
+            stop_requested: false,
+            lease_changed: false,
+            sync_wanted: false,
+            level9_wanted: false,
+            dirty_since: None,
+            sync_interval: Duration::from_secs(1),
+            next_poll: now + Duration::from_secs(1),
+            retry_at: None,
+        }
+    }
+
+    #[test]
+    fn wake_order_and_deadlines() {
+        let now = Instant::now();
+        let idle = waiting(now);
+        assert_eq!(wake(&idle), Wake::SleepUntil(idle.next_poll));
+        let stop = WaitFacts {
+            stop_requested: true,
+            lease_changed: true,
+            ..idle
+        };
+        assert_eq!(wake(&stop), Wake::Stop);
+        let lease = WaitFacts {
+            lease_changed: true,
+            sync_wanted: true,
+            ..idle
+        };
+        assert_eq!(wake(&lease), Wake::LeaseChanged);
+        let sync = WaitFacts {
+            sync_wanted: true,
+            ..idle
+        };
+        assert_eq!(wake(&sync), Wake::Cycle);
+        // A commit is uploaded one interval after it was noticed, if that is before the poll.
+        let dirty = WaitFacts {
+            dirty_since: Some(now - Duration::from_millis(400)),
+            ..idle
+        };
+        assert_eq!(
+            wake(&dirty),
+            Wake::SleepUntil(now + Duration::from_millis(600))
+        );
+        let overdue = WaitFacts {
+            dirty_since: Some(now - Duration::from_secs(2)),
+            ..idle
+        };
+        assert_eq!(wake(&overdue), Wake::Cycle);
+    }
+
+    #[test]
+    fn backoff_holds_off_commits_but_not_requests() {
+        let now = Instant::now();
+        let retry = now + Duration::from_secs(4);
+        let backing_off = WaitFacts {
+            retry_at: Some(retry),
+            dirty_since: Some(now - Duration::from_secs(10)),
+            next_poll: now,
+            ..waiting(now)
+        };
+        assert_eq!(wake(&backing_off), Wake::SleepUntil(retry));
+        let asked = WaitFacts {
+            sync_wanted: true,
+            ..backing_off
+        };
+        assert_eq!(wake(&asked), Wake::Cycle);
+        assert_eq!(next_backoff(None), BACKOFF_START);
+        assert_eq!(
+            next_backoff(Some(Duration::from_secs(4))),
+            Duration::from_secs(8)
+        );
+        assert_eq!(next_backoff(Some(BACKOFF_MAX)), BACKOFF_MAX);
+    }
+}

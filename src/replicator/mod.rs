@@ -1,0 +1,465 @@
+//! One database's replicator: commit → WAL reader → LTX encoder → uploader → replica, and the
+//! checkpoints that keep the WAL bounded.
+//!
+//! Each replicated database has one background thread that owns two connections of its own,
+//! opened through the host's SQLite: `conn` holds a long read transaction that pins the WAL (no
+//! other connection can restart or truncate it while we have not read it), and `barrier` takes the
+//! write lock around our own checkpoints so no commit can slip between "read everything" and
+//! "checkpoint". The thread wakes on commits of hooked connections, on `litestream_sync()`, and
+//! polls at `sync-interval` for commits of other connections and processes.
+//!
+//! Invariants:
+//! - Nothing committed is lost: a checkpoint runs only after every frame it can backfill is in the
+//!   replica, and a WAL restart is accepted only when it is the single restart that follows such a
+//!   checkpoint in this run: from that checkpoint on, our read transaction sits on read mark 0,
+//!   which forbids any further backfill and hence a second restart. Any other discontinuity — a
+//!   missed restart, a WAL rewritten
+//!   or deleted behind our back, a replica that moved — produces a full snapshot at the next TXID.
+//! - TXIDs are contiguous: each upload is `<txid>-<txid>.ltx` at the replica's max + 1.
+//! - `synced_gen` only advances after an upload that began after the corresponding sync request,
+//!   which is what lets `litestream_sync()` promise "everything committed before the call".
+//! - With a lease (`s3::lease`), nothing touches the replica unless the lease is held: a standby
+//!   holds no read transaction (it must not pin a WAL it does not replicate), and on every new
+//!   acquisition the replica's position is re-read, so an instance continues at the replica's
+//!   max + 1 — incrementally only when its saved position is that max and the WAL proves it.
+
+mod capture;
+mod checkpoint;
+mod decide;
+mod level9;
+mod worker;
+
+pub use status::Status;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::compactor::{self, Compactor};
+use crate::config::ResolvedConfig;
+use crate::error::{Context, Error, Result};
+use crate::ltx;
+use crate::replica_client::{self, unix_ms, Progress, ReplicaClient};
+use crate::s3::lease::{Lease, LeaseSetup};
+use crate::state;
+use crate::wal;
+
+use level9::{request_level9, Level9Request};
+use worker::Worker;
+
+/// How long our connections wait for locks (Litestream's `busy-timeout`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Backpressure: a hooked connection whose commit leaves the WAL larger than this waits (in the
+/// WAL hook, after its commit, holding no lock) until the replicator has caught up and attempted a
+/// checkpoint. Without it a writer faster than the upload grows the WAL without bound: the WAL can
+/// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
+/// grow its WAL to 558 MB, test-infrastructure.md).
+const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
+/// A writer never waits longer than this per commit, whatever the replica does.
+const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Error,
+    Stopped,
+    /// Another instance holds the lease; this one waits to take over.
+    Standby,
+}
+
+impl RunState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Error => "error",
+            RunState::Stopped => "stopped",
+            RunState::Standby => "standby",
+        }
+    }
+}
+
+/// What the SQL functions see and poke; guarded by `Shared::inner`.
+struct Inner {
+    state: RunState,
+    stop_requested: bool,
+    /// First commit notified by a hook since the running cycle (if any) started.
+    dirty_since: Option<Instant>,
+    /// While a cycle runs: the first hooked commit it is meant to cover. A commit that lands
+    /// while the cycle runs may or may not be in what it reads, so it goes to `dirty_since` and
+    /// is only cleared by a later cycle; clearing one timestamp at the end of the cycle would hide
+    /// it (lag_ms 0 while a commit waits).
+    covering_since: Option<Instant>,
+    /// Sync requests made so far, and the highest request number a finished upload covers.
+    sync_requested: u64,
+    synced_gen: u64,
+    txid: u64,
+    last_sync_at: Option<SystemTime>,
+    last_error: Option<String>,
+    snapshots: u64,
+    /// Why the latest full snapshot was taken (a snapshot costs a whole database upload).
+    last_snapshot_reason: Option<String>,
+    checkpoints: u64,
+    /// Checkpoints deferred because commits arrived while they waited for the write lock.
+    checkpoint_deferrals: u64,
+    /// Checkpoint attempts, successful or not (backpressure waiters watch this).
+    checkpoint_attempts: u64,
+    /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
+    pressure: bool,
+    wal_size: u64,
+    /// The lease thread changed role or error since the worker last looked.
+    lease_changed: bool,
+    /// A level-9 snapshot asked for by the compactor (see `request_level9`).
+    level9: Option<Level9Request>,
+}
+
+impl Inner {
+    /// The oldest hooked commit not known to be in the replica (what `lag_ms` measures).
+    fn oldest_pending(&self) -> Option<Instant> {
+        match (self.dirty_since, self.covering_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+pub struct Shared {
+    db_path: String,
+    replica: String,
+    cfg: ResolvedConfig,
+    progress: Arc<Progress>,
+    frame_size: u64,
+    inner: Mutex<Inner>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is caught at the thread boundary; the data stays usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait on the condition variable until `until` at the latest (or a notification).
+    fn wait<'a>(&self, g: MutexGuard<'a, Inner>, until: Instant) -> MutexGuard<'a, Inner> {
+        let timeout = until.saturating_duration_since(Instant::now());
+        self.cond
+            .wait_timeout(g, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+}
+
+/// Handle to a running replicator, shared by every connection of the process.
+pub struct Replicator {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    lease: Option<Arc<Lease>>,
+    compactor: Compactor,
+}
+
+impl Replicator {
+    /// Open the replicator's connections, put the database in WAL mode and start the thread.
+    /// Everything that can be checked without the network is checked here, so that mistakes are
+    /// SQL errors of `litestream_start()`; network problems show up in status instead.
+    pub fn start(
+        db_path: &Path,
+        vfs: Option<&str>,
+        cfg: ResolvedConfig,
+        client: Arc<dyn ReplicaClient>,
+        lease: Option<LeaseSetup>,
+    ) -> Result<Replicator> {
+        let open = || -> Result<Connection> {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = match vfs {
+                Some(v) => Connection::open_with_flags_and_vfs(db_path, flags, v)?,
+                None => Connection::open_with_flags(db_path, flags)?,
+            };
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        };
+        let conn = open().with_context(|| format!("opening {}", db_path.display()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
+            .with_context(|| format!("switching {} to WAL mode", db_path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::msg(format!(
+                "{} cannot use WAL mode (journal_mode stays '{mode}'); replication reads the WAL, so the database must be able to use it",
+                db_path.display()
+            )));
+        }
+        crate::host::set_persist_wal(&conn)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let barrier = open().with_context(|| format!("opening {}", db_path.display()))?;
+
+        let progress = client.progress();
+        let replica = client.describe();
+        let meta = state::meta_dir(db_path);
+        let mut saved = state::load(&meta, &replica);
+        saved.retain(|p| p.page_size == page_size);
+
+        let shared = Arc::new(Shared {
+            db_path: db_path.display().to_string(),
+            replica,
+            cfg,
+            progress,
+            frame_size: wal::frame_size(page_size),
+            inner: Mutex::new(Inner {
+                state: RunState::Running,
+                stop_requested: false,
+                dirty_since: None,
+                covering_since: None,
+                sync_requested: 0,
+                synced_gen: 0,
+                txid: 0,
+                last_sync_at: None,
+                last_error: None,
+                snapshots: 0,
+                last_snapshot_reason: None,
+                checkpoints: 0,
+                checkpoint_deferrals: 0,
+                checkpoint_attempts: 0,
+                pressure: false,
+                wal_size: 0,
+                lease_changed: false,
+                level9: None,
+            }),
+            cond: Condvar::new(),
+        });
+        let lease = match lease {
+            Some(setup) => {
+                let weak = Arc::downgrade(&shared);
+                let waker = Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.lock().lease_changed = true;
+                        s.cond.notify_all();
+                    }
+                });
+                Some(Arc::new(Lease::start(setup, &meta, waker)?))
+            }
+            None => None,
+        };
+        let compaction = compactor::Settings::from_config(&shared.cfg);
+        let spill_dir = meta.join("tmp");
+        let compactor_client = client.clone();
+        let mut worker = Worker {
+            shared: shared.clone(),
+            conn,
+            barrier,
+            in_read_txn: false,
+            wal_path: PathBuf::from(format!("{}-wal", db_path.display())),
+            db_file_path: db_path.to_path_buf(),
+            meta,
+            page_size,
+            client,
+            saved,
+            pos: None,
+            remote_max: None,
+            last_checkpoint: Instant::now(),
+            synced_since_checkpoint: false,
+            checkpoint_deferrals: 0,
+            pinned: false,
+            barrier_held: false,
+            lease: lease.clone(),
+            lease_epoch: None,
+            standby_wal_len: 0,
+        };
+        worker.begin_read()?;
+        let thread = std::thread::Builder::new()
+            .name("litestream-replicator".into())
+            .spawn(move || worker.run())
+            .context("starting the replicator thread")?;
+        // ---- compactor (issue 5) ----
+        // Level-9 snapshots are streamed by the worker thread, which owns the connections.
+        let snapshot_shared = shared.clone();
+        let snapshot: compactor::SnapshotFn =
+            Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
+        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
+        // writes of a non-holder anyway; this keeps a standby from even trying).
+        let may_write: compactor::MayWrite = match &lease {
+            Some(l) => {
+                let l = l.clone();
+                Arc::new(move || l.holding().is_some())
+            }
+            None => Arc::new(|| true),
+        };
+        // Level 1 takes only level-0 files the worker knows are uploaded (see `Confirmed`).
+        let confirmed_shared = shared.clone();
+        let confirmed: compactor::Confirmed = Arc::new(move || confirmed_shared.lock().txid);
+        let compactor = match Compactor::start(
+            compactor_client,
+            compaction,
+            &spill_dir,
+            snapshot,
+            may_write,
+            confirmed,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.lock().stop_requested = true;
+                shared.cond.notify_all();
+                let _ = thread.join();
+                if let Some(l) = &lease {
+                    l.stop();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Replicator {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            lease,
+            compactor,
+        })
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().state == RunState::Stopped
+    }
+
+    /// Called from the WAL hook of a connection that started replication: a commit happened and
+    /// the WAL now holds `wal_frames` frames. Past the backpressure size, the committing thread
+    /// waits until the replicator has caught up and tried to checkpoint.
+    pub fn notify_commit(&self, wal_frames: u32) {
+        let mut g = self.shared.lock();
+        if g.dirty_since.is_none() {
+            g.dirty_since = Some(Instant::now());
+        }
+        let pressured = wal_frames as u64 * self.shared.frame_size >= BACKPRESSURE_WAL_BYTES;
+        if pressured && g.state == RunState::Running && !g.stop_requested {
+            g.pressure = true;
+            self.shared.cond.notify_all();
+            let seen = g.checkpoint_attempts;
+            let deadline = Instant::now() + BACKPRESSURE_MAX_WAIT;
+            while g.checkpoint_attempts == seen && g.state == RunState::Running && !g.stop_requested
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                g = self.shared.wait(g, deadline);
+            }
+            return;
+        }
+        drop(g);
+        self.shared.cond.notify_all();
+    }
+
+    /// Block until everything committed before this call is in the replica; returns that TXID.
+    pub fn sync(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        g.sync_requested += 1;
+        let ticket = g.sync_requested;
+        self.shared.cond.notify_all();
+        loop {
+            // Lease (issue 4): a standby answers at once instead of timing out.
+            if let Some(l) = &self.lease {
+                if let Some(m) = l.view().standby_message(l.lock_url()) {
+                    return Err(Error::msg(m));
+                }
+            }
+            if g.synced_gen >= ticket {
+                return Ok(g.txid);
+            }
+            if g.state == RunState::Stopped {
+                return Err(Error::msg(
+                    "replication is stopped; call litestream_start() first",
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let why = g
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default();
+                return Err(Error::msg(format!(
+                    "timed out after {} ms waiting for the replica ({}) to catch up{why}",
+                    timeout.as_millis(),
+                    self.shared.replica
+                )));
+            }
+            g = self.shared.wait(g, deadline);
+        }
+    }
+
+    /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
+    pub fn stop(&self) -> Result<u64> {
+        // The compactor first: it may be waiting on the worker for a level-9 snapshot.
+        self.compactor.stop();
+        {
+            let mut g = self.shared.lock();
+            g.stop_requested = true;
+        }
+        self.shared.cond.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // Lease (issue 4): after the final sync, release so a standby takes over at once.
+        if let Some(l) = &self.lease {
+            l.stop();
+        }
+        let g = self.shared.lock();
+        match &g.last_error {
+            Some(e) => Err(Error::msg(format!(
+                "replication stopped, but the final sync failed ({e}); the replica holds TXID {}",
+                ltx::format_txid(g.txid)
+            ))),
+            None => Ok(g.txid),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let g = self.shared.lock();
+        let progress = self.shared.progress.snapshot();
+        // Not holding the lease means not running, even before the worker has noticed.
+        let lease = self.lease.as_ref().map(|l| l.view());
+        let state = match (&lease, g.state) {
+            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
+                RunState::Standby
+            }
+            (_, s) => s,
+        };
+        Status {
+            state: state.as_str(),
+            db: Some(self.shared.db_path.clone()),
+            replica: Some(self.shared.replica.clone()),
+            txid: Some(ltx::format_txid(g.txid)),
+            last_sync_at: g
+                .last_sync_at
+                .map(|t| replica_client::format_timestamp_ms(unix_ms(t))),
+            lag_ms: g
+                .oldest_pending()
+                .map(|t| t.elapsed().as_millis() as u64)
+                .unwrap_or(0),
+            bytes_uploaded: progress.bytes_uploaded,
+            objects_uploaded: progress.objects_uploaded,
+            multipart_uploads: progress.multipart_uploads,
+            upload: progress.in_flight,
+            snapshots: g.snapshots,
+            last_snapshot_reason: g.last_snapshot_reason.clone(),
+            checkpoints: g.checkpoints,
+            checkpoints_deferred: g.checkpoint_deferrals,
+            wal_size: g.wal_size,
+            sync_interval: Some(crate::config::format_duration(
+                self.shared.cfg.sync_interval,
+            )),
+            part_size: Some(self.shared.cfg.part_size),
+            concurrency: Some(self.shared.cfg.concurrency),
+            // An upload riding out a failure (retrying a part) is no error yet, but shows it.
+            last_error: g.last_error.clone().or(progress.retrying),
+            compaction: Some(self.compactor.status_json()),
+            lease: Some(match &lease {
+                Some(v) => v.to_json(),
+                None => serde_json::json!({
+                    "role": "off", "owner": null, "token": null, "expires_at": null,
+                }),
+            }),
+            restores: None,
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The replicator thread: the loop that waits for a reason to sync, runs a cycle (upload every
+//! committed frame, then checkpoint if due), and follows the lease.
+//!
+//! Invariants:
+//! - Only this thread touches the `Worker` (its connections, position and WAL handle); the SQL
+//!   side talks to it through `Shared`.
+//! - `synced_gen` advances only after a cycle that started after the request it covers.
+//! - While the lease is held by someone else the worker holds no read transaction (it must not pin
+//!   a WAL it does not replicate) and on every new acquisition re-reads the replica's position.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::Connection;
+
+use super::decide::{self, CheckpointMode, Plan, PlanFacts, Wake};
+use super::{RunState, Shared};
+use crate::error::{Context, Error, Result};
+use crate::replica_client::{self, ReplicaClient, Spool};
+use crate::s3::lease::Lease;
+use crate::state::{self, Position};
+use crate::wal::{self, WalHeader};
+
+/// Without a sync interval (0 = upload on every commit) other processes' commits are still only
+/// seen by polling; this is how often.
+const MIN_POLL: Duration = Duration::from_millis(100);
+/// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
+const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// A standby wakes at least this often (besides lease changes) to refresh status and to run the
+/// checkpoints of a database nobody else on this host replicates.
+const STANDBY_TICK: Duration = Duration::from_secs(1);
+
+/// The replicator thread's state. Not shared: only the thread touches it.
+pub(super) struct Worker {
+    pub(super) shared: Arc<Shared>,
+    pub(super) conn: Connection,
+    pub(super) barrier: Connection,
+    pub(super) in_read_txn: bool,
+    pub(super) wal_path: PathBuf,
+    pub(super) db_file_path: PathBuf,
+    pub(super) meta: PathBuf,
+    pub(super) page_size: u32,
+    pub(super) client: Arc<dyn ReplicaClient>,
+    /// Position from the state file, to be checked against the replica before it is trusted.
+    pub(super) saved: Vec<Position>,
+    /// Position of the last upload; None until known (then the next file is a snapshot).
+    pub(super) pos: Option<Position>,
+    /// The replica's highest TXID, once listed.
+    pub(super) remote_max: Option<u64>,
+    pub(super) last_checkpoint: Instant,
+    pub(super) synced_since_checkpoint: bool,
+    /// Checkpoints given up because commits arrived between the upload and the write lock (see
+    /// `checkpoint_inner`), in this run.
+    pub(super) checkpoint_deferrals: u64,
+    /// Our read transaction has pinned the WAL without a gap (other than the moments our own
+    /// barrier holds writers off) since `pos` was uploaded in this run. While pinned, a complete
+    /// checkpoint leaves us on read mark 0, which forbids further backfill, so the WAL can restart
+    /// at most once and only over frames we have uploaded. False at start and after a standby
+    /// period, when the WAL may have done anything meanwhile.
+    pub(super) pinned: bool,
+    /// The barrier connection holds the write lock right now.
+    pub(super) barrier_held: bool,
+    /// None = lease off.
+    pub(super) lease: Option<Arc<Lease>>,
+    /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
+    pub(super) lease_epoch: Option<u64>,
+    /// WAL size at the last standby checkpoint (skip checkpoints when nothing was written).
+    pub(super) standby_wal_len: u64,
+}
+
+impl Worker {
+    pub(super) fn run(mut self) {
+        let shared = self.shared.clone();
+        let lease = self.lease.clone();
+        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if let Err(panic) = body {
+            let msg = crate::error::panic_message(panic.as_ref());
+            let mut g = shared.lock();
+            g.last_error = Some(format!("internal error in the replicator: {msg}"));
+            g.state = RunState::Stopped;
+            drop(g);
+            // A dead replicator must not keep the lease from a standby.
+            if let Some(l) = &lease {
+                l.stop();
+            }
+        }
+        shared.cond.notify_all();
+    }
+
+    pub(super) fn run_loop(&mut self) {
+        let interval = self.shared.cfg.sync_interval;
+        let poll = if interval.is_zero() {
+            MIN_POLL
+        } else {
+            interval
+        };
+        let mut next_poll = Instant::now();
+        let mut backoff: Option<(Duration, Instant)> = None;
+        // Sync requests up to this number have had a cycle started for them. A request bypasses
+        // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
+        let mut attempted = 0u64;
+        loop {
+            // ---- lease gate: replicate only while holding the lease ----
+            if let Some(lease) = self.lease.clone() {
+                match lease.holding() {
+                    Some((_, epoch)) => {
+                        if self.lease_epoch != Some(epoch) {
+                            self.take_over(epoch);
+                            backoff = None;
+                            next_poll = Instant::now();
+                        }
+                    }
+                    None => {
+                        // Not the holder: a pending level-9 request is refused (dropped).
+                        self.shared.lock().level9 = None;
+                        if self.standby_wait(&lease) {
+                            self.shutdown();
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Wait for a reason to run a cycle.
+            let (stopping, ticket, lease_poke) = {
+                let mut g = self.shared.lock();
+                let lease_poke = loop {
+                    let wake = decide::wake(&decide::WaitFacts {
+                        now: Instant::now(),
+                        stop_requested: g.stop_requested,
+                        lease_changed: g.lease_changed && self.lease.is_some(),
+                        sync_wanted: g.sync_requested > attempted.max(g.synced_gen) || g.pressure,
+                        level9_wanted: g.level9.is_some(),
+                        dirty_since: g.dirty_since,
+                        sync_interval: interval,
+                        next_poll,
+                        retry_at: backoff.map(|(_, at)| at),
+                    });
+                    match wake {
+                        Wake::Stop | Wake::Cycle => break false,
+                        Wake::LeaseChanged => {
+                            g.lease_changed = false;
+                            break true;
+                        }
+                        Wake::SleepUntil(due) => g = self.shared.wait(g, due),
+                    }
+                };
+                (g.stop_requested, g.sync_requested, lease_poke)
+            };
+            if lease_poke && !stopping {
+                continue; // back to the lease gate
+            }
+            attempted = ticket;
+            next_poll = Instant::now() + poll;
+            {
+                let mut g = self.shared.lock();
+                g.covering_since = g.dirty_since.take();
+            }
+            let result = self.cycle(ticket);
+            // A level-9 snapshot requested by the compactor (which reports its errors itself).
+            let level9 = self.shared.lock().level9.take();
+            if let Some(req) = level9 {
+                let _ = req.reply.send(self.write_level9_snapshot(req.newer_than));
+            }
+            let mut g = self.shared.lock();
+            if g.pressure {
+                // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
+                // release backpressure waiters anyway rather than spin on the flag.
+                g.pressure = false;
+                g.checkpoint_attempts += 1;
+            }
+            match result {
+                Ok(()) => {
+                    g.state = RunState::Running;
+                    g.last_error = None;
+                    g.covering_since = None;
+                    backoff = None;
+                }
+                Err(e) => {
+                    g.state = RunState::Error;
+                    g.last_error = Some(e.to_string());
+                    g.dirty_since = g.oldest_pending();
+                    g.covering_since = None;
+                    let delay = decide::next_backoff(backoff.map(|(d, _)| d));
+                    backoff = Some((delay, Instant::now() + delay));
+                }
+            }
+            drop(g);
+            self.shared.cond.notify_all();
+            if stopping {
+                self.shutdown();
+                return;
+            }
+        }
+    }
+
+    /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
+    /// then a checkpoint that leaves a position the next start can continue from.
+    pub(super) fn shutdown(&mut self) {
+        if self.lease.as_ref().is_some_and(|l| l.holding().is_none()) {
+            // A standby has nothing to flush: the holder owns the replica.
+            let _ = self.end_read();
+            let mut g = self.shared.lock();
+            g.level9 = None;
+            g.state = RunState::Stopped;
+            g.last_error = None;
+            drop(g);
+            self.shared.cond.notify_all();
+            return;
+        }
+        let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
+        let mut result = self.cycle(u64::MAX);
+        while result.is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            result = self.cycle(u64::MAX);
+        }
+        if result.is_ok() {
+            // Leave the WAL fully backfilled, so that the next start can prove continuity even if
+            // the WAL restarts once while we are not watching.
+            result = self.checkpoint(CheckpointMode::Passive, true, false);
+        }
+        let _ = self.end_read();
+        let mut g = self.shared.lock();
+        // A pending level-9 request is dropped: its requester sees the disconnect.
+        g.level9 = None;
+        g.state = RunState::Stopped;
+        g.last_error = result.err().map(|e| e.to_string());
+        drop(g);
+        self.shared.cond.notify_all();
+    }
+
+    pub(super) fn begin_read(&mut self) -> Result<()> {
+        if !self.in_read_txn {
+            // A fresh read transaction taken while writers are free to run leaves a gap in which
+            // the WAL may have been checkpointed and restarted any number of times.
+            if !self.barrier_held {
+                self.pinned = false;
+            }
+            self.conn.execute_batch("BEGIN")?;
+            // The first read takes the WAL read mark; the transaction holds it until COMMIT.
+            if let Err(e) = self
+                .conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(
+                    Error::from(e).context("starting the read transaction that pins the WAL")
+                );
+            }
+            self.in_read_txn = true;
+        }
+        Ok(())
+    }
+
+    pub(super) fn end_read(&mut self) -> Result<()> {
+        if self.in_read_txn {
+            self.conn.execute_batch("COMMIT")?;
+            self.in_read_txn = false;
+        }
+        Ok(())
+    }
+
+    /// Upload every committed frame not yet in the replica, then checkpoint if the policy says so.
+    pub(super) fn cycle(&mut self, ticket: u64) -> Result<()> {
+        self.begin_read()?;
+        self.sync_wal()?;
+        {
+            let mut g = self.shared.lock();
+            g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
+            g.txid = self
+                .pos
+                .map(|p| p.txid)
+                .unwrap_or(self.remote_max.unwrap_or(0));
+            g.last_sync_at = Some(SystemTime::now());
+            g.wal_size = std::fs::metadata(&self.wal_path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        self.shared.cond.notify_all();
+        self.checkpoint_if_needed()
+    }
+
+    pub(super) fn ensure_remote_position(&mut self) -> Result<u64> {
+        if let Some(max) = self.remote_max {
+            return Ok(max);
+        }
+        let max = replica_client::replica_max_txid(self.client.as_ref()).with_context(|| {
+            format!(
+                "reading the replica position from {}",
+                self.client.describe()
+            )
+        })?;
+        self.remote_max = Some(max);
+        // The saved position counts only if the replica still ends exactly where we left it.
+        self.pos = std::mem::take(&mut self.saved)
+            .into_iter()
+            .find(|p| p.txid == max && max > 0);
+        self.shared.lock().txid = max;
+        Ok(max)
+    }
+
+    /// Upload L0 files until the replica holds every committed frame of the WAL.
+    pub(super) fn sync_wal(&mut self) -> Result<()> {
+        self.ensure_remote_position()?;
+        loop {
+            let (wal, header) = self.open_wal()?;
+            let plan = self.plan(wal.as_ref(), header.as_ref())?;
+            let more = match plan {
+                Plan::Incremental(resume) => match wal.as_ref() {
+                    Some(f) => self.write_incremental(f, resume)?,
+                    None => false,
+                },
+                Plan::Snapshot { reason } => self.write_snapshot(wal.as_ref(), &reason)?,
+            };
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decide where to continue reading: gather the facts `decide::plan` needs.
+    pub(super) fn plan(&self, wal: Option<&File>, header: Option<&WalHeader>) -> Result<Plan> {
+        let pos = self.pos.as_ref();
+        // The frame before our end, in the current file: still ours if it carries the position's
+        // salts and checksum (only looked at when the WAL holds the position's generation).
+        let prev_frame_intact = match (pos, wal, header) {
+            (Some(p), Some(f), Some(h))
+                if p.wal.end > 32 && h.salts() == (p.wal.salt1, p.wal.salt2) =>
+            {
+                let prev = p.wal.end - wal::frame_size(self.page_size);
+                wal::read_frame_header(f, prev)?.is_some_and(|fh| {
+                    fh.salts() == h.salts() && fh.checksum() == p.wal.frame_checksum
+                })
+            }
+            _ => true,
+        };
+        Ok(decide::plan(&PlanFacts {
+            pos,
+            page_size: self.page_size,
+            wal_header: header.map(|h| (h.page_size, h.salts())),
+            prev_frame_intact,
+            pinned: self.pinned,
+            db_unchanged_since_stop: pos.is_some_and(|p| self.db_unchanged_since_stop(p)),
+        }))
+    }
+
+    /// The database file still has the identity recorded at the last stop's checkpoint.
+    pub(super) fn db_unchanged_since_stop(&self, pos: &Position) -> bool {
+        pos.db_stamp.is_some() && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
+    }
+
+    /// Upload the L0 file that moves the replica to `new_pos`, and make it our position. The state
+    /// file names `new_pos` as pending first, so a crash right after the upload still leaves a
+    /// position that matches the replica.
+    pub(super) fn upload(
+        &mut self,
+        new_pos: &Position,
+        timestamp_ms: i64,
+        spool: &mut Spool,
+    ) -> Result<()> {
+        if let Some(l) = &self.lease {
+            l.check()?;
+        }
+        state::save(
+            &self.meta,
+            &self.client.describe(),
+            self.pos.as_ref(),
+            Some(new_pos),
+        )
+        .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
+        let txid = new_pos.txid;
+        self.client.put(0, txid, txid, timestamp_ms, spool)?;
+        self.remote_max = Some(txid);
+        self.pos = Some(*new_pos);
+        // Uploads happen inside a cycle, with the read transaction held.
+        self.pinned = self.in_read_txn;
+        Ok(())
+    }
+
+    pub(super) fn after_upload(&mut self) -> Result<()> {
+        self.synced_since_checkpoint = true;
+        if let Some(pos) = &self.pos {
+            self.shared.lock().txid = pos.txid;
+            state::save(&self.meta, &self.client.describe(), Some(pos), None)
+                .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Just acquired the lease (or kept it across a lapse): whatever we knew about the replica may
+    /// be stale — another holder may have written to it. Re-read its max TXID and offer the newest
+    /// saved position (the state file may be newer than ours: another process on this host may
+    /// have replicated this very database); `ensure_remote_position` trusts it only if it is the
+    /// replica's max, and `plan()` only if the WAL proves continuity. Otherwise: a snapshot.
+    pub(super) fn take_over(&mut self, epoch: u64) {
+        self.lease_epoch = Some(epoch);
+        self.pinned = false;
+        let mut candidates = state::load(&self.meta, &self.client.describe());
+        candidates.extend(self.pos.take());
+        candidates.append(&mut self.saved);
+        candidates.retain(|p| p.page_size == self.page_size);
+        self.saved = candidates;
+        self.pos = None;
+        self.remote_max = None;
+        let mut g = self.shared.lock();
+        g.state = RunState::Running;
+        g.last_error = None;
+    }
+
+    /// One standby period: no read transaction, status from the lease, checkpoints if this
+    /// process is the one responsible for the database on this host. Returns true on stop.
+    pub(super) fn standby_wait(&mut self, lease: &Lease) -> bool {
+        if self.lease_epoch.take().is_some() {
+            // Lost the lease: keep our position only as a hint for the next acquisition.
+            if let Some(p) = self.pos.take() {
+                self.saved.push(p);
+            }
+            self.remote_max = None;
+        }
+        let _ = self.end_read();
+        self.pinned = false;
+        let view = lease.view();
+        let checkpoint = if lease.has_local_claim() {
+            self.standby_checkpoint().err()
+        } else {
+            None
+        };
+        let mut g = self.shared.lock();
+        let (state, error) = if view.fatal {
+            (RunState::Error, view.error.clone())
+        } else if let Some(lost) = &view.lost {
+            (RunState::Standby, Some(lost.clone()))
+        } else if let Some(e) = &view.error {
+            (RunState::Error, Some(format!("lease: {e}")))
+        } else {
+            (RunState::Standby, checkpoint.map(|e| e.to_string()))
+        };
+        g.state = state;
+        g.last_error = error;
+        g.dirty_since = None;
+        g.covering_since = None;
+        drop(g);
+        self.shared.cond.notify_all();
+        let deadline = Instant::now() + STANDBY_TICK;
+        let mut g = self.shared.lock();
+        loop {
+            if g.stop_requested {
+                return true;
+            }
+            if std::mem::take(&mut g.lease_changed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self.shared.wait(g, deadline);
+        }
+    }
+
+    /// The `-wal` file (None when there is none) and its header (None when it has no valid one).
+    pub(super) fn open_wal(&self) -> Result<(Option<File>, Option<WalHeader>)> {
+        let wal = match File::open(&self.wal_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "opening {}: {e}",
+                    self.wal_path.display()
+                )))
+            }
+        };
+        let header = match &wal {
+            Some(f) => WalHeader::read(f)?,
+            None => None,
+        };
+        Ok((wal, header))
+    }
+}
