@@ -116,7 +116,7 @@ fn main() {
         std::thread::spawn(move || {
             let (mut samples, mut max_done, mut seen) = (0u64, 0u64, serde_json::Value::Null);
             while !done.load(Ordering::Relaxed) {
-                let p = client.progress().to_json();
+                let p = serde_json::to_value(client.progress().snapshot()).unwrap_or_default();
                 let cur = &p["in_flight"];
                 if !cur.is_null() {
                     samples += 1;
@@ -153,14 +153,14 @@ fn main() {
                 "samples": samples,
                 "max_parts_done": max_done,
                 "in_flight_seen": seen,
-                "progress": client.progress().to_json(),
+                "progress": serde_json::to_value(client.progress().snapshot()).unwrap_or_default(),
             })
         ),
         Err(e) => {
             println!(
                 "{}",
                 serde_json::json!({"ok": false, "error": e.to_string(), "seconds": secs,
-                                   "progress": client.progress().to_json()})
+                                   "progress": serde_json::to_value(client.progress().snapshot()).unwrap_or_default()})
             );
             std::process::exit(1);
         }
