@@ -378,6 +378,83 @@ impl<'c> DbFile<'c> {
     }
 }
 
+/// Bytes at the start of the wal-index (the `-shm` mapping): two copies of the 48-byte header
+/// and the 40-byte checkpoint information, as SQLite's `wal.c` lays them out.
+pub const WAL_INDEX_HEADER_BYTES: usize = 136;
+/// Size of one wal-index region (`WALINDEX_PGSZ`: 8192 two-byte hash slots and 4096 page numbers).
+const WAL_INDEX_REGION_BYTES: c_int = 32768;
+/// The wal-index's locks, by SQLite's numbering (`WAL_WRITE_LOCK`, `WAL_CKPT_LOCK`).
+pub const WAL_WRITE_LOCK: c_int = 0;
+pub const WAL_CKPT_LOCK: c_int = 1;
+
+impl DbFile<'_> {
+    fn io_methods(&self) -> &ffi::sqlite3_io_methods {
+        // SAFETY: `file` is open (see new), so pMethods is set and outlives it.
+        unsafe { &*(*self.file).pMethods }
+    }
+
+    /// The start of the wal-index as SQLite has it mapped for this connection, read the way
+    /// SQLite's readers read it: first header copy, memory barrier, second copy, checkpoint
+    /// information (`wal::WalIndexHeader::parse` checks that the copies agree). None when the
+    /// VFS has no shared memory or the connection has not mapped it (not in WAL mode).
+    pub fn read_wal_index(&self) -> Option<[u8; WAL_INDEX_HEADER_BYTES]> {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return None;
+        }
+        let map = methods.xShmMap?;
+        let mut region: *mut c_void = std::ptr::null_mut();
+        // SAFETY: xShmMap with bExtend = 0 only maps what exists; SQLite keeps the mapping until
+        // the connection closes, which the borrow of the connection outlives.
+        let rc = unsafe { map(self.file, 0, WAL_INDEX_REGION_BYTES, 0, &mut region) };
+        if rc != ffi::SQLITE_OK || region.is_null() {
+            return None;
+        }
+        let mut out = [0u8; WAL_INDEX_HEADER_BYTES];
+        let words = region as *const u32;
+        let mut copy = |range: std::ops::Range<usize>| {
+            for i in range {
+                // SAFETY: the region is at least 32 KiB, aligned, and shared with other
+                // connections that write it: volatile 32-bit loads, as SQLite's readers do.
+                let w = unsafe { std::ptr::read_volatile(words.add(i)) };
+                out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+        };
+        copy(0..12);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        copy(12..24);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        copy(24..WAL_INDEX_HEADER_BYTES / 4);
+        Some(out)
+    }
+
+    /// Whether another connection (of this process or another) holds wal-index lock `lock`
+    /// exclusively right now: try a shared lock on it and release it at once. SQLite itself only
+    /// ever takes these two locks exclusively, so a shared probe holds no one up for more than the
+    /// microseconds it lasts. None when the VFS has no shared-memory locks.
+    pub fn wal_lock_held_by_other(&self, lock: c_int) -> Option<bool> {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return None;
+        }
+        let shm_lock = methods.xShmLock?;
+        let shared = ffi::SQLITE_SHM_SHARED;
+        // SAFETY: xShmLock on one lock slot of this connection's shared memory; a shared lock we
+        // obtain is released before returning, so SQLite's own lock state for the connection is
+        // as it was.
+        let rc = unsafe { shm_lock(self.file, lock, 1, ffi::SQLITE_SHM_LOCK | shared) };
+        match rc {
+            ffi::SQLITE_OK => {
+                // SAFETY: as above: releases the lock just taken.
+                unsafe { shm_lock(self.file, lock, 1, ffi::SQLITE_SHM_UNLOCK | shared) };
+                Some(false)
+            }
+            ffi::SQLITE_BUSY => Some(true),
+            _ => None,
+        }
+    }
+}
+
 // ---- table-valued functions --------------------------------------------------------------------
 //
 // rusqlite's virtual-table traits are `unsafe` to implement (the structs must be `#[repr(C)]`

@@ -22,6 +22,7 @@ pub mod s3;
 mod sql;
 pub mod state;
 pub mod wal;
+pub mod wal_index;
 
 // The entry point SQLite's loader calls: registers the SQL surface on each connection.
 export_entry_point!(sql::register);

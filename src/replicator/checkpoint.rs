@@ -15,8 +15,10 @@ use super::decide::{self, CheckpointFacts, CheckpointMode, CheckpointPolicy, Pla
 use super::worker::Worker;
 use super::{BACKPRESSURE_WAL_BYTES, BUSY_TIMEOUT};
 use crate::error::{Context, Error, Result};
+use crate::host::{DbFile, WAL_CKPT_LOCK, WAL_WRITE_LOCK};
 use crate::state;
 use crate::wal::{self, ScanOutcome};
+use crate::wal_index::{self, WalIndexHeader};
 
 /// A checkpoint that finds new commits under its write lock gives up (the next cycle uploads them
 /// without the lock) while the WAL is below this size. Hooked writers past it wait in
@@ -24,6 +26,11 @@ use crate::wal::{self, ScanOutcome};
 /// pauses (another process, which backpressure does not slow down) gets its commits uploaded
 /// under the lock, so it cannot starve checkpoints and grow the WAL without bound.
 const MAX_DEFERRED_WAL_BYTES: u64 = BACKPRESSURE_WAL_BYTES;
+/// Stepping aside for another connection's checkpoint lasts at most this long (it may wait for
+/// readers other than ours); our read transaction is taken again as soon as the checkpoint is
+/// done or anything is committed, checked this often.
+const YIELD_MAX: Duration = Duration::from_secs(1);
+const YIELD_POLL: Duration = Duration::from_millis(1);
 
 impl Worker {
     /// A standby's database still needs checkpoints (the extension replaced the host's
@@ -201,6 +208,87 @@ impl Worker {
             Ok(_) => Ok(()),
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(()),
             Err(e) => Err(Error::from(e).context("checkpoint(TRUNCATE)")),
+        }
+    }
+
+    /// The wal-index header as SQLite's connections see it now (None: unknown).
+    pub(super) fn wal_index(&self) -> Result<Option<WalIndexHeader>> {
+        let db = DbFile::new(&self.conn)?;
+        Ok(wal_index::read_consistent(|| db.read_wal_index()))
+    }
+
+    /// If another connection's blocking checkpoint waits for our read transaction, upload what is
+    /// committed, let go of the read transaction until that checkpoint is done, and take it again;
+    /// the wal-index's commit counter then tells whether nothing was missed (`decide::after_yield`),
+    /// in which case the position stays as good as pinned. Returns whether it stepped aside.
+    pub(super) fn yield_to_checkpointer(&mut self) -> Result<bool> {
+        if !self.blocking_checkpoint_waits()? {
+            return Ok(false);
+        }
+        // Writers are held off by that checkpoint (it holds the write lock), so what is
+        // committed now is everything until it is done.
+        self.sync_wal()?;
+        let Some(pos) = self.pos else {
+            return Ok(false);
+        };
+        let Some(before) = self.wal_index()? else {
+            return Ok(false);
+        };
+        let frames = pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size);
+        let at_position = before.max_frame as u64 == frames
+            && (before.salts == (pos.wal.salt1, pos.wal.salt2) || before.max_frame == 0);
+        if !at_position {
+            return Ok(false); // commits since the upload: the next cycle takes them first
+        }
+        self.end_read()?;
+        let deadline = Instant::now() + YIELD_MAX;
+        while Instant::now() < deadline {
+            std::thread::sleep(YIELD_POLL);
+            let db = DbFile::new(&self.conn)?;
+            let busy = db.wal_lock_held_by_other(WAL_CKPT_LOCK) == Some(true);
+            let committed = wal_index::read_consistent(|| db.read_wal_index()).map(|h| h.change)
+                != Some(before.change);
+            if !busy || committed {
+                break;
+            }
+        }
+        self.begin_read()?;
+        let after = self.wal_index()?;
+        let new_generation_commits = match after {
+            Some(a) if a.salts != before.salts => self.commits_from_wal_start(a.salts)?,
+            _ => None,
+        };
+        let outcome = decide::after_yield(&before, after.as_ref(), new_generation_commits);
+        self.pinned = outcome.pinned;
+        if outcome.backfilled {
+            if let Some(p) = self.pos.as_mut() {
+                p.backfilled = true;
+            }
+        }
+        self.shared.lock().checkpoints_yielded += 1;
+        Ok(true)
+    }
+
+    /// A FULL, RESTART or TRUNCATE checkpoint of another connection holds both the checkpoint and
+    /// the write lock while it waits for readers (a PASSIVE one holds only the first and waits
+    /// for no one).
+    fn blocking_checkpoint_waits(&self) -> Result<bool> {
+        let db = DbFile::new(&self.conn)?;
+        Ok(db.wal_lock_held_by_other(WAL_CKPT_LOCK) == Some(true)
+            && db.wal_lock_held_by_other(WAL_WRITE_LOCK) == Some(true))
+    }
+
+    /// Commits in the WAL from its start, if its header carries `salts` (None otherwise).
+    fn commits_from_wal_start(&self, salts: (u32, u32)) -> Result<Option<u64>> {
+        let (wal, header) = self.open_wal()?;
+        match (wal, header) {
+            (Some(f), Some(h)) if h.salts() == salts => {
+                Ok(match wal::scan(&f, wal::Resume::FromStart, None)? {
+                    ScanOutcome::Segment(seg) => Some(seg.commits as u64),
+                    _ => None,
+                })
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::ResolvedConfig;
 use crate::state::Position;
 use crate::wal::Resume;
+use crate::wal_index::WalIndexHeader;
 
 /// Retry backoff after a failed cycle: doubles from the first value to the cap (Litestream: 5 min).
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -205,6 +206,9 @@ pub struct WaitFacts {
     pub next_poll: Instant,
     /// While backing off after an error: when to try again.
     pub retry_at: Option<Instant>,
+    /// While our read transaction pins the WAL: when to look for a checkpoint of another
+    /// connection that waits for it.
+    pub probe_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +219,8 @@ pub enum Wake {
     LeaseChanged,
     /// Run a cycle now.
     Cycle,
+    /// Look for a checkpoint of another connection waiting for our read transaction.
+    Probe,
     /// Nothing to do before this instant (or an event).
     SleepUntil(Instant),
 }
@@ -239,10 +245,58 @@ pub fn wake(f: &WaitFacts) -> Wake {
         }
     };
     if f.now >= due {
-        Wake::Cycle
-    } else {
-        Wake::SleepUntil(due)
+        return Wake::Cycle;
     }
+    match f.probe_at {
+        Some(p) if f.now >= p => Wake::Probe,
+        Some(p) => Wake::SleepUntil(due.min(p)),
+        None => Wake::SleepUntil(due),
+    }
+}
+
+/// What a release of our read transaction, let go so that another connection's blocking
+/// checkpoint could finish, proved about the WAL: `before` was read with everything up to the
+/// position uploaded, `after` once the read transaction was taken again; `new_generation_commits`
+/// counts the commits in the WAL from its start (when it is a generation other than `before`'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct YieldOutcome {
+    /// Nothing committed since the position can be missing from the WAL: as good as pinned.
+    pub pinned: bool,
+    /// And every frame up to the position is in the database file.
+    pub backfilled: bool,
+}
+
+pub fn after_yield(
+    before: &WalIndexHeader,
+    after: Option<&WalIndexHeader>,
+    new_generation_commits: Option<u64>,
+) -> YieldOutcome {
+    let unproven = YieldOutcome {
+        pinned: false,
+        backfilled: false,
+    };
+    let Some(after) = after else { return unproven };
+    let restarted_once = after.salts.0 == before.salts.0.wrapping_add(1);
+    if after.change == before.change {
+        // No commit at all: the database is still the position's state, whatever the checkpoint
+        // did to the WAL. A restart (new salts) happens only once everything was backfilled.
+        return YieldOutcome {
+            pinned: true,
+            backfilled: after.salts != before.salts || after.fully_backfilled(),
+        };
+    }
+    // Commits came in. They are all still in the WAL if the WAL restarted exactly once (salt 1
+    // counts restarts) and its new generation holds exactly as many commits as the counter moved:
+    // then none landed in the old generation after the position.
+    let moved = after.change.wrapping_sub(before.change) as u64;
+    if restarted_once && new_generation_commits == Some(moved) {
+        return YieldOutcome {
+            pinned: true,
+            backfilled: true,
+        };
+    }
+    // Otherwise only the WAL can tell (same generation: `plan` checks continuity).
+    unproven
 }
 
 /// The delay before retrying after a failed cycle, given the previous one.
@@ -502,6 +556,7 @@ mod tests {
             sync_interval: Duration::from_secs(1),
             next_poll: now + Duration::from_secs(1),
             retry_at: None,
+            probe_at: None,
         }
     }
 
@@ -541,6 +596,80 @@ mod tests {
             ..idle
         };
         assert_eq!(wake(&overdue), Wake::Cycle);
+    }
+
+    #[test]
+    fn probes_come_after_due_cycles() {
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(10);
+        let idle = WaitFacts {
+            probe_at: Some(soon),
+            ..waiting(now)
+        };
+        assert_eq!(wake(&idle), Wake::SleepUntil(soon));
+        let due = WaitFacts {
+            probe_at: Some(now),
+            ..idle
+        };
+        assert_eq!(wake(&due), Wake::Probe);
+        let cycle_too = WaitFacts {
+            sync_wanted: true,
+            ..due
+        };
+        assert_eq!(wake(&cycle_too), Wake::Cycle);
+    }
+
+    fn index(change: u32, salts: (u32, u32), max_frame: u32, backfilled: u32) -> WalIndexHeader {
+        WalIndexHeader {
+            change,
+            max_frame,
+            page_count: 3,
+            salts,
+            backfilled,
+        }
+    }
+
+    #[test]
+    fn a_yield_is_proven_safe_by_the_commit_counter() {
+        let before = index(10, (5, 9), 40, 12);
+        // Nothing committed; the checkpoint backfilled everything (FULL) or restarted (RESTART,
+        // TRUNCATE).
+        let full = index(10, (5, 9), 40, 40);
+        assert_eq!(
+            after_yield(&before, Some(&full), None),
+            YieldOutcome {
+                pinned: true,
+                backfilled: true
+            }
+        );
+        let truncated = index(10, (6, 77), 0, 0);
+        assert_eq!(
+            after_yield(&before, Some(&truncated), None),
+            YieldOutcome {
+                pinned: true,
+                backfilled: true
+            }
+        );
+        let partial = index(10, (5, 9), 40, 30);
+        assert_eq!(
+            after_yield(&before, Some(&partial), None),
+            YieldOutcome {
+                pinned: true,
+                backfilled: false
+            }
+        );
+        // Two commits, both in the one new generation.
+        let restarted = index(12, (6, 3), 4, 0);
+        assert!(after_yield(&before, Some(&restarted), Some(2)).pinned);
+        // One of them went to the old generation (and was backfilled away): unproven.
+        assert!(!after_yield(&before, Some(&restarted), Some(1)).pinned);
+        // Two restarts: unproven.
+        let twice = index(12, (7, 3), 4, 0);
+        assert!(!after_yield(&before, Some(&twice), Some(2)).pinned);
+        // Same generation with commits: left to `plan`.
+        let appended = index(12, (5, 9), 44, 12);
+        assert!(!after_yield(&before, Some(&appended), None).pinned);
+        assert!(!after_yield(&before, None, None).pinned);
     }
 
     #[test]

@@ -104,6 +104,8 @@ struct Inner {
     checkpoints: u64,
     /// Checkpoints deferred because commits arrived while they waited for the write lock.
     checkpoint_deferrals: u64,
+    /// Times our read transaction stepped aside for another connection's checkpoint.
+    checkpoints_yielded: u64,
     /// Checkpoint attempts, successful or not (backpressure waiters watch this).
     checkpoint_attempts: u64,
     /// A hooked writer is waiting for the WAL to shrink: cycle and checkpoint now.
@@ -220,6 +222,7 @@ impl Replicator {
                 last_snapshot_reason: None,
                 checkpoints: 0,
                 checkpoint_deferrals: 0,
+                checkpoints_yielded: 0,
                 checkpoint_attempts: 0,
                 pressure: false,
                 wal_size: 0,
@@ -444,6 +447,7 @@ impl Replicator {
             last_snapshot_reason: g.last_snapshot_reason.clone(),
             checkpoints: g.checkpoints,
             checkpoints_deferred: g.checkpoint_deferrals,
+            checkpoints_yielded: g.checkpoints_yielded,
             wal_size: g.wal_size,
             sync_interval: Some(crate::config::format_duration(
                 self.shared.cfg.sync_interval,

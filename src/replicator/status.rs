@@ -26,6 +26,8 @@ pub struct Status {
     pub last_snapshot_reason: Option<String>,
     pub checkpoints: u64,
     pub checkpoints_deferred: u64,
+    /// Checkpoints of other connections our read transaction stepped aside for.
+    pub checkpoints_yielded: u64,
     pub wal_size: u64,
     pub sync_interval: Option<String>,
     pub part_size: Option<u64>,
