@@ -595,10 +595,11 @@ impl Worker {
             for (s, _) in spools {
                 readers.push(Box::new(SpoolReader { spool: s, pos: 0 }));
             }
-        } else {
-            for f in inputs {
-                readers.push(self.client.open(f)?);
-            }
+            // The readers are intermediates now, not the named files (checked in round 1).
+            return self.merge_readers(readers, &[]);
+        }
+        for f in inputs {
+            readers.push(self.client.open(f)?);
         }
         self.merge_readers(readers, inputs)
     }
@@ -630,7 +631,14 @@ impl Worker {
             let what = names
                 .get(i)
                 .map_or("an intermediate merge", |f| f.key.as_str());
-            decoders.push(Decoder::new(r).with_context(|| format!("reading {what}"))?);
+            let dec = Decoder::new(r).with_context(|| format!("reading {what}"))?;
+            // A replica file is merged only if its header is the file its key names; the merge
+            // itself checks that the inputs chain (ltx::compact).
+            if let Some(f) = names.get(i) {
+                ltx::check_named(dec.header(), (f.min_txid, f.max_txid))
+                    .with_context(|| format!("reading {}", f.key))?;
+            }
+            decoders.push(dec);
         }
         let spool = Spool::new(&self.spill_dir, SPOOL_MEMORY_LIMIT);
         let (spool, header, _) = ltx::compact(decoders, spool).map_err(|e| {

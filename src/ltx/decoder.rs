@@ -701,6 +701,71 @@ pub(super) fn xxh32(data: &[u8], seed: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+// ---- chains of files ---------------------------------------------------------------------
+//
+// A file's checksum proves only that its bytes are intact, not that it is the file its key
+// names: an object overwritten with another valid LTX file (a copy gone wrong, a replica mixed
+// up with another) decodes cleanly. Whoever reads files by key — a restore plan, a compaction —
+// must therefore hold every header to its key and to the file before it. These two checks are
+// the one place that is done.
+
+/// Checks that `header` is the file whose key names the TXID range `named` (min, max).
+pub fn check_named(header: &Header, named: (u64, u64)) -> Result<(), LtxError> {
+    let found = (header.min_txid, header.max_txid);
+    if found != named {
+        return Err(LtxError::WrongFile { named, found });
+    }
+    Ok(())
+}
+
+/// Checks that `next` may follow `prev` in one chain of files applied in order (a restore plan,
+/// compaction inputs): the same page size; contiguous TXIDs (`next.min <= prev.max + 1` and
+/// `next.max > prev.max`: overlap allowed, gaps and steps back not, §1.11); and, where the format
+/// allows it, the database checksums chain: when `next` tracks checksums and starts right after
+/// `prev`, its pre-apply checksum must be `prev_post_apply` (the post-apply checksum in `prev`'s
+/// trailer, once read; `None` skips that part). Litestream files never track checksums (flag
+/// NoChecksum, both checksums 0), so for them the TXID and page-size rules are all there is.
+pub fn check_follows(
+    prev: &Header,
+    prev_post_apply: Option<u64>,
+    next: &Header,
+) -> Result<(), LtxError> {
+    if next.page_size != prev.page_size {
+        return Err(LtxError::PageSizeMismatch {
+            expected: prev.page_size,
+            found: next.page_size,
+        });
+    }
+    // Saturating: a prev ending at u64::MAX can be followed by nothing, since next.max must
+    // exceed it.
+    let contiguous =
+        next.min_txid <= prev.max_txid.saturating_add(1) && next.max_txid > prev.max_txid;
+    if !contiguous {
+        return Err(LtxError::NotContiguous {
+            prev: (prev.min_txid, prev.max_txid),
+            next: (next.min_txid, next.max_txid),
+        });
+    }
+    let tracks = |h: &Header| h.flags & HEADER_FLAG_NO_CHECKSUM == 0;
+    let adjacent = next.min_txid == prev.max_txid.saturating_add(1);
+    if let Some(post_apply) = prev_post_apply {
+        if tracks(prev)
+            && tracks(next)
+            && adjacent
+            && post_apply != 0
+            && next.pre_apply_checksum != post_apply
+        {
+            return Err(LtxError::ChecksumChain {
+                prev: (prev.min_txid, prev.max_txid),
+                next: (next.min_txid, next.max_txid),
+                post_apply,
+                pre_apply: next.pre_apply_checksum,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes and verifies a whole file, calling `f(pgno, page)` for each page in order. The
 /// pages are passed before the checksum is known: discard them if this returns an error.
 pub fn verify<R: Read>(r: R, mut f: impl FnMut(u32, &[u8])) -> Result<(Header, Trailer), LtxError> {

@@ -1,0 +1,349 @@
+//! Where a restore writes: the checks made before anything is downloaded, the temporary file the
+//! pages go into, and the final replace.
+//!
+//! Invariants:
+//! - Every refusal happens before anything is written: a path that cannot become a database file
+//!   (a directory, a symbolic link, a device, a missing parent directory), an existing file
+//!   without `overwrite`, a database something uses, a stale `-wal` or `-journal` beside an output
+//!   that does not exist yet.
+//! - `overwrite` replaces only a file nothing uses: no replicator of this process or of another
+//!   process runs on it, and no connection of any process holds a lock on it ([`ExclusiveUse`]).
+//!   The check is made up front and again, holding the lock, at the replace.
+//! - The restored pages never meet a stale `-wal` or `-journal` (SQLite would replay either over
+//!   them: a WAL's frames are checked against the WAL's own header, not against the database):
+//!   they are removed while the exclusive lock keeps every connection out, before the new file
+//!   takes the name. Without `overwrite` the new file takes the name only if it is still free.
+//! - The pages go into a temporary file of this restore's own beside the output (a unique name,
+//!   so that two restores to one path cannot write into each other's); it is removed on every path
+//!   that does not end in the rename.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::error::{Context, Error, Result};
+
+/// Files SQLite keeps beside a database and would apply to (or share with) whatever file has the
+/// database's name: the WAL and the rollback journal are replayed, the wal-index is reset.
+const SIDECARS: [&str; 3] = ["-wal", "-journal", "-shm"];
+/// The sidecars whose content would be applied to the restored pages.
+const REPLAYED_SIDECARS: [&str; 2] = ["-wal", "-journal"];
+
+/// The restore's output: its path and the temporary file beside it.
+pub struct Output {
+    path: PathBuf,
+    overwrite: bool,
+    tmp_path: PathBuf,
+    tmp: Option<File>,
+    /// Set once the temporary file has become the output (nothing to clean up any more).
+    done: bool,
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn exists(path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::msg(format!("checking {}: {e}", path.display()))),
+    }
+}
+
+impl Output {
+    /// Checks everything that can be checked before downloading (see the module documentation),
+    /// then creates the temporary file. On error nothing has been written.
+    pub fn prepare(path: &Path, overwrite: bool) -> Result<Output> {
+        let shown = path.display();
+        let Some(name) = path.file_name() else {
+            return Err(Error::msg(format!(
+                "the output path {shown} does not name a file: give a path such as /data/app.db"
+            )));
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match fs::metadata(parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::msg(format!(
+                    "cannot restore to {shown}: {} is not a directory",
+                    parent.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "cannot restore to {shown}: its directory {}: {e}",
+                    parent.display()
+                )))
+            }
+        }
+        match exists(path)? {
+            None => {
+                if !overwrite {
+                    refuse_stale_sidecars(path)?;
+                }
+            }
+            Some(_) if !overwrite => {
+                return Err(Error::msg(format!(
+                    "{shown} already exists; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'"
+                )));
+            }
+            Some(m) => {
+                replaceable(path, &m)?;
+                // Only a probe: the lock is taken again, and held, at the replace.
+                drop(ExclusiveUse::take(path)?);
+            }
+        }
+        let tmp_path = parent.join(format!(
+            ".{}.{:016x}.restore-tmp",
+            name.to_string_lossy(),
+            crate::replica_client::rand_u64()
+        ));
+        let tmp = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .with_context(|| {
+                format!("cannot restore to {shown}: creating {}", tmp_path.display())
+            })?;
+        Ok(Output {
+            path: path.to_path_buf(),
+            overwrite,
+            tmp_path,
+            tmp: Some(tmp),
+            done: false,
+        })
+    }
+
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// The temporary file the pages are written into.
+    pub fn tmp_file(&self) -> &File {
+        self.tmp
+            .as_ref()
+            .expect("the temporary file is open until replace")
+    }
+
+    /// Makes the (synced, checked) temporary file the output: under the exclusive lock when
+    /// replacing, with the replayed sidecars gone first; without `overwrite`, only if the name is
+    /// still free. Then the directory is synced.
+    pub fn replace(mut self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        // Our own descriptor on the temporary file closes before the file becomes a database
+        // anyone may open (and lock) under its new name.
+        drop(self.tmp.take());
+        let _lock = match exists(&self.path)? {
+            Some(m) if self.overwrite => {
+                replaceable(&self.path, &m)?;
+                Some(ExclusiveUse::take(&self.path)?)
+            }
+            Some(_) => {
+                return Err(Error::msg(format!(
+                    "{shown} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'"
+                )))
+            }
+            None => None,
+        };
+        if self.overwrite {
+            for suffix in SIDECARS {
+                let p = sidecar(&self.path, suffix);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::msg(format!("removing {}: {e}", p.display()))),
+                }
+            }
+            fs::rename(&self.tmp_path, &self.path)
+                .with_context(|| format!("renaming {} to {shown}", self.tmp_path.display()))?;
+        } else {
+            refuse_stale_sidecars(&self.path)?;
+            link_if_free(&self.tmp_path, &self.path)?;
+        }
+        self.done = true;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", dir.display()))
+        // `_lock` is released here, after the new file has the name: until then no connection
+        // could open the old file and its sidecars.
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.done {
+            drop(self.tmp.take());
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// An existing output must be a regular file to be replaced.
+fn replaceable(path: &Path, m: &fs::Metadata) -> Result<()> {
+    let shown = path.display();
+    let ft = m.file_type();
+    if ft.is_dir() {
+        return Err(Error::msg(format!(
+            "cannot restore to {shown}: it is a directory; give the path of a database file, such as {}",
+            path.join("app.db").display()
+        )));
+    }
+    if ft.is_symlink() {
+        let target = fs::canonicalize(path)
+            .map(|t| format!(" (to {})", t.display()))
+            .unwrap_or_default();
+        return Err(Error::msg(format!(
+            "cannot restore to {shown}: it is a symbolic link{target}; a restore would replace the \
+             link, not the database: give the path of the file itself"
+        )));
+    }
+    if !ft.is_file() {
+        return Err(Error::msg(format!(
+            "cannot restore to {shown}: it is not a regular file (a device, socket or FIFO)"
+        )));
+    }
+    Ok(())
+}
+
+/// A `-wal` or `-journal` left beside a path with no database would be replayed over the
+/// restored pages the first time SQLite opens them.
+fn refuse_stale_sidecars(path: &Path) -> Result<()> {
+    for suffix in REPLAYED_SIDECARS {
+        let p = sidecar(path, suffix);
+        if exists(&p)?.is_some() {
+            return Err(Error::msg(format!(
+                "{} exists beside {}, left by an earlier database of that name: SQLite would apply \
+                 it to the restored pages; remove it, or pass '{{\"overwrite\": true}}' to have \
+                 restore remove it",
+                p.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Gives `tmp` the name `path` only if no file has it: a hard link fails if the name is taken,
+/// where a rename would silently replace it. Filesystems without hard links get a rename after
+/// an existence check.
+fn link_if_free(tmp: &Path, path: &Path) -> Result<()> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => {
+            fs::remove_file(tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::msg(format!(
+            "{} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
+            path.display()
+        ))),
+        Err(_) => {
+            if exists(path)?.is_some() {
+                return Err(Error::msg(format!(
+                    "{} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
+                    path.display()
+                )));
+            }
+            fs::rename(tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        }
+    }
+}
+
+/// Proof, through the host's SQLite, that nothing uses a database file: no replicator runs on it
+/// (in this process or, by the local lease lock, in another) and a connection of our own holds
+/// SQLite's EXCLUSIVE lock on it. Dropping it closes that connection and frees the lock.
+///
+/// Why the lock is sound as a test of "no connection uses it":
+/// - It is SQLite's own locking, so it sees every connection the way SQLite does: POSIX advisory
+///   locks between processes, and within this process the unix VFS's one lock table per inode,
+///   shared by all of the process's connections. A connection of this process conflicts with ours
+///   exactly as one of another process does, and closing ours cannot drop its locks (SQLite keeps
+///   a descriptor open while the inode has locks). No descriptor of our own is ever opened on
+///   the file.
+/// - A connection to a WAL database holds a SHARED lock on the database file from its first read
+///   until it closes — a replicator, an idle application connection, another process's reader
+///   alike. A rollback-journal database's connection holds a lock only inside a transaction:
+///   an idle one is invisible (to SQLite itself too); one in a transaction is seen.
+/// - `locking_mode=EXCLUSIVE` makes SQLite take the EXCLUSIVE lock before it opens a WAL (the
+///   wal-index then lives in our heap, the `-shm` file is not touched), and `BEGIN EXCLUSIVE`
+///   takes it in rollback mode; it is held until our connection closes. A busy timeout of 0
+///   turns a conflict into an immediate SQLITE_BUSY.
+/// - While it is held, no connection can start reading the file, so none can open or replay its
+///   `-wal` or `-journal`: they can be removed and the new file renamed into place with nobody
+///   in between. `NO_CKPT_ON_CLOSE`: our connection's close must not checkpoint and then delete
+///   `<path>-wal` by name, which by then may be the restored database's.
+pub struct ExclusiveUse {
+    _conn: Option<Connection>,
+}
+
+impl ExclusiveUse {
+    pub fn take(path: &Path) -> Result<ExclusiveUse> {
+        let shown = path.display();
+        let canonical = fs::canonicalize(path).with_context(|| format!("resolving {shown}"))?;
+        if crate::runtime::replicator(&canonical).is_some_and(|r| !r.is_stopped()) {
+            return Err(Error::msg(format!(
+                "cannot restore over {shown}: this process is replicating it (litestream_start() \
+                 was called on it), and the replica would receive the replaced database; call \
+                 litestream_stop() first"
+            )));
+        }
+        let lease_lock = crate::state::meta_dir(&canonical).join(crate::s3::lease::LOCAL_LOCK_NAME);
+        if let Ok(f) = File::open(&lease_lock) {
+            // A flock (never a POSIX lock): probing it cannot disturb SQLite's locks, and the
+            // replicator holding it keeps it through its own descriptor.
+            if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock() {
+                return Err(Error::msg(format!(
+                    "cannot restore over {shown}: another process is replicating it (it holds \
+                     {}); stop replication there first",
+                    lease_lock.display()
+                )));
+            }
+        }
+        let in_use = || {
+            Error::msg(format!(
+                "cannot restore over {shown}: it is in use — a connection (of this or another \
+                 process) holds a lock on it; close every connection to it first (overwrite \
+                 replaces only a file nothing uses)"
+            ))
+        };
+        // The default VFS: the one the unix lock table above belongs to.
+        let conn = Connection::open_with_flags(&canonical, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .with_context(|| format!("opening {shown} to check that nothing uses it"))?;
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        let locked = conn
+            .query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map(|_| ())
+            .and_then(|()| conn.execute_batch("BEGIN EXCLUSIVE"));
+        match locked {
+            Ok(()) => Ok(ExclusiveUse { _conn: Some(conn) }),
+            Err(e) => match e.sqlite_error_code() {
+                Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => Err(in_use()),
+                // Not a database (or not a readable one): no connection can be using it as one.
+                Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+                    Ok(ExclusiveUse { _conn: None })
+                }
+                _ => Err(Error::msg(format!(
+                    "cannot restore over {shown}: could not take SQLite's exclusive lock to \
+                     check that nothing uses it: {e}"
+                ))),
+            },
+        }
+    }
+}
