@@ -1377,4 +1377,71 @@ mod tests {
         ));
         assert!(matches!(dec.finish(), Err(LtxError::InvalidInput(_))));
     }
+
+    #[test]
+    fn chain_checks() {
+        let h = |min: u64, max: u64| Header {
+            min_txid: min,
+            max_txid: max,
+            ..example_header()
+        };
+        check_named(&h(4, 4), (4, 4)).unwrap();
+        let e = check_named(&h(3, 3), (4, 4)).unwrap_err();
+        assert!(matches!(
+            e,
+            LtxError::WrongFile {
+                named: (4, 4),
+                found: (3, 3)
+            }
+        ));
+        assert!(e.to_string().contains(
+            "the file named 0000000000000004-0000000000000004.ltx holds TXIDs \
+             0000000000000003-0000000000000003 by its header"
+        ));
+        // Contiguous, overlapping: fine. Same range again, a step back, a gap: not.
+        check_follows(&h(1, 3), None, &h(4, 4)).unwrap();
+        check_follows(&h(1, 6), Some(0), &h(1, 8)).unwrap();
+        for (prev, next) in [((3, 3), (3, 3)), ((1, 5), (2, 4)), ((1, 3), (5, 5))] {
+            assert!(matches!(
+                check_follows(&h(prev.0, prev.1), None, &h(next.0, next.1)),
+                Err(LtxError::NotContiguous { .. })
+            ));
+        }
+        assert!(check_follows(&h(1, u64::MAX), None, &h(2, u64::MAX)).is_err());
+        let other_size = Header {
+            page_size: 1024,
+            ..h(2, 2)
+        };
+        assert!(matches!(
+            check_follows(&h(1, 1), None, &other_size),
+            Err(LtxError::PageSizeMismatch {
+                expected: 4096,
+                found: 1024
+            })
+        ));
+        // Files that track database checksums chain them: next's pre-apply = prev's post-apply.
+        let tracked = |min: u64, max: u64, pre: u64| Header {
+            flags: 0,
+            pre_apply_checksum: pre,
+            ..h(min, max)
+        };
+        let post = CHECKSUM_FLAG | 0x1234;
+        check_follows(&tracked(1, 1, 0), Some(post), &tracked(2, 2, post)).unwrap();
+        let e = check_follows(
+            &tracked(1, 1, 0),
+            Some(post),
+            &tracked(2, 2, CHECKSUM_FLAG | 9),
+        )
+        .unwrap_err();
+        assert!(matches!(e, LtxError::ChecksumChain { .. }), "{e}");
+        // Not checkable: the trailer not read yet, overlapping files, a NoChecksum side.
+        check_follows(&tracked(1, 1, 0), None, &tracked(2, 2, CHECKSUM_FLAG | 9)).unwrap();
+        check_follows(
+            &tracked(1, 3, 0),
+            Some(post),
+            &tracked(2, 4, CHECKSUM_FLAG | 9),
+        )
+        .unwrap();
+        check_follows(&h(1, 1), Some(post), &tracked(2, 2, CHECKSUM_FLAG | 9)).unwrap();
+    }
 }

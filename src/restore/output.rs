@@ -347,3 +347,80 @@ impl ExclusiveUse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "ls-output-{:016x}",
+            crate::replica_client::rand_u64()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn refused(path: &Path, overwrite: bool, why: &str) {
+        match Output::prepare(path, overwrite) {
+            Err(e) => assert!(e.message().contains(why), "{}: {e}", path.display()),
+            Ok(_) => panic!("{} accepted", path.display()),
+        }
+    }
+
+    #[test]
+    fn refusals_write_nothing() {
+        // Paths that need no SQLite to be refused (the in-use probe is an integration test).
+        let d = scratch();
+        fs::create_dir(d.join("sub")).unwrap();
+        fs::write(d.join("real.db"), b"").unwrap();
+        std::os::unix::fs::symlink(d.join("real.db"), d.join("link.db")).unwrap();
+        fs::write(d.join("gone.db-wal"), b"stale").unwrap();
+        let before = names(&d);
+        refused(&d.join("sub"), true, "it is a directory");
+        refused(&d.join("link.db"), true, "symbolic link");
+        refused(&d.join("real.db"), false, "already exists");
+        refused(&d.join("nodir/x.db"), true, "its directory");
+        refused(&d.join("real.db/x.db"), true, "is not a directory");
+        refused(&d.join("gone.db"), false, "gone.db-wal exists beside");
+        refused(Path::new("/"), true, "does not name a file");
+        assert_eq!(names(&d), before);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn temporary_file_is_removed_unless_it_becomes_the_output() {
+        let d = scratch();
+        let out = d.join("new.db");
+        let o = Output::prepare(&out, false).unwrap();
+        assert!(o.tmp_path().exists() && o.tmp_path().starts_with(&d));
+        drop(o);
+        assert!(names(&d).is_empty(), "{:?}", names(&d));
+
+        let o = Output::prepare(&out, false).unwrap();
+        fs::write(o.tmp_path(), b"pages").unwrap();
+        // The name is taken meanwhile: without overwrite it is not replaced.
+        fs::write(&out, b"someone else's").unwrap();
+        let e = o.replace().unwrap_err();
+        assert!(e.message().contains("appeared while restoring"), "{e}");
+        assert_eq!(fs::read(&out).unwrap(), b"someone else's");
+        assert_eq!(names(&d), ["new.db"]);
+
+        fs::remove_file(&out).unwrap();
+        let o = Output::prepare(&out, false).unwrap();
+        fs::write(o.tmp_path(), b"pages").unwrap();
+        o.replace().unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"pages");
+        assert_eq!(names(&d), ["new.db"]);
+        let _ = fs::remove_dir_all(&d);
+    }
+}

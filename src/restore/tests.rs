@@ -111,7 +111,12 @@ fn gaps_and_missing_snapshots() {
     }
     // A TXID or timestamp target does not look past its point.
     assert_eq!(plan_files(&lv, Target::Txid(2)).unwrap().len(), 2);
-    assert!(plan_files(&lv, Target::Timestamp(at(100))).is_ok());
+    assert_eq!(plan_files(&lv, Target::Timestamp(at(3))).unwrap().len(), 2);
+    // But a time after the gap's far side would silently stop short of it: refused.
+    match plan_files(&lv, Target::Timestamp(at(100))) {
+        Err(PlanError::NonContiguous { reached: 2, next }) => assert_eq!(next.min_txid, 4),
+        other => panic!("{other:?}"),
+    }
     // Without TXID 1 nothing can start the plan.
     lv[0].remove(0);
     assert_eq!(
