@@ -102,8 +102,10 @@ impl Output {
                 drop(ExclusiveUse::take(path)?);
             }
         }
+        // `<name>.<random>.tmp`: beside the output (the rename stays within one filesystem),
+        // found by anyone looking for files named after it, and this restore's alone.
         let tmp_path = parent.join(format!(
-            ".{}.{:016x}.restore-tmp",
+            "{}.{:016x}.tmp",
             name.to_string_lossy(),
             crate::replica_client::rand_u64()
         ));
