@@ -387,9 +387,10 @@ pub fn active_json() -> serde_json::Value {
 pub fn restore(client: &dyn ReplicaClient, out: &Path, opts: &RestoreOptions) -> Result<u64> {
     let target = opts.target()?;
     // Everything that can refuse the output does so before anything is downloaded or written.
-    let output = Output::prepare(out, opts.overwrite)?;
+    let mut output = Output::prepare(out, opts.overwrite)?;
     let progress = Registered::new(out, client.describe(), target);
     let files = plan(client, target)?;
+    output.create_tmp()?;
     progress.0.files_total.store(files.len(), Ordering::Relaxed);
     progress
         .0
@@ -430,7 +431,7 @@ fn apply(
             f.key, f.size
         )));
     }
-    let out = output.tmp_file();
+    let out = output.tmp_file()?;
     let tmp = output.tmp_path();
     let mut writer = PageWriter {
         out,

@@ -14,8 +14,8 @@
 //!   they are removed while the exclusive lock keeps every connection out, before the new file
 //!   takes the name. Without `overwrite` the new file takes the name only if it is still free.
 //! - The pages go into a temporary file of this restore's own beside the output (a unique name,
-//!   so that two restores to one path cannot write into each other's); it is removed on every path
-//!   that does not end in the rename.
+//!   so that two restores to one path cannot write into each other's), created once the plan is
+//!   made; it is removed on every path that does not end in the rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
@@ -38,6 +38,8 @@ pub struct Output {
     overwrite: bool,
     tmp_path: PathBuf,
     tmp: Option<File>,
+    /// The temporary file exists (it is removed on drop unless `done`).
+    created: bool,
     /// Set once the temporary file has become the output (nothing to clean up any more).
     done: bool,
 }
@@ -57,8 +59,8 @@ fn exists(path: &Path) -> Result<Option<fs::Metadata>> {
 }
 
 impl Output {
-    /// Checks everything that can be checked before downloading (see the module documentation),
-    /// then creates the temporary file. On error nothing has been written.
+    /// Checks everything that can be checked before downloading (see the module documentation).
+    /// Writes nothing.
     pub fn prepare(path: &Path, overwrite: bool) -> Result<Output> {
         let shown = path.display();
         let Some(name) = path.file_name() else {
@@ -109,21 +111,33 @@ impl Output {
             name.to_string_lossy(),
             crate::replica_client::rand_u64()
         ));
-        let tmp = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .with_context(|| {
-                format!("cannot restore to {shown}: creating {}", tmp_path.display())
-            })?;
         Ok(Output {
             path: path.to_path_buf(),
             overwrite,
             tmp_path,
-            tmp: Some(tmp),
+            tmp: None,
+            created: false,
             done: false,
         })
+    }
+
+    /// Creates the temporary file: the first thing a restore writes, once its plan is made.
+    pub fn create_tmp(&mut self) -> Result<()> {
+        let tmp = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&self.tmp_path)
+            .with_context(|| {
+                format!(
+                    "cannot restore to {}: creating {}",
+                    self.path.display(),
+                    self.tmp_path.display()
+                )
+            })?;
+        self.tmp = Some(tmp);
+        self.created = true;
+        Ok(())
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -131,10 +145,10 @@ impl Output {
     }
 
     /// The temporary file the pages are written into.
-    pub fn tmp_file(&self) -> &File {
+    pub fn tmp_file(&self) -> Result<&File> {
         self.tmp
             .as_ref()
-            .expect("the temporary file is open until replace")
+            .ok_or_else(|| Error::msg("internal error: the restore's temporary file is not open"))
     }
 
     /// Makes the (synced, checked) temporary file the output: under the exclusive lock when
@@ -187,8 +201,8 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        if !self.done {
-            drop(self.tmp.take());
+        drop(self.tmp.take());
+        if self.created && !self.done {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }
@@ -279,7 +293,9 @@ fn link_if_free(tmp: &Path, path: &Path) -> Result<()> {
 /// - A connection to a WAL database holds a SHARED lock on the database file from its first read
 ///   until it closes — a replicator, an idle application connection, another process's reader
 ///   alike. A rollback-journal database's connection holds a lock only inside a transaction:
-///   an idle one is invisible (to SQLite itself too); one in a transaction is seen.
+///   an idle one is invisible (to SQLite itself too); one in a transaction is seen. So is a
+///   connection that was opened but has not read yet, in either mode: it holds no lock, and the
+///   first read it makes would be of the old file's descriptor. No lock-based test can see it.
 /// - `locking_mode=EXCLUSIVE` makes SQLite take the EXCLUSIVE lock before it opens a WAL (the
 ///   wal-index then lives in our heap, the `-shm` file is not touched), and `BEGIN EXCLUSIVE`
 ///   takes it in rollback mode; it is held until our connection closes. A busy timeout of 0
@@ -403,12 +419,15 @@ mod tests {
     fn temporary_file_is_removed_unless_it_becomes_the_output() {
         let d = scratch();
         let out = d.join("new.db");
-        let o = Output::prepare(&out, false).unwrap();
+        let mut o = Output::prepare(&out, false).unwrap();
+        assert!(!o.tmp_path().exists(), "prepare wrote something");
+        o.create_tmp().unwrap();
         assert!(o.tmp_path().exists() && o.tmp_path().starts_with(&d));
         drop(o);
         assert!(names(&d).is_empty(), "{:?}", names(&d));
 
-        let o = Output::prepare(&out, false).unwrap();
+        let mut o = Output::prepare(&out, false).unwrap();
+        o.create_tmp().unwrap();
         fs::write(o.tmp_path(), b"pages").unwrap();
         // The name is taken meanwhile: without overwrite it is not replaced.
         fs::write(&out, b"someone else's").unwrap();
@@ -418,7 +437,8 @@ mod tests {
         assert_eq!(names(&d), ["new.db"]);
 
         fs::remove_file(&out).unwrap();
-        let o = Output::prepare(&out, false).unwrap();
+        let mut o = Output::prepare(&out, false).unwrap();
+        o.create_tmp().unwrap();
         fs::write(o.tmp_path(), b"pages").unwrap();
         o.replace().unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"pages");
