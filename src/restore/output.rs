@@ -93,13 +93,12 @@ impl Output {
                     refuse_stale_sidecars(path)?;
                 }
             }
-            Some(_) if !overwrite => {
-                return Err(Error::msg(format!(
-                    "{shown} already exists; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'"
-                )));
-            }
             Some(m) => {
+                // What can never be replaced is said first: overwrite would not help.
                 replaceable(path, &m)?;
+                if !overwrite {
+                    return Err(not_replaced(path, "already exists"));
+                }
                 // Only a probe: the lock is taken again, and held, at the replace.
                 drop(ExclusiveUse::take(path)?);
             }
@@ -164,11 +163,7 @@ impl Output {
                 replaceable(&self.path, &m)?;
                 Some(ExclusiveUse::take(&self.path)?)
             }
-            Some(_) => {
-                return Err(Error::msg(format!(
-                    "{shown} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'"
-                )))
-            }
+            Some(_) => return Err(not_replaced(&self.path, "appeared while restoring")),
             None => None,
         };
         if self.overwrite {
@@ -206,6 +201,13 @@ impl Drop for Output {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }
+}
+
+fn not_replaced(path: &Path, what: &str) -> Error {
+    Error::msg(format!(
+        "{} {what}; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
+        path.display()
+    ))
 }
 
 /// An existing output must be a regular file to be replaced.
@@ -262,16 +264,12 @@ fn link_if_free(tmp: &Path, path: &Path) -> Result<()> {
             fs::remove_file(tmp).with_context(|| format!("removing {}", tmp.display()))?;
             Ok(())
         }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::msg(format!(
-            "{} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
-            path.display()
-        ))),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            Err(not_replaced(path, "appeared while restoring"))
+        }
         Err(_) => {
             if exists(path)?.is_some() {
-                return Err(Error::msg(format!(
-                    "{} appeared while restoring; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
-                    path.display()
-                )));
+                return Err(not_replaced(path, "appeared while restoring"));
             }
             fs::rename(tmp, path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
@@ -405,6 +403,7 @@ mod tests {
         fs::write(d.join("gone.db-wal"), b"stale").unwrap();
         let before = names(&d);
         refused(&d.join("sub"), true, "it is a directory");
+        refused(&d.join("sub"), false, "it is a directory");
         refused(&d.join("link.db"), true, "symbolic link");
         refused(&d.join("real.db"), false, "already exists");
         refused(&d.join("nodir/x.db"), true, "its directory");
