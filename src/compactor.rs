@@ -584,10 +584,11 @@ impl Worker {
             for (s, _) in spools {
                 readers.push(Box::new(SpoolReader { spool: s, pos: 0 }));
             }
-        } else {
-            for f in inputs {
-                readers.push(self.client.open(f)?);
-            }
+            // The readers are intermediates now, not the named files (checked in round 1).
+            return self.merge_readers(readers, &[]);
+        }
+        for f in inputs {
+            readers.push(self.client.open(f)?);
         }
         self.merge_readers(readers, inputs)
     }
@@ -619,7 +620,14 @@ impl Worker {
             let what = names
                 .get(i)
                 .map_or("an intermediate merge", |f| f.key.as_str());
-            decoders.push(Decoder::new(r).with_context(|| format!("reading {what}"))?);
+            let dec = Decoder::new(r).with_context(|| format!("reading {what}"))?;
+            // A replica file is merged only if its header is the file its key names; the merge
+            // itself checks that the inputs chain (ltx::compact).
+            if let Some(f) = names.get(i) {
+                ltx::check_named(dec.header(), (f.min_txid, f.max_txid))
+                    .with_context(|| format!("reading {}", f.key))?;
+            }
+            decoders.push(dec);
         }
         let spool = Spool::new(&self.spill_dir, SPOOL_MEMORY_LIMIT);
         let (spool, header, _) = ltx::compact(decoders, spool).map_err(|e| {
@@ -1141,6 +1149,40 @@ mod tests {
             81
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compaction_refuses_a_file_that_is_not_the_one_its_key_names() {
+        // A few inputs (one merge) and many (merged in rounds): either way the replaced file is
+        // named in the error and nothing reaches level 1.
+        for n in [6u64, 40] {
+            let dir = std::env::temp_dir()
+                .join(format!("ls-compact-{}", crate::replica_client::rand_u64()));
+            let client = Arc::new(FileReplicaClient::new(&dir));
+            put_file(&client, 0, hdr(1, 1, 2, 1), &[(1, 1), (2, 1)]);
+            for t in 2..=n {
+                put_file(&client, 0, hdr(t, t, 2, t as i64), &[(2, t as u8)]);
+            }
+            let l0 = client.list(0).unwrap();
+            // Object 4 now holds the (valid) bytes of object 3.
+            std::fs::copy(&l0[2].key, &l0[3].key).unwrap();
+            let w = worker(client.clone(), &dir);
+            let e = w.compact_level(1, Duration::from_millis(1)).unwrap_err();
+            assert!(
+                e.message().contains("not the file its name says")
+                    && e.message().contains(&l0[3].key),
+                "{e}"
+            );
+            assert!(client.list(1).unwrap().is_empty());
+            // Deleted instead: compaction stops at the gap (restore refuses to cross it).
+            std::fs::remove_file(&l0[3].key).unwrap();
+            let out = w
+                .compact_level(1, Duration::from_millis(1))
+                .unwrap()
+                .unwrap();
+            assert_eq!((out.min_txid, out.max_txid), (1, 3));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

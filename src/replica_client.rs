@@ -198,17 +198,157 @@ pub fn format_timestamp_ms(ms: i64) -> String {
     s
 }
 
-/// Parses Go's RFC3339Nano / RFC 3339 text (`2023-11-14T22:13:20.123Z`, offsets allowed).
+/// Parses an RFC 3339 time (`2023-11-14T22:13:20.123Z`, offsets allowed); see [`parse_rfc3339`].
 pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
-    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    let nanos = t.unix_timestamp_nanos();
-    if nanos >= 0 {
-        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(nanos).ok()?))
+    parse_rfc3339(s).ok()
+}
+
+/// Parses any RFC 3339 `date-time` (§5.6): `YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)`, with `T`/`Z`
+/// in either case or a space for the `T` (the RFC's readability note), any number of fraction
+/// digits (kept to the nanosecond), real calendar days (leap years included), and the leap second
+/// `23:59:60` (UTC), which POSIX time cannot name: it is taken as the last nanosecond of
+/// `23:59:59`. Years are the RFC's four digits, 0000 to 9999 — all of them representable. The
+/// error says what is wrong with the text.
+pub fn parse_rfc3339(text: &str) -> std::result::Result<SystemTime, String> {
+    let b = text.trim().as_bytes();
+    let digits = |at: usize, n: usize, what: &str| -> std::result::Result<i64, String> {
+        let part = b
+            .get(at..at + n)
+            .filter(|p| p.iter().all(u8::is_ascii_digit))
+            .ok_or_else(|| format!("expected {n} digits of the {what} at character {}", at + 1))?;
+        Ok(part.iter().fold(0i64, |v, d| v * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, allowed: &[u8], what: &str| -> std::result::Result<(), String> {
+        match b.get(at) {
+            Some(c) if allowed.contains(c) => Ok(()),
+            _ => Err(format!("expected {what} at character {}", at + 1)),
+        }
+    };
+    if (b.len() > 4 && b[..5].iter().all(u8::is_ascii_digit)) || b.first() == Some(&b'+') {
+        return Err("years have four digits in RFC 3339 (0000 to 9999)".into());
+    }
+    let year = digits(0, 4, "year")?;
+    sep(4, b"-", "'-'")?;
+    let month = digits(5, 2, "month")?;
+    sep(7, b"-", "'-'")?;
+    let day = digits(8, 2, "day")?;
+    sep(10, b"Tt ", "'T'")?;
+    let hour = digits(11, 2, "hour")?;
+    sep(13, b":", "':'")?;
+    let minute = digits(14, 2, "minute")?;
+    sep(16, b":", "':'")?;
+    let mut second = digits(17, 2, "second")?;
+    let mut at = 19;
+    let mut nanos = 0i64;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 9 {
+                nanos = nanos * 10 + i64::from(b[at] - b'0');
+            }
+            at += 1;
+        }
+        if at == start {
+            return Err(format!(
+                "expected fraction digits after '.' at character {}",
+                at + 1
+            ));
+        }
+        for _ in (at - start)..9 {
+            nanos *= 10;
+        }
+    }
+    let offset_s = match b.get(at) {
+        Some(b'Z' | b'z') => {
+            at += 1;
+            0
+        }
+        Some(&c @ (b'+' | b'-')) => {
+            let oh = digits(at + 1, 2, "offset hours")?;
+            sep(at + 3, b":", "':' in the offset")?;
+            let om = digits(at + 4, 2, "offset minutes")?;
+            if oh > 23 || om > 59 {
+                return Err(format!("offset {oh:02}:{om:02} is out of range"));
+            }
+            at += 6;
+            let s = oh * 3600 + om * 60;
+            if c == b'-' {
+                -s
+            } else {
+                s
+            }
+        }
+        _ => {
+            return Err(format!(
+                "expected 'Z' or an offset such as +02:00 at character {}",
+                at + 1
+            ))
+        }
+    };
+    if at != b.len() {
+        return Err(format!(
+            "unexpected text after the time at character {}",
+            at + 1
+        ));
+    }
+    if !(1..=12).contains(&month) {
+        return Err(format!("month {month:02} is out of range"));
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if day < 1 || day > month_days[month as usize - 1] {
+        return Err(format!(
+            "day {day:02} is out of range for {year:04}-{month:02}"
+        ));
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err(format!(
+            "time {hour:02}:{minute:02}:{second:02} is out of range"
+        ));
+    }
+    let local_s = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60;
+    let utc_s = local_s - offset_s;
+    if second == 60 {
+        if utc_s.rem_euclid(86_400) != 23 * 3600 + 59 * 60 {
+            return Err("second 60 (a leap second) exists only at 23:59 UTC".into());
+        }
+        second = 59;
+        nanos = 999_999_999;
+    }
+    let secs = utc_s + second;
+    let t = if secs >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(secs as u64, nanos as u32))
     } else {
         SystemTime::UNIX_EPOCH
-            .checked_sub(std::time::Duration::from_nanos(u64::try_from(-nanos).ok()?))
-    }
+            .checked_sub(std::time::Duration::from_secs(secs.unsigned_abs()))
+            .and_then(|t| t.checked_add(std::time::Duration::from_nanos(nanos as u64)))
+    };
+    t.ok_or_else(|| format!("{} cannot be represented on this system", text.trim()))
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Encoded LTX files up to this size stay in memory (replicator and compactor alike); larger
@@ -510,6 +650,67 @@ mod tests {
         );
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("2023-11-14 22:13:20"), None);
+    }
+
+    #[test]
+    fn rfc3339_all_valid_forms() {
+        let secs = |s: &str| {
+            let t = parse_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+                Err(e) => {
+                    let d = e.duration();
+                    let whole = -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0);
+                    (whole, (1_000_000_000 - d.subsec_nanos()) % 1_000_000_000)
+                }
+            }
+        };
+        // Beyond what u64 nanoseconds since 1970 hold (year 2554): plain seconds are used.
+        assert_eq!(secs("2999-01-01T00:00:00Z"), (32_472_144_000, 0));
+        assert_eq!(
+            secs("9999-12-31T23:59:59.999999999Z"),
+            (253_402_300_799, 999_999_999)
+        );
+        assert_eq!(secs("0000-01-01T00:00:00Z"), (-62_167_219_200, 0));
+        assert_eq!(secs("1969-12-31T23:59:59.5Z"), (-1, 500_000_000));
+        // Fractions of any length, offsets, lower case, a space for the T.
+        assert_eq!(secs("2023-11-14T22:13:20.1Z"), (1_700_000_000, 100_000_000));
+        assert_eq!(
+            secs("2023-11-14T22:13:20.123456789123Z"),
+            (1_700_000_000, 123_456_789)
+        );
+        assert_eq!(secs("2023-11-15T03:43:20+05:30"), (1_700_000_000, 0));
+        assert_eq!(secs("2023-11-14T12:13:20-10:00"), (1_700_000_000, 0));
+        assert_eq!(secs("2023-11-14t22:13:20z"), (1_700_000_000, 0));
+        assert_eq!(secs("2023-11-14 22:13:20Z"), (1_700_000_000, 0));
+        assert_eq!(secs("2023-11-14T22:13:20-00:00"), (1_700_000_000, 0));
+        // Leap years and the leap second.
+        assert_eq!(secs("2024-02-29T00:00:00Z"), (1_709_164_800, 0));
+        assert_eq!(secs("2000-02-29T00:00:00Z"), (951_782_400, 0));
+        assert_eq!(secs("2016-12-31T23:59:60Z"), (1_483_228_799, 999_999_999));
+        assert_eq!(
+            secs("2017-01-01T08:59:60+09:00"),
+            (1_483_228_799, 999_999_999)
+        );
+        for (bad, why) in [
+            ("2023-02-29T00:00:00Z", "day 29 is out of range"),
+            ("1900-02-29T00:00:00Z", "day 29 is out of range"),
+            ("2023-13-01T00:00:00Z", "month 13"),
+            ("2023-04-31T00:00:00Z", "day 31"),
+            ("2023-01-01T24:00:00Z", "out of range"),
+            ("2023-01-01T12:00:60Z", "leap second"),
+            ("2023-01-01T00:00:00+24:00", "offset 24:00"),
+            ("10000-01-01T00:00:00Z", "four digits"),
+            ("+2023-01-01T00:00:00Z", "four digits"),
+            ("2023-01-01T00:00:00", "'Z' or an offset"),
+            ("2023-01-01T00:00:00.Z", "fraction digits"),
+            ("2023-01-01T00:00:00Zjunk", "unexpected text"),
+            ("2023-1-01T00:00:00Z", "month"),
+            ("", "year"),
+        ] {
+            let e = parse_rfc3339(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

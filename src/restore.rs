@@ -2,12 +2,12 @@
 //!
 //! The plan is Litestream's `CalcRestorePlan` (litestream-format.md §6.1): the newest usable
 //! level-9 snapshot, then greedily the file that reaches furthest from the current TXID across
-//! levels 8..0, until nothing extends it. A TXID target admits only files ending at or before it;
-//! a timestamp target only files created strictly before it (creation time = the object's
-//! `litestream-timestamp` metadata, else LastModified), and like `litestream restore` it must lie
-//! within the replica's [oldest, newest] LastModified. Applying the plan writes each file's pages
-//! at their offsets into `<out>.tmp` and truncates to the file's commit size, in TXID order — the
-//! same result as Litestream's k-way merge.
+//! levels 8..0, until nothing extends it. A TXID target admits only files ending at or before it
+//! and must be reached exactly; a timestamp target only files created strictly before it
+//! (creation time = the object's `litestream-timestamp` metadata, else LastModified) — a time
+//! after the newest file gives the latest state. Applying the plan writes each file's pages at
+//! their offsets into a temporary file beside the output and truncates it to the file's commit
+//! size, in TXID order — the same result as Litestream's k-way merge.
 //!
 //! Downloads run in parallel ahead of the file being applied: small files are prefetched into
 //! memory by a few threads, within a window of files and bytes, so memory stays bounded whatever
@@ -17,14 +17,20 @@
 //! - Either the output is a complete database that passed `PRAGMA integrity_check`, or nothing is
 //!   written: every file's checksum is verified, the temporary file is fsynced and checked before
 //!   the rename, and removed on any error.
-//! - An existing output is never replaced unless `overwrite` is set; then its `-wal`, `-shm` and
-//!   `-journal` files go too (a stale WAL would be replayed over the restored pages).
+//! - Object names are not trusted: each file's header must be the file its key names and follow
+//!   the file before it (contiguous TXIDs, one page size, chained checksums where the files have
+//!   them), the plan must start with a snapshot, and the restored page 1 must agree with the last
+//!   file's page size and commit. A replaced or missing object is an error, never a database that
+//!   differs from the state it claims to be.
+//! - Ask for TXID X, get X or an error.
+//! - The output rules (never replace unless `overwrite`, never a file something uses, never next
+//!   to a stale `-wal`/`-journal`, refusals before any download) are `output`'s.
 //! - While a restore runs, `litestream_status()` of any connection of the process shows it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +40,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Context, Error, Result};
 use crate::ltx::{self, Decoder};
+mod output;
+
+use output::Output;
+
 use crate::replica_client::{
     all_levels, format_timestamp_ms, LtxFileInfo, ReplicaClient, SNAPSHOT_LEVEL,
 };
@@ -92,7 +102,8 @@ pub enum PlanError {
     /// No file matches the target, or the files stop short of a TXID target
     /// (Litestream's `ErrTxNotAvailable`).
     NotAvailable { reached: u64 },
-    /// Latest restore: a level has a file starting after the covered range.
+    /// Latest or timestamp restore: a level has an admitted file starting after the covered
+    /// range, so a file in between is missing.
     NonContiguous { reached: u64, next: LtxFileInfo },
     /// The plan does not start at TXID 1, so it cannot produce a whole database.
     NoSnapshot { first: LtxFileInfo },
@@ -185,11 +196,14 @@ pub fn plan_files(
             }
         }
     }
-    if target == Target::Latest && !plan.is_empty() {
+    // A file the target admits but the plan could not reach means a file between them is
+    // missing: the latest state (or the one at the time) is not there to restore. A TXID target
+    // needs no such check: it is reached exactly or not at all.
+    if !matches!(target, Target::Txid(_)) && !plan.is_empty() {
         for l in 0..SNAPSHOT_LEVEL {
             if let Some(f) = level(l)
                 .iter()
-                .find(|f| f.min_txid > current.saturating_add(1))
+                .find(|f| f.min_txid > current.saturating_add(1) && admits(target, f))
             {
                 return Err(PlanError::NonContiguous {
                     reached: current,
@@ -228,39 +242,32 @@ fn format_time(t: SystemTime) -> String {
 /// Build the list of files to apply, lowest TXID first.
 pub fn plan(client: &dyn ReplicaClient, target: Target) -> Result<Vec<LtxFileInfo>> {
     let mut levels: Vec<Vec<LtxFileInfo>> = Vec::new();
+    for level in all_levels() {
+        levels.push(match target {
+            Target::Timestamp(_) => client.list_timestamped(level)?,
+            _ => client.list(level)?,
+        });
+    }
     if let Target::Timestamp(ts) = target {
-        // Like `litestream restore -timestamp` on a replica URL: the time must lie within the
-        // replica's LastModified range.
-        let mut bounds: Option<(SystemTime, SystemTime)> = None;
-        for level in all_levels() {
-            for f in client.list(level)? {
-                bounds = Some(match bounds {
-                    None => (f.created_at, f.created_at),
-                    Some((a, b)) => (a.min(f.created_at), b.max(f.created_at)),
-                });
+        // A time after the newest file is the latest state (the README's promise; `litestream
+        // restore` refuses it). One before every file has nothing to restore.
+        let oldest = levels.iter().flatten().map(|f| f.created_at).min();
+        match oldest {
+            None => {
+                return Err(Error::msg(format!(
+                    "no backup files available in {}",
+                    client.describe()
+                )))
             }
-        }
-        let Some((first, last)) = bounds else {
-            return Err(Error::msg(format!(
-                "no backup files available in {}",
-                client.describe()
-            )));
-        };
-        if ts < first || ts > last {
-            return Err(Error::msg(format!(
-                "timestamp {} does not exist in {}: its files were created from {} to {}",
-                format_time(ts),
-                client.describe(),
-                format_time(first),
-                format_time(last)
-            )));
-        }
-        for level in all_levels() {
-            levels.push(client.list_timestamped(level)?);
-        }
-    } else {
-        for level in all_levels() {
-            levels.push(client.list(level)?);
+            Some(first) if ts <= first => {
+                return Err(Error::msg(format!(
+                    "no backup files available in {} for {}: its oldest file was created at {}",
+                    client.describe(),
+                    describe_target(target),
+                    format_time(first)
+                )))
+            }
+            Some(_) => {}
         }
     }
     plan_files(&levels, target).map_err(|e| match e {
@@ -378,57 +385,44 @@ pub fn active_json() -> serde_json::Value {
 
 /// Restore into `out`; returns the TXID restored.
 pub fn restore(client: &dyn ReplicaClient, out: &Path, opts: &RestoreOptions) -> Result<u64> {
-    if out.exists() && !opts.overwrite {
-        return Err(Error::msg(format!(
-            "{} already exists; restore never replaces a file unless asked: pass '{{\"overwrite\": true}}'",
-            out.display()
-        )));
-    }
     let target = opts.target()?;
+    // Everything that can refuse the output does so before anything is downloaded or written.
+    let mut output = Output::prepare(out, opts.overwrite)?;
     let progress = Registered::new(out, client.describe(), target);
     let files = plan(client, target)?;
+    output.create_tmp()?;
     progress.0.files_total.store(files.len(), Ordering::Relaxed);
     progress
         .0
         .bytes_total
         .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     progress.0.set_phase("downloading");
-    let tmp = PathBuf::from(format!("{}.tmp", out.display()));
-    let result = apply(client, &files, &tmp, &progress.0).and_then(|txid| {
-        progress.0.set_phase("checking");
-        integrity_check(&tmp)?;
-        if opts.overwrite {
-            for suffix in ["-wal", "-shm", "-journal"] {
-                let p = PathBuf::from(format!("{}{suffix}", out.display()));
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::msg(format!("removing {}: {e}", p.display()))),
-                }
-            }
+    let txid = apply(client, &files, &output, &progress.0)?;
+    if let Target::Txid(t) = target {
+        // The chain checks make this impossible; it stays as the promise itself: ask for X, get
+        // X or an error.
+        if txid != t {
+            return Err(Error::msg(format!(
+                "restored TXID {} instead of the requested {}: nothing was written",
+                ltx::format_txid(txid),
+                ltx::format_txid(t)
+            )));
         }
-        fs::rename(&tmp, out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-        let dir = out
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", dir.display()))?;
-        Ok(txid)
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+    progress.0.set_phase("checking");
+    integrity_check(output.tmp_path())?;
+    output.replace()?;
+    Ok(txid)
 }
 
-/// Write every planned file's pages into `tmp`; returns the final TXID.
+/// Write every planned file's pages into the output's temporary file; returns the final TXID.
+/// Each file's header must be the file its key names and follow the file before it
+/// (`ltx::check_named`, `ltx::check_follows`), so that a replaced, stale or foreign object is
+/// refused rather than applied; the restored page 1 must then agree with the last file.
 fn apply(
     client: &dyn ReplicaClient,
     files: &[LtxFileInfo],
-    tmp: &Path,
+    output: &Output,
     progress: &RestoreProgress,
 ) -> Result<u64> {
     if let Some(f) = files.iter().find(|f| f.size < ltx::HEADER_SIZE as u64) {
@@ -437,22 +431,19 @@ fn apply(
             f.key, f.size
         )));
     }
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let out = output.tmp_file()?;
+    let tmp = output.tmp_path();
     let mut writer = PageWriter {
-        out: &out,
+        out,
         path: tmp,
         page_size: 0,
         run_start: 0,
         run: Vec::new(),
     };
     let mut buf = Vec::new();
-    let mut txid = 0;
-    std::thread::scope(|scope| -> Result<u64> {
+    // The last file applied: its header and the post-apply checksum of its trailer.
+    let mut prev: Option<(ltx::Header, u64)> = None;
+    std::thread::scope(|scope| -> Result<()> {
         let prefetch = Prefetch::start(scope, client, files);
         for (i, file) in files.iter().enumerate() {
             let reader: Box<dyn Read + Send> = match prefetch.take(i)? {
@@ -461,14 +452,24 @@ fn apply(
             };
             let mut dec = Decoder::new(reader).with_context(|| format!("reading {}", file.key))?;
             let h = *dec.header();
-            if writer.page_size == 0 {
-                writer.page_size = h.page_size;
-                buf = vec![0u8; h.page_size as usize];
-            } else if h.page_size != writer.page_size {
-                return Err(Error::msg(format!(
-                    "{} has page size {}, earlier files {}",
-                    file.key, h.page_size, writer.page_size
-                )));
+            ltx::check_named(&h, (file.min_txid, file.max_txid))
+                .with_context(|| format!("reading {}", file.key))?;
+            match &prev {
+                Some((ph, post_apply)) => ltx::check_follows(ph, Some(*post_apply), &h)
+                    .with_context(|| {
+                        format!("applying {} after the plan's earlier files", file.key)
+                    })?,
+                None if !h.is_snapshot() => {
+                    return Err(Error::msg(format!(
+                        "{} cannot start a restore: it is not a snapshot (its TXIDs begin at {})",
+                        file.key,
+                        ltx::format_txid(h.min_txid)
+                    )))
+                }
+                None => {
+                    writer.page_size = h.page_size;
+                    buf = vec![0u8; h.page_size as usize];
+                }
             }
             while let Some(pgno) = dec
                 .next_page(&mut buf)
@@ -476,21 +477,68 @@ fn apply(
             {
                 writer.write(pgno, &buf)?;
             }
-            dec.finish()
+            let trailer = dec
+                .finish()
                 .with_context(|| format!("verifying {}", file.key))?;
             writer.flush()?;
             // The database may have shrunk (VACUUM): the file ends at this commit.
             out.set_len(h.commit as u64 * h.page_size as u64)
                 .with_context(|| format!("resizing {}", tmp.display()))?;
-            txid = h.max_txid;
+            prev = Some((h, trailer.post_apply_checksum));
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             progress.bytes_done.fetch_add(file.size, Ordering::Relaxed);
         }
-        Ok(txid)
+        Ok(())
     })?;
+    let Some((last, _)) = prev else {
+        return Err(Error::msg("internal error: an empty restore plan"));
+    };
+    check_page_one(out, tmp, &last)?;
     out.sync_all()
         .with_context(|| format!("syncing {}", tmp.display()))?;
-    Ok(txid)
+    Ok(last.max_txid)
+}
+
+/// The restored database's own header must agree with the last file applied: SQLite's page size
+/// field, and the in-header database size (kept by every SQLite since 3.7.0, valid when its
+/// version-valid-for number equals the change counter) equal to the file's commit. A file from
+/// another database, or a chain that lost a file that resized the database, fails here even when
+/// every file decodes cleanly.
+fn check_page_one(out: &File, tmp: &Path, last: &ltx::Header) -> Result<()> {
+    if last.commit == 0 {
+        return Ok(());
+    }
+    let mut hdr = [0u8; 100];
+    out.read_exact_at(&mut hdr, 0)
+        .with_context(|| format!("reading back {}", tmp.display()))?;
+    let be32 = |i: usize| u32::from_be_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+    let fail = |what: String| {
+        Err(Error::msg(format!(
+            "the restored database contradicts its last file ({}): {what}; nothing was written",
+            ltx::file_name(last.min_txid, last.max_txid)
+        )))
+    };
+    if &hdr[..16] != b"SQLite format 3\0" {
+        return fail("page 1 does not start with the SQLite header".into());
+    }
+    let page_size = match u16::from_be_bytes([hdr[16], hdr[17]]) {
+        1 => 65536,
+        n => u32::from(n),
+    };
+    if page_size != last.page_size {
+        return fail(format!(
+            "page 1 says the page size is {page_size}, the files say {}",
+            last.page_size
+        ));
+    }
+    let (in_header_size, change_counter, valid_for) = (be32(28), be32(24), be32(92));
+    if valid_for == change_counter && in_header_size != 0 && in_header_size != last.commit {
+        return fail(format!(
+            "page 1 says the database has {in_header_size} pages, the last file's commit is {}",
+            last.commit
+        ));
+    }
+    Ok(())
 }
 
 /// Writes pages at their offsets, coalescing consecutive page numbers into one write.
@@ -731,189 +779,4 @@ fn uri_escape(path: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub fn info(level: u8, min: u64, max: u64, created_s: u64) -> LtxFileInfo {
-        LtxFileInfo {
-            level,
-            min_txid: min,
-            max_txid: max,
-            size: 1000,
-            created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(created_s),
-            key: format!("{level}/{}", ltx::file_name(min, max)),
-        }
-    }
-
-    pub fn levels_of(files: &[LtxFileInfo]) -> Vec<Vec<LtxFileInfo>> {
-        let mut levels = vec![Vec::new(); 10];
-        for f in files {
-            levels[f.level as usize].push(f.clone());
-        }
-        for l in &mut levels {
-            l.sort_by_key(|f| (f.min_txid, f.max_txid));
-        }
-        levels
-    }
-
-    fn names(plan: &[LtxFileInfo]) -> Vec<(u8, u64, u64)> {
-        plan.iter()
-            .map(|f| (f.level, f.min_txid, f.max_txid))
-            .collect()
-    }
-
-    fn at(s: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
-    }
-
-    /// L0 1..=10 (created at second = txid), L1 1-4 (t=4), 5-8 (t=8), L2 1-8 (t=8),
-    /// snapshot 1-6 (t=6.5 → 7).
-    fn sample() -> Vec<Vec<LtxFileInfo>> {
-        let mut files: Vec<LtxFileInfo> = (1..=10).map(|t| info(0, t, t, t)).collect();
-        files.push(info(1, 1, 4, 4));
-        files.push(info(1, 5, 8, 8));
-        files.push(info(2, 1, 8, 8));
-        files.push(info(9, 1, 6, 7));
-        levels_of(&files)
-    }
-
-    #[test]
-    fn latest_prefers_snapshot_then_furthest_reach() {
-        let plan = plan_files(&sample(), Target::Latest).unwrap();
-        // Snapshot 1-6, then the furthest reach: L1 5-8 and L2 1-8 both reach 8, the smaller
-        // MinTXID wins (L2 1-8), then L0 9 and 10.
-        assert_eq!(names(&plan), [(9, 1, 6), (2, 1, 8), (0, 9, 9), (0, 10, 10)]);
-    }
-
-    #[test]
-    fn txid_targets_are_file_boundaries() {
-        let lv = sample();
-        assert_eq!(
-            names(&plan_files(&lv, Target::Txid(6)).unwrap()),
-            [(9, 1, 6)]
-        );
-        assert_eq!(
-            names(&plan_files(&lv, Target::Txid(7)).unwrap()),
-            [(9, 1, 6), (0, 7, 7)]
-        );
-        assert_eq!(
-            names(&plan_files(&lv, Target::Txid(4)).unwrap()),
-            [(1, 1, 4)]
-        );
-        assert_eq!(
-            names(&plan_files(&lv, Target::Txid(9)).unwrap()),
-            [(9, 1, 6), (2, 1, 8), (0, 9, 9)]
-        );
-        // Beyond the replica: not available.
-        assert_eq!(
-            plan_files(&lv, Target::Txid(11)),
-            Err(PlanError::NotAvailable { reached: 10 })
-        );
-        // Only L1 1-4 covers TXID 3 once L0 is gone: 3 is not a boundary any more.
-        let mut no_l0 = lv.clone();
-        no_l0[0].clear();
-        assert_eq!(
-            plan_files(&no_l0, Target::Txid(3)),
-            Err(PlanError::NotAvailable { reached: 0 })
-        );
-    }
-
-    #[test]
-    fn timestamp_targets_use_creation_times() {
-        let lv = sample();
-        // Before t=7 the snapshot does not count; L0 up to 6 (created at 6 < 6.5).
-        let plan = plan_files(&lv, Target::Timestamp(at(6) + Duration::from_millis(500))).unwrap();
-        assert_eq!(names(&plan), [(1, 1, 4), (0, 5, 5), (0, 6, 6)]);
-        // Strictly before: a file created exactly at the target is excluded.
-        let plan = plan_files(&lv, Target::Timestamp(at(8))).unwrap();
-        assert_eq!(names(&plan), [(9, 1, 6), (0, 7, 7)]);
-        let plan = plan_files(&lv, Target::Timestamp(at(100))).unwrap();
-        assert_eq!(plan.last().unwrap().max_txid, 10);
-        assert_eq!(
-            plan_files(&lv, Target::Timestamp(at(1))),
-            Err(PlanError::NotAvailable { reached: 0 })
-        );
-    }
-
-    #[test]
-    fn gaps_and_missing_snapshots() {
-        let mut lv = levels_of(&[info(0, 1, 1, 1), info(0, 2, 2, 2), info(0, 4, 4, 4)]);
-        match plan_files(&lv, Target::Latest) {
-            Err(PlanError::NonContiguous { reached: 2, next }) => assert_eq!(next.min_txid, 4),
-            other => panic!("{other:?}"),
-        }
-        // A TXID or timestamp target does not look past its point.
-        assert_eq!(plan_files(&lv, Target::Txid(2)).unwrap().len(), 2);
-        assert!(plan_files(&lv, Target::Timestamp(at(100))).is_ok());
-        // Without TXID 1 nothing can start the plan.
-        lv[0].remove(0);
-        assert_eq!(
-            plan_files(&lv, Target::Txid(2)),
-            Err(PlanError::NotAvailable { reached: 0 })
-        );
-        // A level-9 file that is not a snapshot from TXID 1 cannot start it either.
-        lv[9].push(info(9, 2, 2, 2));
-        match plan_files(&lv, Target::Txid(2)) {
-            Err(PlanError::NoSnapshot { first }) => assert_eq!(first.min_txid, 2),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            plan_files(&levels_of(&[]), Target::Latest),
-            Err(PlanError::NotAvailable { reached: 0 })
-        );
-    }
-
-    #[test]
-    fn overlapping_files_and_ties() {
-        // Overlap is allowed: 1-5 then 3-9. Ties on reach: smaller min, then higher level.
-        let lv = levels_of(&[
-            info(0, 1, 5, 1),
-            info(1, 3, 9, 2),
-            info(2, 3, 9, 3),
-            info(3, 4, 9, 1),
-        ]);
-        assert_eq!(
-            names(&plan_files(&lv, Target::Latest).unwrap()),
-            [(0, 1, 5), (2, 3, 9)]
-        );
-    }
-
-    #[test]
-    fn options_pick_one_target() {
-        let mut o = RestoreOptions::default();
-        assert_eq!(o.target().unwrap(), Target::Latest);
-        o.txid = Some(5);
-        assert_eq!(o.target().unwrap(), Target::Txid(5));
-        o.timestamp = Some(at(5));
-        assert!(o.target().is_err());
-    }
-
-    #[test]
-    fn progress_registry() {
-        assert!(active_json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["output"] != "/x/y.db"));
-        {
-            let r = Registered::new(Path::new("/x/y.db"), "file:///r".into(), Target::Txid(3));
-            r.0.files_total.store(4, Ordering::Relaxed);
-            let all = active_json();
-            let me = all
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["output"] == "/x/y.db")
-                .unwrap()
-                .clone();
-            assert_eq!(me["target"], "TXID 0000000000000003");
-            assert_eq!(me["files_total"], 4);
-            assert_eq!(me["phase"], "planning");
-        }
-        assert!(active_json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["output"] != "/x/y.db"));
-    }
-}
+pub(crate) mod tests;

@@ -273,8 +273,8 @@ fn restore_fn(ctx: &FnContext<'_>) -> Result<String> {
                     }
                     "timestamp" => {
                         let s = v.as_str().unwrap_or("");
-                        opts.timestamp = Some(crate::replica_client::parse_timestamp(s).ok_or_else(|| {
-                            Error::msg(format!("option timestamp must be an RFC 3339 time such as \"2026-11-25T10:00:00Z\", not {v}"))
+                        opts.timestamp = Some(crate::replica_client::parse_rfc3339(s).map_err(|why| {
+                            Error::msg(format!("option timestamp must be an RFC 3339 time such as \"2026-11-25T10:00:00Z\", not {v}: {why}"))
                         })?);
                     }
                     other => {

@@ -1,8 +1,9 @@
 //! Compaction: merging consecutive LTX files into one (spec §1.11, Go `ltx.Compactor`).
 //!
-//! Inputs are decoders positioned after their headers, ordered by TXID. They must share one page
-//! size and be contiguous: each input's `min_txid <= prev.max_txid + 1` and
-//! `max_txid > prev.max_txid` (overlap allowed, gaps not). The pages are merged as a streaming
+//! Inputs are decoders positioned after their headers, ordered by TXID. Each must follow the one
+//! before it by [`check_follows`] (the chain rules restore applies too): one page size,
+//! `min_txid <= prev.max_txid + 1` and `max_txid > prev.max_txid` (overlap allowed, gaps not),
+//! and chained database checksums where the files track them. The pages are merged as a streaming
 //! k-way merge by pgno: for each pgno the page of the *latest* input that holds it wins, and
 //! pages above the last input's `commit` are dropped (the database shrank). Every input is read
 //! to its end and its file checksum verified before the output is finished, so a corrupt input
@@ -14,7 +15,7 @@
 
 use std::io::{Read, Write};
 
-use super::{Decoder, Encoder, Header, LtxError, Trailer, HEADER_FLAG_NO_CHECKSUM};
+use super::{check_follows, Decoder, Encoder, Header, LtxError, Trailer, HEADER_FLAG_NO_CHECKSUM};
 
 /// One input of the merge and its look-ahead page.
 struct Input<R: Read> {
@@ -59,23 +60,7 @@ pub fn compact<R: Read, W: Write>(
     };
     let (first, last) = (*first.header(), *last.header());
     for pair in inputs.windows(2) {
-        let (prev, next) = (pair[0].header(), pair[1].header());
-        if next.page_size != prev.page_size {
-            return Err(LtxError::PageSizeMismatch {
-                expected: prev.page_size,
-                found: next.page_size,
-            });
-        }
-        // prev.max_txid + 1 cannot overflow in a way that matters: saturating keeps
-        // u64::MAX followed by anything non-contiguous, since next.max must exceed it.
-        let contiguous =
-            next.min_txid <= prev.max_txid.saturating_add(1) && next.max_txid > prev.max_txid;
-        if !contiguous {
-            return Err(LtxError::NotContiguous {
-                prev: (prev.min_txid, prev.max_txid),
-                next: (next.min_txid, next.max_txid),
-            });
-        }
+        check_follows(pair[0].header(), None, pair[1].header())?;
     }
 
     let header = Header {
@@ -117,10 +102,16 @@ pub fn compact<R: Read, W: Write>(
         }
     }
 
-    // Every page block is exhausted; now check each input's index and checksum.
+    // Every page block is exhausted; now check each input's index and checksum, and that its
+    // database checksums chain with the input before it (the trailers are known only now).
+    let mut prev: Option<(Header, Trailer)> = None;
     for input in inputs {
         let h = *input.dec.header();
-        input.dec.finish().map_err(|e| wrap(input.index, &h, e))?;
+        let trailer = input.dec.finish().map_err(|e| wrap(input.index, &h, e))?;
+        if let Some((ph, pt)) = &prev {
+            check_follows(ph, Some(pt.post_apply_checksum), &h)?;
+        }
+        prev = Some((h, trailer));
     }
     let (out, trailer) = enc.finish()?;
     Ok((out, header, trailer))

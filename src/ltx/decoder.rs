@@ -701,6 +701,71 @@ pub(super) fn xxh32(data: &[u8], seed: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+// ---- chains of files ---------------------------------------------------------------------
+//
+// A file's checksum proves only that its bytes are intact, not that it is the file its key
+// names: an object overwritten with another valid LTX file (a copy gone wrong, a replica mixed
+// up with another) decodes cleanly. Whoever reads files by key — a restore plan, a compaction —
+// must therefore hold every header to its key and to the file before it. These two checks are
+// the one place that is done.
+
+/// Checks that `header` is the file whose key names the TXID range `named` (min, max).
+pub fn check_named(header: &Header, named: (u64, u64)) -> Result<(), LtxError> {
+    let found = (header.min_txid, header.max_txid);
+    if found != named {
+        return Err(LtxError::WrongFile { named, found });
+    }
+    Ok(())
+}
+
+/// Checks that `next` may follow `prev` in one chain of files applied in order (a restore plan,
+/// compaction inputs): the same page size; contiguous TXIDs (`next.min <= prev.max + 1` and
+/// `next.max > prev.max`: overlap allowed, gaps and steps back not, §1.11); and, where the format
+/// allows it, the database checksums chain: when `next` tracks checksums and starts right after
+/// `prev`, its pre-apply checksum must be `prev_post_apply` (the post-apply checksum in `prev`'s
+/// trailer, once read; `None` skips that part). Litestream files never track checksums (flag
+/// NoChecksum, both checksums 0), so for them the TXID and page-size rules are all there is.
+pub fn check_follows(
+    prev: &Header,
+    prev_post_apply: Option<u64>,
+    next: &Header,
+) -> Result<(), LtxError> {
+    if next.page_size != prev.page_size {
+        return Err(LtxError::PageSizeMismatch {
+            expected: prev.page_size,
+            found: next.page_size,
+        });
+    }
+    // Saturating: a prev ending at u64::MAX can be followed by nothing, since next.max must
+    // exceed it.
+    let contiguous =
+        next.min_txid <= prev.max_txid.saturating_add(1) && next.max_txid > prev.max_txid;
+    if !contiguous {
+        return Err(LtxError::NotContiguous {
+            prev: (prev.min_txid, prev.max_txid),
+            next: (next.min_txid, next.max_txid),
+        });
+    }
+    let tracks = |h: &Header| h.flags & HEADER_FLAG_NO_CHECKSUM == 0;
+    let adjacent = next.min_txid == prev.max_txid.saturating_add(1);
+    if let Some(post_apply) = prev_post_apply {
+        if tracks(prev)
+            && tracks(next)
+            && adjacent
+            && post_apply != 0
+            && next.pre_apply_checksum != post_apply
+        {
+            return Err(LtxError::ChecksumChain {
+                prev: (prev.min_txid, prev.max_txid),
+                next: (next.min_txid, next.max_txid),
+                post_apply,
+                pre_apply: next.pre_apply_checksum,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes and verifies a whole file, calling `f(pgno, page)` for each page in order. The
 /// pages are passed before the checksum is known: discard them if this returns an error.
 pub fn verify<R: Read>(r: R, mut f: impl FnMut(u32, &[u8])) -> Result<(Header, Trailer), LtxError> {
@@ -1311,5 +1376,72 @@ mod tests {
             Err(LtxError::InvalidInput(_))
         ));
         assert!(matches!(dec.finish(), Err(LtxError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn chain_checks() {
+        let h = |min: u64, max: u64| Header {
+            min_txid: min,
+            max_txid: max,
+            ..example_header()
+        };
+        check_named(&h(4, 4), (4, 4)).unwrap();
+        let e = check_named(&h(3, 3), (4, 4)).unwrap_err();
+        assert!(matches!(
+            e,
+            LtxError::WrongFile {
+                named: (4, 4),
+                found: (3, 3)
+            }
+        ));
+        assert!(e.to_string().contains(
+            "the file named 0000000000000004-0000000000000004.ltx holds TXIDs \
+             0000000000000003-0000000000000003 by its header"
+        ));
+        // Contiguous, overlapping: fine. Same range again, a step back, a gap: not.
+        check_follows(&h(1, 3), None, &h(4, 4)).unwrap();
+        check_follows(&h(1, 6), Some(0), &h(1, 8)).unwrap();
+        for (prev, next) in [((3, 3), (3, 3)), ((1, 5), (2, 4)), ((1, 3), (5, 5))] {
+            assert!(matches!(
+                check_follows(&h(prev.0, prev.1), None, &h(next.0, next.1)),
+                Err(LtxError::NotContiguous { .. })
+            ));
+        }
+        assert!(check_follows(&h(1, u64::MAX), None, &h(2, u64::MAX)).is_err());
+        let other_size = Header {
+            page_size: 1024,
+            ..h(2, 2)
+        };
+        assert!(matches!(
+            check_follows(&h(1, 1), None, &other_size),
+            Err(LtxError::PageSizeMismatch {
+                expected: 4096,
+                found: 1024
+            })
+        ));
+        // Files that track database checksums chain them: next's pre-apply = prev's post-apply.
+        let tracked = |min: u64, max: u64, pre: u64| Header {
+            flags: 0,
+            pre_apply_checksum: pre,
+            ..h(min, max)
+        };
+        let post = CHECKSUM_FLAG | 0x1234;
+        check_follows(&tracked(1, 1, 0), Some(post), &tracked(2, 2, post)).unwrap();
+        let e = check_follows(
+            &tracked(1, 1, 0),
+            Some(post),
+            &tracked(2, 2, CHECKSUM_FLAG | 9),
+        )
+        .unwrap_err();
+        assert!(matches!(e, LtxError::ChecksumChain { .. }), "{e}");
+        // Not checkable: the trailer not read yet, overlapping files, a NoChecksum side.
+        check_follows(&tracked(1, 1, 0), None, &tracked(2, 2, CHECKSUM_FLAG | 9)).unwrap();
+        check_follows(
+            &tracked(1, 3, 0),
+            Some(post),
+            &tracked(2, 4, CHECKSUM_FLAG | 9),
+        )
+        .unwrap();
+        check_follows(&h(1, 1), Some(post), &tracked(2, 2, CHECKSUM_FLAG | 9)).unwrap();
     }
 }

@@ -27,7 +27,7 @@ mod decoder;
 mod encoder;
 
 pub use compactor::compact;
-pub use decoder::{verify, Decoder};
+pub use decoder::{check_follows, check_named, verify, Decoder};
 pub use encoder::Encoder;
 
 use std::fmt;
@@ -337,10 +337,22 @@ pub enum LtxError {
     TrailingData { offset: u64 },
     /// The caller broke the API contract (page order, buffer length, call sequence, ...).
     InvalidInput(String),
-    /// Compaction inputs have different page sizes.
+    /// Files of one chain (compaction inputs, a restore plan) have different page sizes.
     PageSizeMismatch { expected: u32, found: u32 },
-    /// Compaction inputs do not form a contiguous TXID sequence (§1.11).
+    /// Files of one chain do not form a contiguous TXID sequence (§1.11).
     NotContiguous { prev: (u64, u64), next: (u64, u64) },
+    /// The header's TXID range is not the one the file's name (its key) says.
+    WrongFile {
+        named: (u64, u64),
+        found: (u64, u64),
+    },
+    /// The file's pre-apply checksum is not the post-apply checksum of the file before it.
+    ChecksumChain {
+        prev: (u64, u64),
+        next: (u64, u64),
+        post_apply: u64,
+        pre_apply: u64,
+    },
     /// A compaction input failed; `index` is its position in the input list.
     CompactInput {
         index: usize,
@@ -384,14 +396,34 @@ impl LtxError {
             LtxError::InvalidInput(msg) => write!(f, "{msg}"),
             LtxError::PageSizeMismatch { expected, found } => write!(
                 f,
-                "compaction inputs have different page sizes: {expected} and {found}"
+                "files of one chain have different page sizes: {expected} and {found}"
             ),
             LtxError::NotContiguous { prev, next } => write!(
                 f,
-                "compaction inputs are not contiguous: {} is followed by {} \
+                "non-contiguous transaction ids: {} is followed by {} \
                  (need next min <= prev max + 1 and next max > prev max)",
                 file_name(prev.0, prev.1),
                 file_name(next.0, next.1)
+            ),
+            LtxError::WrongFile { named, found } => write!(
+                f,
+                "the file named {} holds TXIDs {}-{} by its header: it is not the file its \
+                 name says",
+                file_name(named.0, named.1),
+                format_txid(found.0),
+                format_txid(found.1)
+            ),
+            LtxError::ChecksumChain {
+                prev,
+                next,
+                post_apply,
+                pre_apply,
+            } => write!(
+                f,
+                "{} does not continue {}: its pre-apply checksum {pre_apply:016x} is not the \
+                 post-apply checksum {post_apply:016x} of the file before it",
+                file_name(next.0, next.1),
+                file_name(prev.0, prev.1)
             ),
             LtxError::CompactInput {
                 index,

@@ -408,6 +408,12 @@ impl Replicator {
         }
         let g = self.shared.lock();
         match &g.last_error {
+            // Never synced in this run: not one commit since litestream_start() is in the replica.
+            Some(e) if g.last_sync_at.is_none() => Err(Error::msg(format!(
+                "replication stopped, but nothing reached the replica {} ({e}): no commit made \
+                 since litestream_start() is in it",
+                self.shared.replica
+            ))),
             Some(e) => Err(Error::msg(format!(
                 "replication stopped, but the final sync failed ({e}); the replica holds TXID {}",
                 ltx::format_txid(g.txid)

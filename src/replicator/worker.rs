@@ -240,13 +240,23 @@ impl Worker {
     /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
     /// then a checkpoint that leaves a position the next start can continue from.
     pub(super) fn shutdown(&mut self) {
-        if self.lease.as_ref().is_some_and(|l| l.holding().is_none()) {
-            // A standby has nothing to flush: the holder owns the replica.
+        if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
+            // A standby has nothing to flush when another instance is known to hold the lease:
+            // the holder owns the replica. One that never learnt who holds it (S3 unreachable,
+            // refused credentials) cannot say that: its commits may be in no replica at all.
+            let view = l.view();
+            let unowned = (!view.resolved || view.fatal || view.error.is_some()).then(|| {
+                format!(
+                    "the lease {} could not be taken{}",
+                    l.lock_url(),
+                    view.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                )
+            });
             let _ = self.end_read();
             let mut g = self.shared.lock();
             g.level9 = None;
             g.state = RunState::Stopped;
-            g.last_error = None;
+            g.last_error = unowned;
             drop(g);
             self.shared.cond.notify_all();
             return;
