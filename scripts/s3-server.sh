@@ -111,7 +111,8 @@ echo $! >"$PID_FILE"
 
 deadline=$((SECONDS + READY_TIMEOUT_S))
 while :; do
-  if ! running_pid >/dev/null; then
+  # (kill -0, not running_pid: until nohup has exec'd weed, the child's command line is bash's)
+  if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
     echo "weed exited at start; the end of $LOG_FILE:" >&2; tail -30 "$LOG_FILE" >&2; exit 1
   fi
   ready=1
