@@ -11,6 +11,7 @@ The host drivers are built once per machine by scripts/install-hosts.sh and link
 fresh folder's node_modules; the litestream-sqlite packages come only from the tarballs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -77,3 +78,53 @@ def test_node_host_round_trip(node_project, driver, s3, bucket, tmp_path):
     answers = scenario.run(["node", "runner.mjs", driver, str(db)], steps, cwd=node_project)
     scenario.check(answers, versions.cargo_version())
     scenario.verify_replica(s3, bucket, db, out)
+
+
+# ---------------------------------------------------------------- the routines a host leaves out
+
+SQLITE3EXT_H = "/usr/include/sqlite3ext.h"  # libsqlite3-dev (scripts/install-hosts.sh go)
+
+
+def api_probe_source():
+    """C for a loadable extension that prints every NULL slot of the host's sqlite3_api_routines
+    (the struct only grows, so the system header's fields are a valid prefix of newer hosts')."""
+    body = open(SQLITE3EXT_H).read()
+    start = body.index("struct sqlite3_api_routines {")
+    fields = re.sub(r"/\*.*?\*/", "", body[start:body.index("\n};", start)], flags=re.S)
+    names = [m.group(1) for stmt in fields.split(";")
+             for m in [re.search(r"\(\s*\*\s*(\w+)\s*\)", stmt)] if m]
+    checks = "".join('  if (!api->%s) printf("sqlite3_%s\\n");\n' % (n, n) for n in names)
+    return ("#include <stdio.h>\n#include <sqlite3ext.h>\nSQLITE_EXTENSION_INIT1\n"
+            "int sqlite3_apiprobe_init(sqlite3 *db, char **err, const sqlite3_api_routines *api) {\n"
+            + checks + "  fflush(stdout);\n  return SQLITE_OK;\n}\n")
+
+
+def needed_routines():
+    """The routines src/host.rs checks for before it lets the extension load."""
+    text = (harness.REPO / "src" / "host.rs").read_text()
+    return set(re.findall(r'=> "(sqlite3_\w+)"', text))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_host_omits_no_needed_routine(node_project, driver, tmp_path):
+    """Every routine the host's SQLite leaves out is one the extension never needs; for
+    better-sqlite3 the probe must see the progress handler missing (else it proves nothing)."""
+    (tmp_path / "apiprobe.c").write_text(api_probe_source())
+    p = subprocess.run(["cc", "-shared", "-fPIC", "-o", "libapiprobe.so", "apiprobe.c"],
+                       cwd=tmp_path, text=True, capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    probe = str(tmp_path / "libapiprobe.so")
+    load = {"better-sqlite3": "new (require('better-sqlite3'))(':memory:').loadExtension(%r)",
+            "sqlite3": "new (require('sqlite3').Database)(':memory:')"
+                       ".loadExtension(%r, (e) => { if (e) throw e; })"}[driver] % probe
+    p = subprocess.run(["node", "-e", load], cwd=node_project, text=True, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    missing = set(p.stdout.split())
+    needed = needed_routines()
+    assert len(needed) > 20, "src/host.rs no longer lists its routines as `field => \"name\"`"
+    assert not missing & needed, "%s leaves out routines the extension needs: %s" % (
+        driver, sorted(missing & needed))
+    if driver == "better-sqlite3":
+        assert "sqlite3_progress_handler" in missing, sorted(missing)
+    print("%s leaves out: %s" % (driver, " ".join(sorted(missing))))
