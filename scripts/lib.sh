@@ -1,7 +1,7 @@
 # Sourced by the scripts in this folder: where their tools live and how they get there.
 #
 # Tools are installed from their registries under $LITESTREAM_TOOLS_DIR (default
-# ${XDG_CACHE_HOME:-~/.cache}/litestream-sqlite-tools, a per-user cache shared by every clone),
+# ${XDG_CACHE_HOME:-~/.cache}/litestream-sqlite-tools, a per-user cache that every clone uses),
 # each once: an flock serialises parallel first runs, and a stamp file written last names the
 # exact versions, so a changed pin or an interrupted install reinstalls.
 
