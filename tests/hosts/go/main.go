@@ -1,4 +1,4 @@
-// SQL runner for Go's mattn/go-sqlite3 (see tests/hosts/README.md for the protocol).
+// SQL runner for Go's mattn/go-sqlite3 (the protocol: tests/hosts/README.md).
 //
 //	go build -tags libsqlite3 (GOPATH mode) && ./runner EXTENSION DB < steps.json > results.json
 //

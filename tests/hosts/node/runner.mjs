@@ -1,4 +1,4 @@
-// SQL runner for Node hosts (see tests/hosts/README.md for the protocol).
+// SQL runner for Node hosts (the protocol: tests/hosts/README.md).
 //
 //   node runner.mjs better-sqlite3|sqlite3 DB < steps.json > results.json
 //

@@ -1,4 +1,4 @@
-"""SQL runner for the installed Python package (see tests/hosts/README.md for the protocol).
+"""SQL runner for the installed Python package (the protocol: tests/hosts/README.md).
 
     python runner.py DB < steps.json > results.json
 
