@@ -19,13 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LITESTREAM_SHARED_DIR") or REPO.parent / "shared").resolve()
-if not (SHARED / "scripts" / "start-s3.sh").exists():
-    # a git worktree lives at <root>/wt/<name>; ../shared is then two levels up
-    for cand in (REPO.parent.parent / "shared", Path("/work/shared")):
-        if (cand / "scripts" / "start-s3.sh").exists():
-            SHARED = cand.resolve()
-            break
+SCRIPTS = REPO / "scripts"  # s3-server.sh, install-litestream.sh
+TOOLS = REPO / "tests" / "tools"  # ltx_check.py, the independent LTX checker
 HOST_PYTHON = "/usr/bin/python3"  # Debian's: the only Python here that can load extensions
 HOST_PY = REPO / "bench" / "host.py"
 EXT = os.environ.get("LITESTREAM_EXT") or str(REPO / "target" / "release" / "liblitestream")
@@ -67,7 +62,7 @@ def port_open(port):
 # ---------------------------------------------------------------- S3 server
 
 class S3Server:
-    """SeaweedFS through ../shared/scripts/start-s3.sh on a given loopback port, SigV4 enforced
+    """SeaweedFS through scripts/s3-server.sh on a given loopback port, SigV4 enforced
     with the given credentials (they become weed's admin identity)."""
 
     def __init__(self, port, state, buckets=("bench",), access_key="test", secret_key="testtesttest"):
@@ -76,7 +71,7 @@ class S3Server:
         self.buckets = list(buckets)
         self.endpoint = "http://127.0.0.1:%d" % self.port
         self.access_key, self.secret_key = access_key, secret_key
-        self.script = SHARED / "scripts" / "start-s3.sh"
+        self.script = SCRIPTS / "s3-server.sh"
 
     def _env(self, fresh=True):
         return child_env({"S3_PORT": str(self.port), "S3_STATE": self.state, "S3_AUTH": "1",
@@ -88,7 +83,7 @@ class S3Server:
         p = subprocess.run(["bash", str(self.script), "start"], env=self._env(fresh), text=True,
                            capture_output=True, timeout=600)
         if p.returncode != 0:
-            raise RuntimeError("start-s3.sh failed:\n%s\n%s" % (p.stdout, p.stderr))
+            raise RuntimeError("s3-server.sh failed:\n%s\n%s" % (p.stdout, p.stderr))
         return self
 
     def stop(self):
@@ -241,7 +236,7 @@ def litestream_bin():
     path = os.environ.get("LITESTREAM_BIN")
     if path:
         return path
-    p = subprocess.run(["bash", str(SHARED / "scripts" / "install-litestream.sh")], text=True,
+    p = subprocess.run(["bash", str(SCRIPTS / "install-litestream.sh")], text=True,
                        capture_output=True, timeout=900, env=child_env())
     if p.returncode != 0:
         raise RuntimeError("install-litestream.sh failed:\n%s" % p.stderr)

@@ -80,8 +80,8 @@ def l0_txids(client, bucket, prefix):
 
 
 def ltx_check_all(client, bucket, prefix):
-    """Every object decodes with ../shared/tools/ltx_check.py (checksums included)."""
-    sys.path.insert(0, str(bl.SHARED / "tools"))
+    """Every object decodes with tests/tools/ltx_check.py (checksums included)."""
+    sys.path.insert(0, str(bl.TOOLS))
     import ltx_check
     n = 0
     for k in bl.list_keys(client, bucket, prefix + "/0000/"):

@@ -8,7 +8,7 @@
 
 Runs with any Python that has boto3 (the repo venv); the application processes are
 `/usr/bin/python3 bench/host.py` (the only Python here that can load extensions). It starts its
-own SeaweedFS (../shared/scripts/start-s3.sh, port --port, default 9733, SigV4 enforced), runs
+own SeaweedFS (scripts/s3-server.sh, port --port, default 9733, SigV4 enforced), runs
 every configuration of a measure interleaved, rotation by rotation (these machines are noisy, so
 the figures that matter are ratios within a rotation), prints a table and writes
 bench/out/bench-<time>.json and bench/out/latest.json. JSON left in bench/out/ by the upload

@@ -7,7 +7,7 @@
 
 Runs with any Python that has boto3 (the repo venv); the writer and the restore host are this
 same file run by /usr/bin/python3 (`soak.py host MODE JSON`, stdlib only), the only Python here
-that can load extensions. It starts its own SeaweedFS (../shared/scripts/start-s3.sh, --port,
+that can load extensions. It starts its own SeaweedFS (scripts/s3-server.sh, --port,
 default 9633, state in --s3-state, SigV4 enforced with test/testtesttest).
 
 1. A database prefilled to about --db-mib MiB (table big: 64 KiB rows; table small: --small-cap
@@ -29,7 +29,7 @@ default 9633, state in --s3-state, SigV4 enforced with test/testtesttest).
    SeaweedFS RSS.
 4. At the end: final litestream_sync(), litestream_stop(); digest + integrity_check of the
    source; litestream_restore() into a new file from a separate host, and `litestream restore`
-   (the reference binary: $LITESTREAM_BIN or ../shared/scripts/install-litestream.sh), each
+   (the reference binary: $LITESTREAM_BIN or scripts/install-litestream.sh), each
    compared with the source.
 Prints a summary and writes bench/out/soak-<UTC>.json (all samples). Exit 1 when a restore
 differs or the writer failed.

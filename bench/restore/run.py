@@ -12,7 +12,7 @@ output is checked (ours and Litestream's must be byte-identical, and agree with 
     bench/restore/run.py --db-mib 1024 --l0 1000 --rounds 3     # the documented full run
 
 Server: S3_ENDPOINT (a running loopback server accepting AWS_ACCESS_KEY_ID/SECRET), otherwise
-SeaweedFS is started through ../shared/scripts/start-s3.sh on --s3-port with a throwaway state
+SeaweedFS is started through scripts/s3-server.sh on --s3-port with a throwaway state
 directory and stopped at the end. Needs target/release/liblitestream.so (cargo build --release),
 /usr/bin/sqlite3 and the reference binary (LITESTREAM_BIN, else install-litestream.sh).
 
@@ -36,9 +36,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("LITESTREAM_SHARED_DIR") or REPO.parent / "shared").resolve()
-if not SHARED.exists():
-    SHARED = Path("/work/shared")
+SCRIPTS = REPO / "scripts"
 SQLITE3 = "/usr/bin/sqlite3"
 AWS = {"AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testtesttest"),
@@ -126,7 +124,7 @@ def main():
     if not ext.with_suffix(".so").exists():
         sys.exit("build first: cargo build --release")
     ls_bin = os.environ.get("LITESTREAM_BIN") or sh(
-        ["bash", str(SHARED / "scripts" / "install-litestream.sh")]).strip().splitlines()[-1]
+        ["bash", str(SCRIPTS / "install-litestream.sh")]).strip().splitlines()[-1]
     version = sh([ls_bin, "version"], drop_ca=True).strip()
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-restore-"))
@@ -145,7 +143,7 @@ def main():
         server_env = env()
         server_env.update(S3_PORT=str(a.s3_port), S3_STATE=str(work / "s3"), S3_AUTH="1",
                           S3_BUCKETS=bucket)
-        subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "start"], env=server_env,
+        subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "start"], env=server_env,
                        check=True, capture_output=True, timeout=600)
         endpoint = "http://127.0.0.1:%d" % a.s3_port
     path = "restore-bench-%s" % uuid.uuid4().hex[:8]
@@ -237,7 +235,7 @@ def main():
         if not server_env:  # our own server goes away with its state; a shared one is cleaned
             sh([sys.executable, "-c", CLEANUP, endpoint, bucket, path + "/"])
         if server_env:
-            subprocess.run(["bash", str(SHARED / "scripts" / "start-s3.sh"), "stop"], env=server_env,
+            subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "stop"], env=server_env,
                            capture_output=True, timeout=120)
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -137,8 +137,8 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
 
 fn ltx_seeds(rng: &mut Rng) -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ltx");
-    for d in [dir, PathBuf::from("/work/shared/fixtures/ltx")] {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ltx");
+    for d in [dir, PathBuf::from("tests/fixtures/ltx")] {
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 if let Ok(b) = std::fs::read(e.path()) {

@@ -278,15 +278,7 @@ mod tests {
     fn ltx_check(file: &[u8], tag: &str) -> Option<String> {
         let path = std::env::temp_dir().join(format!("ltx-{tag}-{}.ltx", std::process::id()));
         std::fs::write(&path, file).unwrap();
-        let rel = format!(
-            "{}/../shared/tools/ltx_check.py",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let checker = if std::path::Path::new(&rel).exists() {
-            rel
-        } else {
-            "/work/shared/tools/ltx_check.py".to_string()
-        };
+        let checker = format!("{}/tests/tools/ltx_check.py", env!("CARGO_MANIFEST_DIR"));
         let result = std::process::Command::new("python3")
             .arg(&checker)
             .arg(&path)

@@ -752,17 +752,10 @@ mod tests {
 pub(crate) mod testutil {
     use super::*;
 
-    /// Path of a fixture: `<manifest>/../shared/fixtures/ltx/NAME`, falling back to the
-    /// absolute path for the scratch crate used during development.
+    /// The bytes of a fixture: `<manifest>/tests/fixtures/ltx/NAME`.
     pub fn fixture(name: &str) -> Vec<u8> {
-        let rel = format!(
-            "{}/../shared/fixtures/ltx/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let abs = format!("/work/shared/fixtures/ltx/{name}");
-        std::fs::read(&rel)
-            .or_else(|_| std::fs::read(&abs))
-            .unwrap_or_else(|e| panic!("fixture {name} not found at {rel} or {abs}: {e}"))
+        let path = format!("{}/tests/fixtures/ltx/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {name} not found at {path}: {e}"))
     }
 
     /// xorshift64*: deterministic, dependency-free test data.

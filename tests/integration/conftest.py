@@ -1,7 +1,7 @@
 """Fixtures for the integration tests. Helpers live in harness.py.
 
 - s3 (session): the SeaweedFS server. scripts/test.sh starts one and passes S3_ENDPOINT; without it
-  this fixture starts its own through ../shared/scripts/start-s3.sh on a free port (SigV4 enforced)
+  this fixture starts its own through scripts/s3-server.sh on a free port (SigV4 enforced)
   and stops it at the end, so a bare `pytest tests/integration` works.
 - bucket: a fresh, empty bucket per test, emptied and deleted afterwards.
 - ext: the built extension without suffix (LITESTREAM_EXT, default target/release/liblitestream).
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import SHARED, PyHost, S3Server, empty_bucket, require_loopback, s3_client
+from harness import SCRIPTS, PyHost, S3Server, empty_bucket, require_loopback, s3_client
 
 
 @dataclass
@@ -80,7 +80,7 @@ def ext():
 def litestream_bin():
     path = os.environ.get("LITESTREAM_BIN")
     if not path:
-        p = subprocess.run(["bash", str(SHARED / "scripts" / "install-litestream.sh")], text=True,
+        p = subprocess.run(["bash", str(SCRIPTS / "install-litestream.sh")], text=True,
                            capture_output=True, timeout=600, env=harness.child_env())
         if p.returncode != 0:
             pytest.fail("install-litestream.sh failed:\n%s" % p.stderr, pytrace=False)

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Loopback port helpers (stdlib only; used by conftest.py, scripts/test.sh and scripts/demo.sh).
 
-    python3 tests/integration/free_port.py s3      # a base port for ../shared/scripts/start-s3.sh
+    python3 tests/integration/free_port.py s3      # a base port for scripts/s3-server.sh
     python3 tests/integration/free_port.py closed  # a loopback port nothing listens on
 
-SeaweedFS (`start-s3.sh`) uses S3_PORT .. S3_PORT+4 and each of those + 10000 (gRPC), and wants
+SeaweedFS (`scripts/s3-server.sh`) uses S3_PORT .. S3_PORT+4 and each of those + 10000 (gRPC), and wants
 S3_PORT <= 55000, so a usable base port needs all ten of those free.
 """
 import random

@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-SHARED = Path(os.environ.get("LITESTREAM_SHARED_DIR") or REPO.parent / "shared").resolve()
+SCRIPTS = REPO / "scripts"  # s3-server.sh, install-litestream.sh
+LTX_CHECK = REPO / "tests" / "tools" / "ltx_check.py"  # the independent LTX checker
 SQL_DIR = REPO / "sql"
 SQLITE3 = os.environ.get("SQLITE3_CLI", "/usr/bin/sqlite3")
 HOST_PYTHON = "/usr/bin/python3"
@@ -298,8 +299,7 @@ _ltx_mod = None
 def _ltx_module():
     global _ltx_mod
     if _ltx_mod is None:
-        path = SHARED / "tools" / "ltx_check.py"
-        spec = importlib.util.spec_from_file_location("ltx_check", path)
+        spec = importlib.util.spec_from_file_location("ltx_check", LTX_CHECK)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         mod._check_crc()
@@ -308,7 +308,7 @@ def _ltx_module():
 
 
 def ltx_decode(data):
-    """Decode and fully verify one LTX file with ../shared/tools/ltx_check.py (raises ValueError)."""
+    """Decode and fully verify one LTX file with tests/tools/ltx_check.py (raises ValueError)."""
     return _ltx_module().decode(data)
 
 
@@ -541,7 +541,7 @@ class PyHost:
 # ---------------------------------------------------------------- the S3 server
 
 class S3Server:
-    """SeaweedFS through ../shared/scripts/start-s3.sh on a free loopback port, SigV4 enforced."""
+    """SeaweedFS through scripts/s3-server.sh on a free loopback port, SigV4 enforced."""
 
     def __init__(self, state_dir, buckets=("test",)):
         from free_port import free_s3_port
@@ -550,13 +550,13 @@ class S3Server:
         self.buckets = list(buckets)
         self.env = child_env({"S3_PORT": str(self.port), "S3_STATE": str(state_dir),
                               "S3_AUTH": "1", "S3_BUCKETS": ",".join(self.buckets)})
-        self.script = SHARED / "scripts" / "start-s3.sh"
+        self.script = SCRIPTS / "s3-server.sh"
 
     def start(self):
         p = subprocess.run(["bash", str(self.script), "start"], env=self.env, text=True,
                            capture_output=True, timeout=600)
         if p.returncode != 0:
-            raise RuntimeError("start-s3.sh failed:\n%s\n%s" % (p.stdout, p.stderr))
+            raise RuntimeError("s3-server.sh failed:\n%s\n%s" % (p.stdout, p.stderr))
         return self
 
     def stop(self):

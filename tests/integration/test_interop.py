@@ -1,4 +1,4 @@
-"""Interop both ways with the real Litestream 0.5.17 (../shared/scripts/install-litestream.sh).
+"""Interop both ways with the real Litestream 0.5.17 (scripts/install-litestream.sh).
 
 (a) `litestream restore` of a replica our extension wrote equals the source;
 (b) our litestream_restore() of a replica `litestream replicate` wrote equals its source.
@@ -31,8 +31,8 @@ def test_reference_restores_our_replica(ext, litestream_bin, s3, bucket, tmp_pat
 
 
 def reference_replicate(litestream_bin, db, bucket, path, endpoint, work, phases=3):
-    """Make a replica with `litestream replicate`, as ../shared/scripts/litestream_roundtrip.sh
-    does: WAL database first, then replicate with a control socket; each phase runs
+    """Make a replica with `litestream replicate` the way a user runs it: WAL database first,
+    then replicate with a control socket; each phase runs
     sql/workload.sql in a sqlite3 process and waits for `litestream sync -wait`; then stop it
     (SIGTERM: it syncs on shutdown). Returns the replicate log."""
     cfg, sock, log = work / "litestream.yml", work / "litestream.sock", work / "replicate.log"

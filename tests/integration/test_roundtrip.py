@@ -1,7 +1,7 @@
 """Replicate -> restore round trips, with writes from each kind of writer, to S3 and to a file replica.
 
 Each restore must equal its source (same `.dump`) and pass integrity_check; every uploaded object
-must pass ../shared/tools/ltx_check.py and sit at <path>/0000/<min>-<max>.ltx with metadata
+must pass tests/tools/ltx_check.py and sit at <path>/0000/<min>-<max>.ltx with metadata
 litestream-timestamp.
 """
 from harness import (SQL_DIR, TXID_RE, assert_same_db, check_file_replica, check_s3_replica,

@@ -65,7 +65,7 @@ def restore_and_compare(ext, url, out, db, acked):
 def file_l0_txids(directory):
     """TXIDs of a file replica's L0 files (ltx/0/<min>-<max>.ltx), checked 1..M without gaps;
     every file decodes with ltx_check.py."""
-    sys.path.insert(0, str(bl.SHARED / "tools"))
+    sys.path.insert(0, str(bl.TOOLS))
     import ltx_check
     d = Path(directory) / "ltx" / "0"
     txids = []

@@ -18,7 +18,7 @@ import crash
 from rel_common import ACCESS_KEY, SECRET_KEY, seen
 from rel_helpers import finish_writer, restore_and_compare, start_writer
 
-sys.path.insert(0, str(bl.SHARED / "tools"))
+sys.path.insert(0, str(bl.TOOLS))
 import ltx_check  # noqa: E402
 
 SECONDS = float(os.environ.get("RELIABILITY_LEVELS_SECONDS", "8"))

@@ -13,7 +13,7 @@ replicator lose or fight its own lease).
 Then faults off: the final litestream_sync() succeeds and replication stops. Checks: the lease was
 never lost and its token never changed, L0 TXIDs are contiguous up to the stopped TXID, no
 multipart upload is left open, every object in the bucket is an LTX file that passes
-../shared/tools/ltx_check.py (lock.json aside, which the stop removes), our restore and the
+tests/tools/ltx_check.py (lock.json aside, which the stop removes), our restore and the
 reference `litestream restore` equal the database, and restores run *through* the faulty proxy
 either produce exactly the database or fail leaving no output file at all.
 
@@ -159,7 +159,7 @@ def test_replication_converges(faulty):
 
 def test_l0_contiguous_and_every_object_valid(faulty):
     import sys
-    sys.path.insert(0, str(bl.SHARED / "tools"))
+    sys.path.insert(0, str(bl.TOOLS))
     import ltx_check
     client, res = faulty["client"], faulty["res"]
     stopped = int(res["stopped_txid"], 16)
