@@ -9,6 +9,7 @@
 //!   a WAL it does not replicate) and on every new acquisition re-reads the replica's position.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 use super::decide::{self, CheckpointMode, Plan, PlanFacts, Wake};
 use super::{RunState, Shared};
 use crate::error::{Context, Error, Result};
+use crate::ltx;
 use crate::replica_client::{self, ReplicaClient, Spool};
 use crate::s3::lease::Lease;
 use crate::state::{self, Position};
@@ -340,8 +342,66 @@ impl Worker {
         self.pos = std::mem::take(&mut self.saved)
             .into_iter()
             .find(|p| p.txid == max && max > 0);
+        if self.pos.is_none() && max > 0 {
+            // No state file (lost, or never written on this host): the newest L0 file says which
+            // WAL generation and offset it covers, as Litestream resumes. `plan` trusts it only if
+            // the WAL still holds that generation up to there.
+            self.pos = self.position_from_replica(max)?;
+        }
         self.shared.lock().txid = max;
         Ok(max)
+    }
+
+    /// The position the replica's newest L0 file implies for this database: its TXID, database
+    /// size and WAL range (`wal_offset + wal_size`, salts), if the current WAL is that generation
+    /// and has a frame ending there. None when nothing on this host can continue it.
+    fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
+        let Some(newest) = self
+            .client
+            .list(0)?
+            .into_iter()
+            .rfind(|f| f.max_txid == max && f.min_txid == max)
+        else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; ltx::HEADER_SIZE];
+        self.client
+            .open(&newest)?
+            .read_exact(&mut bytes)
+            .with_context(|| format!("reading the header of {}", newest.key))?;
+        let header = ltx::Header::from_bytes(&bytes)?;
+        let end = (header.wal_offset + header.wal_size).max(0) as u64;
+        let salts = (header.wal_salt1, header.wal_salt2);
+        if header.page_size != self.page_size || end <= wal::WAL_HEADER_SIZE {
+            return Ok(None);
+        }
+        let (Some(f), Some(h)) = self.open_wal()? else {
+            return Ok(None);
+        };
+        if h.salts() != salts {
+            return Ok(None);
+        }
+        let prev = end - wal::frame_size(self.page_size);
+        let Some(frame) = wal::read_frame_header(&f, prev)? else {
+            return Ok(None);
+        };
+        if frame.salts() != salts || frame.commit != header.commit {
+            return Ok(None);
+        }
+        Ok(Some(Position {
+            txid: max,
+            page_size: self.page_size,
+            commit: header.commit,
+            wal: state::WalPosition {
+                end,
+                salt1: salts.0,
+                salt2: salts.1,
+                checkpoint_seq: h.checkpoint_seq,
+                frame_checksum: frame.checksum(),
+            },
+            backfilled: false,
+            db_stamp: None,
+        }))
     }
 
     /// Upload L0 files until the replica holds every committed frame of the WAL.
