@@ -40,6 +40,11 @@ const CHECKPOINTER_PROBE: Duration = Duration::from_millis(10);
 /// checkpoint while or after they write.
 const CHECKPOINTER_PROBE_IDLE: Duration = Duration::from_millis(200);
 const PROBE_ACTIVE_FOR: Duration = Duration::from_secs(5);
+/// A WAL generation past this size while the replicator is still uploading means a writer
+/// outpaces it; the rest is uploaded with the write lock held (see `cycle`). Hooked writers wait
+/// in backpressure long before (16 MiB); this bounds writers in other processes: unbounded, a
+/// 91 MB/s writer grew the WAL to 596 MB.
+const OUTPACED_WAL_BYTES: u64 = 32 << 20;
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// A standby wakes at least this often (besides lease changes) to refresh status and to run the
@@ -172,6 +177,12 @@ impl Worker {
                 Wake::Probe => {
                     let result = self.yield_to_checkpointer();
                     if matches!(result, Ok(true)) {
+                        active_at = Instant::now();
+                    }
+                    // Commits of connections without the hook are otherwise only seen at the
+                    // next poll: a WAL past the backpressure size is a reason to cycle now.
+                    if self.wal_bytes_in_use().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
+                        self.shared.lock().pressure = true;
                         active_at = Instant::now();
                     }
                     next_probe = Instant::now()
@@ -310,7 +321,13 @@ impl Worker {
     /// Upload every committed frame not yet in the replica, then checkpoint if the policy says so.
     pub(super) fn cycle(&mut self, ticket: u64) -> Result<()> {
         self.begin_read()?;
-        self.sync_wal()?;
+        if !self.sync_wal_within(Some(OUTPACED_WAL_BYTES))? {
+            // A writer outpaces the upload, one that backpressure does not slow down (another
+            // process): finish under the write lock, taken eagerly, and checkpoint there; then
+            // whatever remains if the lock could not be had.
+            self.checkpoint(CheckpointMode::Passive, false, false)?;
+            self.sync_wal()?;
+        }
         {
             let mut g = self.shared.lock();
             g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
@@ -319,9 +336,7 @@ impl Worker {
                 .map(|p| p.txid)
                 .unwrap_or(self.remote_max.unwrap_or(0));
             g.last_sync_at = Some(SystemTime::now());
-            g.wal_size = std::fs::metadata(&self.wal_path)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            g.wal_size = self.wal_file_len();
         }
         self.shared.cond.notify_all();
         self.checkpoint_if_needed()
@@ -406,8 +421,19 @@ impl Worker {
 
     /// Upload L0 files until the replica holds every committed frame of the WAL.
     pub(super) fn sync_wal(&mut self) -> Result<()> {
+        self.sync_wal_within(None).map(|_| ())
+    }
+
+    /// `sync_wal`, but stop early (returning false) once the WAL's current generation holds more
+    /// than `limit` bytes while writers are free to run.
+    pub(super) fn sync_wal_within(&mut self, limit: Option<u64>) -> Result<bool> {
         self.ensure_remote_position()?;
         loop {
+            if let Some(limit) = limit {
+                if !self.barrier_held && self.wal_bytes_in_use()? > limit {
+                    return Ok(false);
+                }
+            }
             let (wal, header) = self.open_wal()?;
             let plan = self.plan(wal.as_ref(), header.as_ref())?;
             let more = match plan {
@@ -418,7 +444,7 @@ impl Worker {
                 Plan::Snapshot { reason } => self.write_snapshot(wal.as_ref(), &reason)?,
             };
             if !more {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
