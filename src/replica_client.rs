@@ -166,8 +166,6 @@ pub fn replica_max_txid(client: &dyn ReplicaClient) -> Result<u64> {
     Ok(max)
 }
 
-/// Litestream's `litestream-timestamp` metadata value: RFC 3339 in UTC with the fraction's
-/// trailing zeros trimmed (Go's RFC3339Nano), e.g. `2023-11-14T22:13:20.123Z`.
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -175,6 +173,8 @@ pub fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Litestream's `litestream-timestamp` metadata value: RFC 3339 in UTC with the fraction's
+/// trailing zeros trimmed (Go's RFC3339Nano), e.g. `2023-11-14T22:13:20.123Z`.
 pub fn format_timestamp_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);

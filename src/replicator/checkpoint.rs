@@ -37,9 +37,7 @@ impl Worker {
     /// auto-checkpoint). Plain ones: nothing of it is being replicated from here, and whatever
     /// it does to the WAL only means a snapshot when this instance takes over.
     pub(super) fn standby_checkpoint(&mut self) -> Result<()> {
-        let len = std::fs::metadata(&self.wal_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let len = self.wal_file_len();
         if len == self.standby_wal_len {
             return Ok(());
         }
@@ -56,9 +54,7 @@ impl Worker {
             })
             .with_context(|| format!("standby checkpoint({mode})"))?;
         self.last_checkpoint = Instant::now();
-        self.standby_wal_len = std::fs::metadata(&self.wal_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        self.standby_wal_len = self.wal_file_len();
         self.shared.lock().checkpoints += 1;
         Ok(())
     }
@@ -78,10 +74,8 @@ impl Worker {
         };
         // Below the backpressure size, commits that slip in defer the checkpoint; above it an
         // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
-        let wal_len = std::fs::metadata(&self.wal_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        self.checkpoint(mode, false, wal_len < MAX_DEFERRED_WAL_BYTES)
+        let in_use = self.wal_bytes_in_use()?;
+        self.checkpoint(mode, false, in_use < MAX_DEFERRED_WAL_BYTES)
     }
 
     /// Checkpoint with writers held off: take the write lock on the barrier connection, upload
@@ -114,7 +108,18 @@ impl Worker {
         // The cycle that calls this has just uploaded, with writers free to run: what is left
         // for the locked section below is normally nothing, so it does no network I/O while the
         // application cannot commit.
-        if self.barrier.execute_batch("BEGIN IMMEDIATE").is_err() {
+        // Past the deferral size the WAL must not grow further: a writer that never pauses (in
+        // another process, which backpressure does not slow down) is out-waited by retrying the
+        // lock eagerly; below it, one ordinary attempt.
+        let eager = self.wal_bytes_in_use()? >= MAX_DEFERRED_WAL_BYTES;
+        if eager {
+            crate::host::set_eager_busy_handler(&self.barrier)?;
+        }
+        let locked = self.barrier.execute_batch("BEGIN IMMEDIATE");
+        if eager {
+            self.barrier.busy_timeout(BUSY_TIMEOUT)?;
+        }
+        if locked.is_err() {
             // A writer holds the lock; try again next cycle rather than stall it.
             return Ok(());
         }
@@ -290,5 +295,21 @@ impl Worker {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Size of the `-wal` file (0 when there is none). It only shrinks on TRUNCATE.
+    pub(super) fn wal_file_len(&self) -> u64 {
+        std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Bytes of the WAL's current generation: its committed frames, by the wal-index (the file
+    /// keeps its size after a restart), else the file's size.
+    pub(super) fn wal_bytes_in_use(&self) -> Result<u64> {
+        Ok(match self.wal_index()? {
+            Some(h) => wal::WAL_HEADER_SIZE + h.max_frame as u64 * wal::frame_size(self.page_size),
+            None => self.wal_file_len(),
+        })
     }
 }

@@ -9,6 +9,7 @@
 //!   a WAL it does not replicate) and on every new acquisition re-reads the replica's position.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 use super::decide::{self, CheckpointMode, Plan, PlanFacts, Wake};
 use super::{RunState, Shared};
 use crate::error::{Context, Error, Result};
+use crate::ltx;
 use crate::replica_client::{self, ReplicaClient, Spool};
 use crate::s3::lease::Lease;
 use crate::state::{self, Position};
@@ -38,6 +40,11 @@ const CHECKPOINTER_PROBE: Duration = Duration::from_millis(10);
 /// checkpoint while or after they write.
 const CHECKPOINTER_PROBE_IDLE: Duration = Duration::from_millis(200);
 const PROBE_ACTIVE_FOR: Duration = Duration::from_secs(5);
+/// A WAL generation past this size while the replicator is still uploading means a writer
+/// outpaces it; the rest is uploaded with the write lock held (see `cycle`). Hooked writers wait
+/// in backpressure long before (16 MiB); this bounds writers in other processes: unbounded, a
+/// 91 MB/s writer grew the WAL to 596 MB.
+const OUTPACED_WAL_BYTES: u64 = 32 << 20;
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// A standby wakes at least this often (besides lease changes) to refresh status and to run the
@@ -170,6 +177,12 @@ impl Worker {
                 Wake::Probe => {
                     let result = self.yield_to_checkpointer();
                     if matches!(result, Ok(true)) {
+                        active_at = Instant::now();
+                    }
+                    // Commits of connections without the hook are otherwise only seen at the
+                    // next poll: a WAL past the backpressure size is a reason to cycle now.
+                    if self.wal_bytes_in_use().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
+                        self.shared.lock().pressure = true;
                         active_at = Instant::now();
                     }
                     next_probe = Instant::now()
@@ -318,7 +331,13 @@ impl Worker {
     /// Upload every committed frame not yet in the replica, then checkpoint if the policy says so.
     pub(super) fn cycle(&mut self, ticket: u64) -> Result<()> {
         self.begin_read()?;
-        self.sync_wal()?;
+        if !self.sync_wal_within(Some(OUTPACED_WAL_BYTES))? {
+            // A writer outpaces the upload, one that backpressure does not slow down (another
+            // process): finish under the write lock, taken eagerly, and checkpoint there; then
+            // whatever remains if the lock could not be had.
+            self.checkpoint(CheckpointMode::Passive, false, false)?;
+            self.sync_wal()?;
+        }
         {
             let mut g = self.shared.lock();
             g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
@@ -327,9 +346,7 @@ impl Worker {
                 .map(|p| p.txid)
                 .unwrap_or(self.remote_max.unwrap_or(0));
             g.last_sync_at = Some(SystemTime::now());
-            g.wal_size = std::fs::metadata(&self.wal_path)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            g.wal_size = self.wal_file_len();
         }
         self.shared.cond.notify_all();
         self.checkpoint_if_needed()
@@ -350,14 +367,83 @@ impl Worker {
         self.pos = std::mem::take(&mut self.saved)
             .into_iter()
             .find(|p| p.txid == max && max > 0);
+        if self.pos.is_none() && max > 0 {
+            // No state file (lost, or never written on this host): the newest L0 file says which
+            // WAL generation and offset it covers, as Litestream resumes. `plan` trusts it only if
+            // the WAL still holds that generation up to there.
+            self.pos = self.position_from_replica(max)?;
+        }
         self.shared.lock().txid = max;
         Ok(max)
     }
 
+    /// The position the replica's newest L0 file implies for this database: its TXID, database
+    /// size and WAL range (`wal_offset + wal_size`, salts), if the current WAL is that generation
+    /// and has a frame ending there. None when nothing on this host can continue it.
+    fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
+        let Some(newest) = self
+            .client
+            .list(0)?
+            .into_iter()
+            .rfind(|f| f.max_txid == max && f.min_txid == max)
+        else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; ltx::HEADER_SIZE];
+        self.client
+            .open(&newest)?
+            .read_exact(&mut bytes)
+            .with_context(|| format!("reading the header of {}", newest.key))?;
+        let header = ltx::Header::from_bytes(&bytes)?;
+        let end = (header.wal_offset + header.wal_size).max(0) as u64;
+        let salts = (header.wal_salt1, header.wal_salt2);
+        if header.page_size != self.page_size || end <= wal::WAL_HEADER_SIZE {
+            return Ok(None);
+        }
+        let (Some(f), Some(h)) = self.open_wal()? else {
+            return Ok(None);
+        };
+        if h.salts() != salts {
+            return Ok(None);
+        }
+        let prev = end - wal::frame_size(self.page_size);
+        let Some(frame) = wal::read_frame_header(&f, prev)? else {
+            return Ok(None);
+        };
+        if frame.salts() != salts || frame.commit != header.commit {
+            return Ok(None);
+        }
+        Ok(Some(Position {
+            txid: max,
+            page_size: self.page_size,
+            commit: header.commit,
+            wal: state::WalPosition {
+                end,
+                salt1: salts.0,
+                salt2: salts.1,
+                checkpoint_seq: h.checkpoint_seq,
+                frame_checksum: frame.checksum(),
+            },
+            backfilled: false,
+            db_stamp: None,
+        }))
+    }
+
     /// Upload L0 files until the replica holds every committed frame of the WAL.
     pub(super) fn sync_wal(&mut self) -> Result<()> {
+        self.sync_wal_within(None).map(|_| ())
+    }
+
+    /// `sync_wal`, but stop early (returning false) once the WAL's current generation holds more
+    /// than `limit` bytes while writers are free to run.
+    pub(super) fn sync_wal_within(&mut self, limit: Option<u64>) -> Result<bool> {
         self.ensure_remote_position()?;
         loop {
+            if let Some(limit) = limit {
+                if !self.barrier_held && self.wal_bytes_in_use()? > limit {
+                    return Ok(false);
+                }
+            }
             let (wal, header) = self.open_wal()?;
             let plan = self.plan(wal.as_ref(), header.as_ref())?;
             let more = match plan {
@@ -368,7 +454,7 @@ impl Worker {
                 Plan::Snapshot { reason } => self.write_snapshot(wal.as_ref(), &reason)?,
             };
             if !more {
-                return Ok(());
+                return Ok(true);
             }
         }
     }

@@ -103,3 +103,49 @@ def test_truncate_checkpoints_lose_nothing(pyhost, ext, s3, bucket, tmp_path):
     out = tmp_path / "restored.db"
     assert restore_shell(ext, out, url=s3_url(bucket, "trunc", s3.endpoint)) == r["stop"]
     assert_same_db(src, out)
+
+
+PLAIN_WRITER = """
+import os, sqlite3, sys
+db, total_mb = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(db, isolation_level=None, timeout=60)
+blob, max_wal = os.urandom(1 << 20), 0
+for i in range(total_mb):
+    c.execute("INSERT OR REPLACE INTO b(id, v) VALUES (?, ?)", (i % 50, blob))
+    try:
+        max_wal = max(max_wal, os.path.getsize(db + "-wal"))
+    except OSError:
+        pass
+print(max_wal)
+"""
+
+
+def test_a_writer_without_the_extension_cannot_grow_the_wal_without_bound(pyhost, ext, s3,
+                                                                         bucket, tmp_path):
+    """Another process (no extension, so no backpressure) writes 1 MiB transactions back to back
+    while this one replicates. Its commits leave the write lock free only for a moment between
+    transactions: the replicator's checkpoints must still get it (eager lock retries) and the
+    rest of the upload happens under it, so the WAL stays bounded (it reached 596 MB for 400 MB
+    written before) and the restore equals the source."""
+    src = tmp_path / "plain.db"
+    r = pyhost.run("""
+        import subprocess, sys
+        c = connect(P["db"])
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
+        configure(c, P["config"])
+        one(c, "SELECT litestream_start()")
+        one(c, "SELECT litestream_sync(60000)")
+        p = subprocess.run([sys.executable, "-c", P["script"], P["db"], str(P["mb"])],
+                           capture_output=True, text=True, timeout=600)
+        synced = one(c, "SELECT litestream_sync(300000)")
+        result = {"rc": p.returncode, "err": p.stderr, "max_wal": int(p.stdout or 0),
+                  "status": status(c), "stop": one(c, "SELECT litestream_stop()")}
+    """, timeout=900, db=str(src), script=PLAIN_WRITER, mb=300,
+        config=s3_config(bucket, "plain", s3.endpoint, snapshot_interval="0"))
+    assert r["rc"] == 0, r["err"]
+    print("plain writer: max WAL %.1f MB" % (r["max_wal"] / 2**20))
+    out = tmp_path / "restored.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "plain", s3.endpoint), timeout=600) == r["stop"]
+    assert_same_db(src, out, big=True)
+    assert r["max_wal"] < 200 << 20, "WAL reached %.1f MB" % (r["max_wal"] / 2**20)

@@ -75,3 +75,53 @@ def test_writes_while_stopped_are_not_lost(ext, s3, bucket, tmp_path):
     out = tmp_path / "out.db"
     restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint))
     assert_same_db(src, out)
+
+
+CRASHING_WRITER = """
+import sqlite3, sys, os
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.enable_load_extension(True); c.load_extension(sys.argv[2])
+for k, v in zip(sys.argv[3::2], sys.argv[4::2]):
+    c.execute("SELECT litestream_configure(?, ?)", (k, v))
+c.execute("SELECT litestream_start()")
+c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(20):
+    c.execute("INSERT INTO t(v) VALUES (?)", ("before %d" % i,))
+print(c.execute("SELECT litestream_sync(30000)").fetchone()[0], flush=True)
+for i in range(5):
+    c.execute("INSERT INTO t(v) VALUES (?)", ("after %d" % i,))
+os._exit(0)
+"""
+
+
+def test_lost_state_directory_after_a_crash_needs_no_snapshot(pyhost, ext, s3, bucket, tmp_path):
+    """The process dies without litestream_stop() (os._exit: nothing runs at exit), with commits
+    after its last sync, and its `.<db>-litestream/` directory is lost. The next start finds its
+    position from the replica's newest L0 file (WAL offset and salts, as Litestream does) and the
+    WAL that still holds that generation: it continues incrementally, uploads the commits the
+    crash left behind, and takes no full snapshot."""
+    import shutil
+    src = tmp_path / "src.db"
+    cfg = s3_config(bucket, "db", s3.endpoint, lease="off", levels="off", snapshot_interval="0")
+    crashed = pyhost.run("""
+        import subprocess, sys
+        args = [sys.executable, "-c", P["script"], P["db"], P["ext"]]
+        for k, v in P["config"]:
+            args += [k, v]
+        p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        result = {"synced": p.stdout.strip(), "rc": p.returncode, "err": p.stderr}
+    """, db=str(src), ext=ext, config=cfg, script=CRASHING_WRITER)
+    assert crashed["rc"] == 0, crashed["err"]
+    shutil.rmtree(tmp_path / ".src.db-litestream")
+    r = pyhost.run("""
+        c = connect(P["db"])
+        configure(c, P["config"])
+        one(c, "SELECT litestream_start()")
+        synced = one(c, "SELECT litestream_sync(30000)")
+        result = {"synced": synced, "status": status(c), "stop": one(c, "SELECT litestream_stop()")}
+    """, db=str(src), config=cfg)
+    assert r["status"]["snapshots"] == 0, r["status"]["last_snapshot_reason"]
+    assert r["synced"] > crashed["synced"], (crashed, r["synced"])
+    out = tmp_path / "out.db"
+    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == r["stop"]
+    assert_same_db(src, out)
