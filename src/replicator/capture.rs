@@ -8,6 +8,7 @@
 //!   overwrote frames while they were read makes the caller plan again, never upload.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::worker::Worker;
@@ -51,8 +52,9 @@ impl Worker {
         }
         let txid = pos.txid + 1;
         let db = DbFile::new(&self.conn)?;
-        let header = self.ltx_header(txid, seg.commit, &seg);
-        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let source = self.pages();
+        let header = source.ltx_header(txid, seg.commit, &seg);
+        let mut spool = Spool::new(&source.spill_dir, SPOOL_MEMORY_LIMIT);
         let mut enc = Encoder::new(&mut spool, header)?;
         let mut buf = vec![0u8; self.page_size as usize];
         let lock_page = ltx::lock_page(self.page_size);
@@ -67,7 +69,7 @@ impl Worker {
             pages.sort_unstable();
         }
         for pgno in pages {
-            self.read_page(wal, &db, &seg, pgno, &mut buf)?;
+            source.read_page(wal, &db, &seg, pgno, &mut buf)?;
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
@@ -119,8 +121,9 @@ impl Worker {
                 &empty_seg
             }
         };
-        let header = self.ltx_header(txid, commit, seg_ref);
-        let mut spool = self.encode_full_image(wal, &db, seg_ref, header)?;
+        let source = self.pages();
+        let header = source.ltx_header(txid, commit, seg_ref);
+        let mut spool = source.encode_full_image(wal, &db, seg_ref, header, &|| false)?;
         if let (Some(f), Some(s)) = (wal, &seg) {
             if !wal_generation_unchanged(f, s)? {
                 return Ok(true);
@@ -144,21 +147,46 @@ impl Worker {
         Ok(false)
     }
 
+    /// How this database's pages are read and encoded.
+    pub(super) fn pages(&self) -> PageSource {
+        PageSource {
+            page_size: self.page_size,
+            spill_dir: self.meta.join("tmp"),
+            db_path: self.shared.db_path.clone(),
+        }
+    }
+}
+
+/// Reads a database's pages (from a WAL segment or the file) and encodes them into LTX files;
+/// owned data only, so that a level-9 snapshot can do it on a thread of its own.
+pub(super) struct PageSource {
+    pub(super) page_size: u32,
+    /// Where spools spill (the state directory's `tmp`).
+    pub(super) spill_dir: PathBuf,
+    /// For error messages.
+    pub(super) db_path: String,
+}
+
+impl PageSource {
     /// Every page 1..=header.commit (but the lock page) into an LTX file: from the WAL segment
-    /// where it has the page, else from the database file.
+    /// where it has the page, else from the database file. `cancelled` is polled between pages.
     pub(super) fn encode_full_image(
         &self,
         wal: Option<&File>,
         db: &DbFile,
         seg: &Segment,
         header: Header,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Spool> {
-        let mut spool = Spool::new(&self.meta.join("tmp"), SPOOL_MEMORY_LIMIT);
+        let mut spool = Spool::new(&self.spill_dir, SPOOL_MEMORY_LIMIT);
         let mut enc = Encoder::new(&mut spool, header)?;
         let mut buf = vec![0u8; self.page_size as usize];
         let lock_page = ltx::lock_page(self.page_size);
         let dummy: &[u8] = &[];
         for pgno in (1..=header.commit).filter(|p| *p != lock_page) {
+            if pgno % 1024 == 0 && cancelled() {
+                return Err(Error::msg("replication is stopping"));
+            }
             match wal {
                 Some(f) => self.read_page(f, db, seg, pgno, &mut buf)?,
                 None => self.read_page(&dummy, db, seg, pgno, &mut buf)?,
@@ -182,7 +210,7 @@ impl Worker {
             Some(&frame) => wal::read_frame_page(wal, frame, buf)?,
             None => db
                 .read_at(buf, (pgno as u64 - 1) * self.page_size as u64)
-                .with_context(|| format!("reading page {pgno} of {}", self.shared.db_path))?,
+                .with_context(|| format!("reading page {pgno} of {}", self.db_path))?,
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ pub use status::Status;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -135,6 +136,8 @@ pub struct Shared {
     frame_size: u64,
     inner: Mutex<Inner>,
     cond: Condvar,
+    /// Tells a running level-9 snapshot to give up (set by `litestream_stop()`).
+    level9_cancel: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -151,6 +154,18 @@ impl Shared {
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0)
     }
+}
+
+/// A connection of the replicator's own to `db_path`, through the host's SQLite and `vfs`.
+fn open_connection(db_path: &Path, vfs: Option<&str>) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match vfs {
+        Some(v) => Connection::open_with_flags_and_vfs(db_path, flags, v),
+        None => Connection::open_with_flags(db_path, flags),
+    }
+    .with_context(|| format!("opening {}", db_path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 /// Handle to a running replicator, shared by every connection of the process.
@@ -172,16 +187,8 @@ impl Replicator {
         client: Arc<dyn ReplicaClient>,
         lease: Option<LeaseSetup>,
     ) -> Result<Replicator> {
-        let open = || -> Result<Connection> {
-            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = match vfs {
-                Some(v) => Connection::open_with_flags_and_vfs(db_path, flags, v)?,
-                None => Connection::open_with_flags(db_path, flags)?,
-            };
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            Ok(conn)
-        };
-        let conn = open().with_context(|| format!("opening {}", db_path.display()))?;
+        let open = || open_connection(db_path, vfs);
+        let conn = open()?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
             .with_context(|| format!("switching {} to WAL mode", db_path.display()))?;
@@ -194,7 +201,7 @@ impl Replicator {
         crate::host::set_persist_wal(&conn)?;
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let barrier = open().with_context(|| format!("opening {}", db_path.display()))?;
+        let barrier = open()?;
 
         let progress = client.progress();
         let replica = client.describe();
@@ -230,6 +237,7 @@ impl Replicator {
                 level9: None,
             }),
             cond: Condvar::new(),
+            level9_cancel: Arc::new(AtomicBool::new(false)),
         });
         let lease = match lease {
             Some(setup) => {
@@ -268,6 +276,8 @@ impl Replicator {
             lease: lease.clone(),
             lease_epoch: None,
             standby_wal_len: 0,
+            vfs: vfs.map(str::to_string),
+            level9_thread: None,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -391,7 +401,8 @@ impl Replicator {
 
     /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
     pub fn stop(&self) -> Result<u64> {
-        // The compactor first: it may be waiting on the worker for a level-9 snapshot.
+        // The compactor first: it may be waiting on a level-9 snapshot, which is told to give up.
+        self.shared.level9_cancel.store(true, Ordering::Relaxed);
         self.compactor.stop();
         {
             let mut g = self.shared.lock();

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,6 +87,10 @@ pub(super) struct Worker {
     pub(super) lease_epoch: Option<u64>,
     /// WAL size at the last standby checkpoint (skip checkpoints when nothing was written).
     pub(super) standby_wal_len: u64,
+    /// The VFS the host opened the database with (our connections use the same one).
+    pub(super) vfs: Option<String>,
+    /// The level-9 snapshot running on its own thread, if any.
+    pub(super) level9_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -216,7 +220,7 @@ impl Worker {
             // A level-9 snapshot requested by the compactor (which reports its errors itself).
             let level9 = self.shared.lock().level9.take();
             if let Some(req) = level9 {
-                let _ = req.reply.send(self.write_level9_snapshot(req.newer_than));
+                self.start_level9_snapshot(req);
             }
             let mut g = self.shared.lock();
             if g.pressure {
@@ -253,6 +257,8 @@ impl Worker {
     /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
     /// then a checkpoint that leaves a position the next start can continue from.
     pub(super) fn shutdown(&mut self) {
+        // A level-9 snapshot was told to give up by `Replicator::stop`; it ends at its next page.
+        self.join_level9();
         if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
             // A standby has nothing to flush when another instance is known to hold the lease:
             // the holder owns the replica. One that never learnt who holds it (S3 unreachable,
@@ -601,20 +607,27 @@ impl Worker {
 
     /// The `-wal` file (None when there is none) and its header (None when it has no valid one).
     pub(super) fn open_wal(&self) -> Result<(Option<File>, Option<WalHeader>)> {
-        let wal = match File::open(&self.wal_path) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(Error::msg(format!(
-                    "opening {}: {e}",
-                    self.wal_path.display()
-                )))
-            }
-        };
-        let header = match &wal {
-            Some(f) => WalHeader::read(f)?,
-            None => None,
-        };
-        Ok((wal, header))
+        open_wal_file(&self.wal_path)
     }
+
+    /// A new connection of our own to the database, through the host's SQLite and the same VFS.
+    pub(super) fn open_connection(&self) -> Result<Connection> {
+        super::open_connection(&self.db_file_path, self.vfs.as_deref())
+    }
+}
+
+/// The `-wal` file at `path` (None when there is none) and its header (None when it has no valid
+/// one). Our own descriptor on the WAL is harmless: SQLite takes no POSIX locks on that file (its
+/// WAL locks are on the `-shm`), so closing it drops none.
+pub(super) fn open_wal_file(path: &Path) -> Result<(Option<File>, Option<WalHeader>)> {
+    let wal = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::msg(format!("opening {}: {e}", path.display()))),
+    };
+    let header = match &wal {
+        Some(f) => WalHeader::read(f)?,
+        None => None,
+    };
+    Ok((wal, header))
 }
