@@ -16,7 +16,8 @@
 //!
 //! Self-contained: std and `serde_json` only.
 //!
-//! Layout: `keys` (the table, lookup), `parse` (scalar parsers and formatters), `url`
+//! Layout: `keys` (the table, lookup), `number` (exact decimal numbers: sizes, counts),
+//! `parse` (scalar parsers and formatters), `url`
 //! (endpoints, bucket names, replica URLs), `settings` (stored values, getters, JSON),
 //! `resolve` (settings → [`ResolvedConfig`], environment, credentials), `samples` (values
 //! the unit tests and the fuzzer share).
@@ -24,6 +25,7 @@
 use std::fmt;
 
 mod keys;
+mod number;
 mod parse;
 mod resolve;
 mod samples;
@@ -40,7 +42,7 @@ pub use parse::{
     DEFAULT_LEVELS, DEFAULT_MIN_CHECKPOINT_PAGE_COUNT, DEFAULT_PART_SIZE, DEFAULT_REGION,
     DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_SNAPSHOT_RETENTION, DEFAULT_SYNC_INTERVAL,
     DEFAULT_TRUNCATE_PAGE_N, MAX_CONCURRENCY, MAX_LEASE_OWNER_CHARS, MAX_LEVELS, MAX_PART_SIZE,
-    MIN_LEASE_TTL, MIN_PART_SIZE, R2_DEFAULT_CONCURRENCY,
+    MIN_LEASE_TTL, MIN_PART_SIZE, MIN_SYNC_INTERVAL, R2_DEFAULT_CONCURRENCY,
 };
 pub use resolve::{
     target_from_url, target_from_url_with_settings, ReplicaTarget, ResolvedConfig, S3Target,

@@ -423,52 +423,16 @@ fn json_lists_all_keys() {
 
 #[test]
 fn no_panics_on_odd_input() {
-    let inputs = [
-        "",
-        " ",
-        "\0",
-        "\u{1F600}",
-        "µ",
-        "µs",
-        "1µ",
-        "%",
-        "%%",
-        "%f",
-        "s3://",
-        "s3://%",
-        "s3://b/%",
-        "s3://b?&&&",
-        "s3://b/p?=",
-        "s3://b/p?=x",
-        "s3://[::1]:9000/p",
-        "s3://b.[::1]:9000/p",
-        "file:///%00",
-        "s3://b/\u{7}",
-        "[",
-        "[]",
-        "http://[",
-        "http://[]:",
-        "http://[::1]x",
-        "9999999999999999999999999999999999999",
-        "1.",
-        ".",
-        "-",
-        "+",
-        "-+",
-        "+-1s",
-        "1.5.5s",
-        "1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h",
-        "99999999999999999999999999999999999999999h",
-        "0.99999999999999999999999999999999999999999G",
-        "s3://B\u{e9}/p",
-        "s3://\u{e9}\u{e9}.s3.amazonaws.com/p",
-        "s3://x.s3.\u{e9}.amazonaws.com/p",
-        "s3://\u{e9}.localhost:1/p",
-        "s3://\u{e9}:1/p",
-        "s3://a.\u{e9}.digitaloceanspaces.com/",
-    ];
+    // The same vocabulary the fuzzer starts from, plus pairs of it.
+    let mut inputs: Vec<String> = sample_values().iter().map(|v| v.to_string()).collect();
+    for a in odd_inputs().iter().step_by(7) {
+        for b in odd_inputs().iter().step_by(5) {
+            inputs.push(format!("{a}{b}"));
+        }
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     for key in keys() {
-        for v in inputs {
+        for &v in &inputs {
             let mut s = Settings::new();
             let _ = s.set(key.name, Some(v));
             let _ = s.get(key.name);
@@ -477,15 +441,12 @@ fn no_panics_on_odd_input() {
             let _ = s.resolve_with_env(&no_env);
         }
     }
-    for v in inputs {
+    for &v in &inputs {
         let _ = parse_size(v);
         let _ = parse_duration(v);
         let _ = parse_bool(v);
         let _ = target_from_url_using_env(v, &no_env);
         let _ = Settings::new().set(v, Some("1"));
     }
-    assert_eq!(
-        parse_size("0.99999999999999999999999999999999999999999G"),
-        Ok((1 << 30) - 1)
-    );
+    assert!(parse_size("0.99999999999999999999999999999999999999999G").is_err());
 }

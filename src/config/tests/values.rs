@@ -27,10 +27,11 @@ fn size_formats_from_the_guide() {
         ("0", 0),
         ("5242880B", 5_242_880),
         (" 5MB ", 5_242_880),
-        ("1.0000001MB", 1_048_576), // 1048576.1048576 rounded down
-        ("1.9999999999B", 1),       // fractional bytes rounded down
         ("0.5K", 512),
-        ("1.00000000000000000000000000000000000001G", 1_073_741_824),
+        ("1e9", 1_000_000_000),
+        ("5.24288e6", 5_242_880),
+        ("5242880.0", 5_242_880),
+        ("1.5e0MB", 1_572_864),
     ];
     for (text, bytes) in cases {
         assert_eq!(parse_size(text), Ok(bytes), "{text}");
@@ -46,12 +47,33 @@ fn size_formats_from_the_guide() {
 #[test]
 fn size_rejects() {
     for text in [
-        "-5MB", "5XB", "", "1e9", "5 MB", "MB", ".5MB", "5.MB", "5TB", "1,5MB", "5MBB", "0x10",
+        "5XB", "", "5 MB", "MB", ".5MB", "5.MB", "5TB", "1,5MB", "5MBB", "0x10", "1e", "+5MB",
     ] {
         assert_eq!(
             parse_size(text),
             Err(SIZE_EXPECTED.to_string()),
             "{text:?} should be rejected"
+        );
+    }
+    assert_eq!(
+        parse_size("-5MB"),
+        Err(format!("negative numbers are not allowed; {SIZE_EXPECTED}"))
+    );
+    // A fraction of a byte is refused, never rounded.
+    for text in [
+        "1.5",
+        "1.9999999999B",
+        "1.0000001MB",
+        "0.1K",
+        "1.00000000000000000000000000000000000001G",
+        "0.99999999999999999999999999999999999999999G",
+        "5242880.5",
+        "1e-1",
+    ] {
+        assert_eq!(
+            parse_size(text),
+            Err(format!("not a whole number of bytes; {SIZE_EXPECTED}")),
+            "{text:?}"
         );
     }
 }
@@ -113,14 +135,32 @@ fn part_size_error_texts() {
         set_err("part-size", "99999999999999999999GB"),
         "part-size 99999999999999999999GB is above the S3 maximum of 5 GiB (5368709120 bytes)"
     );
-    for bad in ["5XB", "-5MB", "", "1e9", "5 MB"] {
+    for bad in ["5XB", "", "1e", "5 MB"] {
         assert_eq!(
             set_err("part-size", bad),
             format!(
-                "invalid part-size '{bad}': expected bytes (5242880) or a number with K, KB, M, MB, G or GB (1024-based, e.g. 5MB, 1.5MB, 1GB)"
+                "invalid part-size '{bad}': expected a whole number of bytes (5242880, 5.24288e6) or a number with K, KB, M, MB, G or GB (1024-based, e.g. 5MB, 1.5MB, 1GB)"
             )
         );
     }
+    assert_eq!(
+        set_err("part-size", "-5MB"),
+        format!("invalid part-size '-5MB': negative numbers are not allowed; {SIZE_EXPECTED}")
+    );
+    // The value given is echoed, never its rounded-down byte count.
+    assert_eq!(
+        set_err("part-size", "1.5"),
+        format!("invalid part-size '1.5': not a whole number of bytes; {SIZE_EXPECTED}")
+    );
+    assert_eq!(
+        set_err("part-size", "5242880.5"),
+        format!("invalid part-size '5242880.5': not a whole number of bytes; {SIZE_EXPECTED}")
+    );
+    // Exponent notation (how SQL REALs arrive) is the same number as its plain form.
+    let mut s = Settings::new();
+    assert_eq!(set(&mut s, "part-size", "1e7"), "10000000");
+    assert_eq!(set(&mut s, "part-size", "10000000"), "10000000");
+    assert_eq!(set(&mut s, "part-size", "1.048576e7"), "10485760");
     // A failed set leaves the previous value.
     let mut s = Settings::new();
     set(&mut s, "part-size", "10MB");
@@ -142,22 +182,28 @@ fn concurrency_setting() {
         ("64", "64"),
         (" 7 ", "7"),
         ("007", "7"),
+        ("8.0", "8"),
+        ("1e1", "10"),
     ] {
         assert_eq!(set(&mut s, "concurrency", v), n);
     }
-    for bad in [
-        "0",
-        "65",
-        "-1",
-        "1.5",
-        "ten",
-        "",
-        "+5",
-        "99999999999999999999999",
-    ] {
+    for bad in ["0", "65", "ten", "", "+5", "6.4e1x"] {
         assert_eq!(
             set_err("concurrency", bad),
             format!("invalid value '{bad}' for concurrency: expected a whole number from 1 to 64"),
+            "{bad}"
+        );
+    }
+    for (bad, why) in [
+        ("-1", "negative numbers are not allowed; "),
+        ("1.5", "not a whole number; "),
+        ("99999999999999999999999", "too large; "),
+    ] {
+        assert_eq!(
+            set_err("concurrency", bad),
+            format!(
+                "invalid value '{bad}' for concurrency: {why}expected a whole number from 1 to 64"
+            ),
             "{bad}"
         );
     }
@@ -458,6 +504,16 @@ fn duration_settings() {
     assert_eq!(set(&mut s, "sync-interval", "1000ms"), "1s");
     assert_eq!(set(&mut s, "sync-interval", "90s"), "1m30s");
     assert_eq!(set(&mut s, "checkpoint-interval", "0"), "0s");
+    // Non-zero intervals below the floor would make the replicator spin; 0 is allowed.
+    assert_eq!(set(&mut s, "sync-interval", "10ms"), "10ms");
+    assert_eq!(set(&mut s, "sync-interval", "0s"), "0s");
+    assert_eq!(MIN_SYNC_INTERVAL, Duration::from_millis(10));
+    for bad in ["1ns", "1ms", "9.999ms", "9999us"] {
+        assert_eq!(
+            set_err("sync-interval", bad),
+            format!("invalid value '{bad}' for sync-interval: expected 0 (upload on every commit) or a duration of at least 10ms such as 100ms or 1s (a shorter interval makes the replicator poll the WAL in a busy loop)")
+        );
+    }
     assert_eq!(
         set_err("sync-interval", "1x"),
         "invalid value '1x' for sync-interval: expected a duration such as 0, 500ms, 1s, 1m30s"
@@ -536,30 +592,43 @@ fn checkpoint_keys() {
     let r = resolve(&s).unwrap();
     assert_eq!(r.min_checkpoint_page_count, 500);
     assert_eq!(r.truncate_page_n, None);
-    assert_eq!(set(&mut s, "truncate-page-n", "-1"), "off");
-    assert_eq!(
-        set(&mut s, "truncate-page-n", "-99999999999999999999999"),
-        "off"
-    );
+    // Negative numbers are errors, not a silent 'off'.
+    for bad in ["-1", "-5", "-99999999999999999999999", "-0"] {
+        assert_eq!(
+            set_err("truncate-page-n", bad),
+            format!("invalid value '{bad}' for truncate-page-n: negative numbers are not allowed (use 'off' to disable TRUNCATE checkpoints); expected a whole number of pages from 1 to 4294967295, or 'off' to disable TRUNCATE checkpoints")
+        );
+    }
+    assert_eq!(s.get("truncate-page-n").unwrap().as_deref(), Some("off"));
     assert_eq!(set(&mut s, "truncate-page-n", "200000"), "200000");
+    assert_eq!(set(&mut s, "truncate-page-n", "2e5"), "200000");
     assert_eq!(resolve(&s).unwrap().truncate_page_n, Some(200_000));
     assert_eq!(
         set_err("truncate-page-n", "0"),
         "invalid value '0' for truncate-page-n: Litestream treats 0 as \"use the default\" (121359); use 'off' to disable TRUNCATE checkpoints, or a positive number of pages"
     );
-    assert!(set_err("truncate-page-n", "-0").contains("use 'off' to disable"));
+    assert!(set_err("truncate-page-n", "0.0").contains("Litestream treats 0"));
+    assert!(set_err("truncate-page-n", "1.5").contains("not a whole number; "));
     assert_eq!(
         set_err("truncate-page-n", "lots"),
         "invalid value 'lots' for truncate-page-n: expected a whole number of pages from 1 to 4294967295, or 'off' to disable TRUNCATE checkpoints"
     );
     assert!(set_err("truncate-page-n", "4294967296")
         .starts_with("invalid value '4294967296' for truncate-page-n"));
-    for bad in ["0", "-5", "1.5", "", "x"] {
+    for (bad, why) in [
+        ("0", ""),
+        ("-5", "negative numbers are not allowed; "),
+        ("1.5", "not a whole number; "),
+        ("", ""),
+        ("x", ""),
+        ("4294967296", ""),
+    ] {
         assert_eq!(
             set_err("min-checkpoint-page-count", bad),
-            format!("invalid value '{bad}' for min-checkpoint-page-count: expected a whole number of pages from 1 to 4294967295")
+            format!("invalid value '{bad}' for min-checkpoint-page-count: {why}expected a whole number of pages from 1 to 4294967295")
         );
     }
+    assert_eq!(set(&mut s, "min-checkpoint-page-count", "1e3"), "1000");
     let r = resolve(&s3_basic()).unwrap();
     assert_eq!(r.min_checkpoint_page_count, 1000);
     assert_eq!(r.truncate_page_n, Some(121_359));
