@@ -16,20 +16,76 @@ use super::{echo, has_control, ConfigError, ConfigErrorKind};
 const URL_EXPECTED: &str = "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR";
 const QUERY_PARAMS: &str = "endpoint, region, force-path-style (or forcePathStyle), \
      skip-verify (or skipVerify), part-size (or partSize), concurrency";
+
+/// S3's bucket name limits (and of every S3-compatible store that follows them).
+const BUCKET_CHARS: std::ops::RangeInclusive<usize> = 3..=63;
+/// DNS limits on a host name and on each of its labels (RFC 1035).
+const MAX_HOST_CHARS: usize = 253;
+const MAX_LABEL_CHARS: usize = 63;
+
+const BUCKET_EXPECTED: &str = "expected an S3 bucket name: 3 to 63 lowercase letters, digits, \
+     '.' and '-', starting and ending with a letter or digit, not an IP address";
+const HOST_EXPECTED: &str = "expected a host name (dot-separated labels of letters, digits, '-' \
+     and '_', none starting or ending with '-'), an IPv4 address or an [IPv6] address";
+
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'
 }
 
+/// A bucket name as S3 accepts it; the error says which rule it breaks.
 pub(super) fn bucket_value(raw: &str) -> Result<String, String> {
     let t = raw.trim();
-    if t.is_empty() || t.len() > 255 || !t.chars().all(is_name_char) {
-        let mut msg = "expected a bucket name (letters, digits, '.', '-' and '_')".to_string();
-        if t.contains('/') {
-            msg.push_str("; put the key prefix in 'path'");
-        }
-        return Err(msg);
+    let n = t.chars().count();
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let broken = if t.contains('/') {
+        "a bucket name has no '/' (put the key prefix in 'path')".to_string()
+    } else if n < *BUCKET_CHARS.start() {
+        format!("too short ({n} characters)")
+    } else if n > *BUCKET_CHARS.end() {
+        format!("too long ({n} characters)")
+    } else if t.chars().any(|c| c.is_ascii_uppercase()) {
+        "uppercase letters".to_string()
+    } else if !t
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+    {
+        "characters other than lowercase letters, digits, '.' and '-'".to_string()
+    } else if !edge_ok(t.chars().next()) || !edge_ok(t.chars().last()) {
+        "it does not start and end with a letter or digit".to_string()
+    } else if t.contains("..") {
+        "two dots in a row".to_string()
+    } else if t.parse::<Ipv4Addr>().is_ok() {
+        "an IP address".to_string()
+    } else {
+        return Ok(t.to_string());
+    };
+    Err(format!("{broken}; {BUCKET_EXPECTED}"))
+}
+
+/// A host name (or IPv4 address) as DNS and URLs allow it; bracketed IPv6 is checked by the
+/// caller. Underscores are allowed: container service names use them.
+fn check_host_name(host: &str) -> Result<(), String> {
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
     }
-    Ok(t.to_string())
+    let label_ok = |l: &str| {
+        (1..=MAX_LABEL_CHARS).contains(&l.len())
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let labels_ok =
+        !host.is_empty() && host.len() <= MAX_HOST_CHARS && host.split('.').all(label_ok);
+    // An all-digit last label is no top-level domain: such a host is a mistyped IPv4 address.
+    let numeric_tail = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if !labels_ok || numeric_tail {
+        return Err(HOST_EXPECTED.to_string());
+    }
+    Ok(())
 }
 
 pub(super) fn region_value(raw: &str) -> Result<String, String> {
@@ -84,8 +140,8 @@ fn split_host_port(hp: &str) -> Result<(&str, Option<&str>), String> {
             None => (hp, None),
         }
     };
-    if !host.starts_with('[') && (host.is_empty() || !host.chars().all(is_name_char)) {
-        return Err("expected a host name or IP address".to_string());
+    if !host.starts_with('[') {
+        check_host_name(host)?;
     }
     if let Some(p) = port {
         let ok = !p.is_empty()

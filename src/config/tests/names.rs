@@ -17,6 +17,8 @@ fn endpoint_values() {
         ("127.0.0.1:9000", "https://127.0.0.1:9000"),
         ("https://[::1]:9000", "https://[::1]:9000"),
         ("minio_1:9000", "https://minio_1:9000"),
+        ("http://seaweed.local", "http://seaweed.local"),
+        ("https://a-1.b.example:443", "https://a-1.b.example:443"),
     ] {
         assert_eq!(set(&mut s, "endpoint", v), n, "{v}");
     }
@@ -38,6 +40,31 @@ fn endpoint_values() {
             "{e}"
         );
     }
+    // The host must be a host name or an IP address: no scheme-less junk becomes https://junk.
+    for bad in [
+        "-1",
+        "http://-1",
+        "1",
+        "999.1.1.1",
+        "1.2.3",
+        "-host.example",
+        "host-.example",
+        "a..b",
+        ".example.com",
+        "example.com.",
+        "http://ex!ample.com",
+        "https://:9000",
+    ] {
+        assert_eq!(
+            set_err("endpoint", bad),
+            format!("invalid value '{bad}' for endpoint: expected a host name (dot-separated labels of letters, digits, '-' and '_', none starting or ending with '-'), an IPv4 address or an [IPv6] address; expected an endpoint such as https://s3.example.com or http://127.0.0.1:9000"),
+            "{bad}"
+        );
+    }
+    let long_label = format!("{}.example.com", "a".repeat(64));
+    assert!(set_err("endpoint", &long_label).contains("expected a host name"));
+    let long_host = ["abcdefghij"; 26].join(".");
+    assert!(set_err("endpoint", &long_host).contains("expected a host name"));
     let e = set_err("endpoint", "https://user:pw@host");
     assert!(!e.contains("pw"), "{e}");
     assert_eq!(
@@ -76,6 +103,60 @@ fn local_host_rule() {
 }
 
 #[test]
+fn bucket_names_follow_the_s3_rules() {
+    let mut s = Settings::new();
+    for ok in [
+        "my-bucket.v2",
+        "abc",
+        "a1b",
+        "1bucket",
+        &"a".repeat(63),
+        "t-test-0f3a9c21",
+    ] {
+        assert_eq!(set(&mut s, "bucket", ok), ok);
+    }
+    let rules = "expected an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', \
+         starting and ending with a letter or digit, not an IP address";
+    let long = "a".repeat(64);
+    for (bad, broken) in [
+        (
+            "a/b",
+            "a bucket name has no '/' (put the key prefix in 'path')",
+        ),
+        ("ab", "too short (2 characters)"),
+        (long.as_str(), "too long (64 characters)"),
+        ("MyBucket", "uppercase letters"),
+        (
+            "my_bucket",
+            "characters other than lowercase letters, digits, '.' and '-'",
+        ),
+        (
+            "my bucket",
+            "characters other than lowercase letters, digits, '.' and '-'",
+        ),
+        (
+            "-bucket",
+            "it does not start and end with a letter or digit",
+        ),
+        (
+            "bucket.",
+            "it does not start and end with a letter or digit",
+        ),
+        ("my..bucket", "two dots in a row"),
+        ("192.168.1.1", "an IP address"),
+    ] {
+        assert_eq!(
+            set_err("bucket", bad),
+            format!("invalid value '{bad}' for bucket: {broken}; {rules}"),
+            "{bad}"
+        );
+    }
+    // The same rules apply to the bucket of a url.
+    assert!(set_err("url", "s3://My_Bucket/db")
+        .contains("invalid bucket 'My_Bucket': uppercase letters"));
+}
+
+#[test]
 fn other_scalar_keys() {
     let mut s = Settings::new();
     assert_eq!(set(&mut s, "type", " S3 "), "s3");
@@ -83,11 +164,6 @@ fn other_scalar_keys() {
     assert_eq!(
         set_err("type", "gcs"),
         "invalid value 'gcs' for type: expected s3 or file"
-    );
-    assert_eq!(set(&mut s, "bucket", "my-bucket.v2"), "my-bucket.v2");
-    assert_eq!(
-        set_err("bucket", "a/b"),
-        "invalid value 'a/b' for bucket: expected a bucket name (letters, digits, '.', '-' and '_'); put the key prefix in 'path'"
     );
     assert!(set_err("bucket", "").starts_with("invalid value '' for bucket"));
     assert_eq!(set(&mut s, "region", "eu-west-1"), "eu-west-1");

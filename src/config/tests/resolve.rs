@@ -99,7 +99,7 @@ fn resolve_errors() {
     );
 
     let mut s = Settings::new();
-    set(&mut s, "bucket", "b");
+    set(&mut s, "bucket", "bkt");
     let e = resolve(&s).unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::Incomplete);
     assert_eq!(
@@ -143,7 +143,7 @@ fn resolve_errors() {
     assert!(resolve(&s).is_ok());
 
     let mut s = Settings::new();
-    set(&mut s, "url", "s3://b/p");
+    set(&mut s, "url", "s3://bkt/p");
     set(&mut s, "type", "file");
     assert_eq!(
         resolve(&s).unwrap_err().to_string(),
@@ -156,7 +156,7 @@ fn resolve_errors() {
         resolve(&s).unwrap_err().to_string(),
         "a file replica needs 'path' (the replica directory) or a file:///… url"
     );
-    set(&mut s, "bucket", "b");
+    set(&mut s, "bucket", "bkt");
     set(&mut s, "path", "/tmp/x");
     assert_eq!(
         resolve(&s).unwrap_err().to_string(),
@@ -303,8 +303,8 @@ fn target_from_url_works() {
         "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH"
     );
     assert_eq!(
-        target_from_url("s3://b/p?x=1").unwrap_err().to_string(),
-        "invalid value 's3://b/p?x=1' for url: unknown query parameter 'x' (accepted: endpoint, region, force-path-style (or forcePathStyle), skip-verify (or skipVerify), part-size (or partSize), concurrency)"
+        target_from_url("s3://bkt/p?x=1").unwrap_err().to_string(),
+        "invalid value 's3://bkt/p?x=1' for url: unknown query parameter 'x' (accepted: endpoint, region, force-path-style (or forcePathStyle), skip-verify (or skipVerify), part-size (or partSize), concurrency)"
     );
 }
 
@@ -379,10 +379,10 @@ fn reset_with_none_returns_default() {
         ("truncate-page-n", "off", Some("121359")),
         ("skip-verify", "true", Some("false")),
         ("force-path-style", "true", Some("false")),
-        ("bucket", "b", None),
+        ("bucket", "bkt", None),
         ("region", "r", None),
         ("endpoint", "http://h:1", None),
-        ("url", "s3://b/p", None),
+        ("url", "s3://bkt/p", None),
         ("access-key-id", "a", None),
     ];
     for (k, v, d) in defaults {

@@ -18,7 +18,7 @@ fn url_s3_forms() {
     assert_eq!(u.path, "app.db");
     assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
 
-    let u = s3url("S3://b//a/./b/../c/?region=eu-west-1&forcePathStyle=false&skipVerify=true&partSize=10485760&concurrency=3");
+    let u = s3url("S3://bkt//a/./b/../c/?region=eu-west-1&forcePathStyle=false&skipVerify=true&partSize=10485760&concurrency=3");
     assert_eq!(u.path, "a/c");
     assert_eq!(u.region.as_deref(), Some("eu-west-1"));
     assert_eq!(u.force_path_style, Some(false));
@@ -26,7 +26,7 @@ fn url_s3_forms() {
     assert_eq!(u.part_size, Some(10_485_760));
     assert_eq!(u.concurrency, Some(3));
 
-    let u = s3url("s3://b/p?force-path-style=1&skip-verify=no&part-size=10MB");
+    let u = s3url("s3://bkt/p?force-path-style=1&skip-verify=no&part-size=10MB");
     assert_eq!(
         (u.force_path_style, u.skip_verify, u.part_size),
         (Some(true), Some(false), Some(10_485_760))
@@ -34,29 +34,29 @@ fn url_s3_forms() {
 
     // Endpoint without scheme in the query: http for local hosts, https otherwise.
     assert_eq!(
-        s3url("s3://b/p?endpoint=localhost:9000")
+        s3url("s3://bkt/p?endpoint=localhost:9000")
             .endpoint
             .as_deref(),
         Some("http://localhost:9000")
     );
     assert_eq!(
-        s3url("s3://b/p?endpoint=192.168.1.5:9000")
+        s3url("s3://bkt/p?endpoint=192.168.1.5:9000")
             .endpoint
             .as_deref(),
         Some("http://192.168.1.5:9000")
     );
     assert_eq!(
-        s3url("s3://b/p?endpoint=[::1]:9000").endpoint.as_deref(),
+        s3url("s3://bkt/p?endpoint=[::1]:9000").endpoint.as_deref(),
         Some("http://[::1]:9000")
     );
     assert_eq!(
-        s3url("s3://b/p?endpoint=s3.example.com")
+        s3url("s3://bkt/p?endpoint=s3.example.com")
             .endpoint
             .as_deref(),
         Some("https://s3.example.com")
     );
     assert_eq!(
-        s3url("s3://b/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000")
+        s3url("s3://bkt/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000")
             .endpoint
             .as_deref(),
         Some("http://127.0.0.1:9000")
@@ -67,7 +67,7 @@ fn url_s3_forms() {
     assert_eq!(s3url("s3://bucket/").path, "");
     assert_eq!(s3url("s3://bucket/%20x%2Fy").path, " x/y");
     // Empty values count as not given (as in Litestream).
-    assert_eq!(s3url("s3://b/p?region=&endpoint=").region, None);
+    assert_eq!(s3url("s3://bkt/p?region=&endpoint=").region, None);
 
     // Litestream's host forms.
     let u = s3url("s3://mybucket.s3.us-west-2.amazonaws.com/db");
@@ -127,12 +127,12 @@ fn url_setting_normalizes_and_round_trips() {
     let cases = [
         ("s3://my-bucket/app.db?endpoint=http://127.0.0.1:8333", "s3://my-bucket/app.db?endpoint=http://127.0.0.1:8333"),
         (
-            "s3://b/x/y?concurrency=3&forcePathStyle=TRUE&partSize=10MB&region=auto&skipVerify=0&endpoint=localhost:9000",
-            "s3://b/x/y?endpoint=http://localhost:9000&region=auto&force-path-style=true&skip-verify=false&part-size=10485760&concurrency=3",
+            "s3://bkt/x/y?concurrency=3&forcePathStyle=TRUE&partSize=10MB&region=auto&skipVerify=0&endpoint=localhost:9000",
+            "s3://bkt/x/y?endpoint=http://localhost:9000&region=auto&force-path-style=true&skip-verify=false&part-size=10485760&concurrency=3",
         ),
         ("s3://mybucket.s3.us-west-2.amazonaws.com/db", "s3://mybucket/db?region=us-west-2"),
         ("s3://bucket", "s3://bucket"),
-        ("s3://b/a%20b%3Fc", "s3://b/a%20b%3Fc"),
+        ("s3://bkt/a%20b%3Fc", "s3://bkt/a%20b%3Fc"),
         ("file:///var/backups/./app/", "file:///var/backups/app"),
         ("FILE:///tmp/a%20b", "file:///tmp/a%20b"),
         ("file:///", "file:///"),
@@ -151,7 +151,7 @@ fn url_setting_normalizes_and_round_trips() {
 #[test]
 fn url_errors() {
     let cases = [
-        ("s3://b/p?foo=1", "unknown query parameter 'foo' (accepted: endpoint, region, force-path-style (or forcePathStyle), skip-verify (or skipVerify), part-size (or partSize), concurrency)"),
+        ("s3://bkt/p?foo=1", "unknown query parameter 'foo' (accepted: endpoint, region, force-path-style (or forcePathStyle), skip-verify (or skipVerify), part-size (or partSize), concurrency)"),
         ("s3:///p", "missing bucket; expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
         ("s3://?region=x", "missing bucket; expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
         ("s3://localhost:9000/p", "missing bucket; expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
@@ -161,16 +161,16 @@ fn url_errors() {
         ("gs://b/p", "unsupported scheme 'gs://'; expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
         ("/just/a/path", "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
         ("", "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR"),
-        ("s3://b/p?concurrency=0", "query parameter concurrency='0': expected a whole number from 1 to 64"),
-        ("s3://b/p?forcePathStyle=maybe", "query parameter force-path-style='maybe': expected true or false (also 1/0, yes/no, on/off)"),
-        ("s3://b/p?partSize=4MB", "part-size 4MB (4194304 bytes) is below the S3 minimum of 5 MiB (5242880 bytes)"),
-        ("s3://b/p?endpoint=ftp://x", "query parameter endpoint='ftp://x': unsupported scheme 'ftp://', only http:// and https://"),
-        ("s3://b/p?force-path-style=true&forcePathStyle=false", "query parameter 'force-path-style' is given more than once"),
-        ("s3://b/p#frag", "a '#' fragment is not allowed (write '#' as %23)"),
-        ("s3://b/p%zz", "invalid percent-encoding"),
-        ("s3://b/p%ff", "percent-encoding is not valid UTF-8"),
+        ("s3://bkt/p?concurrency=0", "query parameter concurrency='0': expected a whole number from 1 to 64"),
+        ("s3://bkt/p?forcePathStyle=maybe", "query parameter force-path-style='maybe': expected true or false (also 1/0, yes/no, on/off)"),
+        ("s3://bkt/p?partSize=4MB", "part-size 4MB (4194304 bytes) is below the S3 minimum of 5 MiB (5242880 bytes)"),
+        ("s3://bkt/p?endpoint=ftp://x", "query parameter endpoint='ftp://x': unsupported scheme 'ftp://', only http:// and https://"),
+        ("s3://bkt/p?force-path-style=true&forcePathStyle=false", "query parameter 'force-path-style' is given more than once"),
+        ("s3://bkt/p#frag", "a '#' fragment is not allowed (write '#' as %23)"),
+        ("s3://bkt/p%zz", "invalid percent-encoding"),
+        ("s3://bkt/p%ff", "percent-encoding is not valid UTF-8"),
         ("s3://arn:aws:s3:us-east-1:123:accesspoint/ap/db", "S3 access point ARNs are not supported; use s3://BUCKET/PATH (with endpoint= and region= if needed)"),
-        ("s3://b a/p", "invalid bucket 'b a': expected a bucket name (letters, digits, '.', '-' and '_')"),
+        ("s3://b a/p", "invalid bucket 'b a': characters other than lowercase letters, digits, '.' and '-'; expected an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit, not an IP address"),
     ];
     for (url, reason) in cases {
         let e = set_err("url", url);
@@ -185,8 +185,8 @@ fn url_errors() {
         "invalid value 's3://b.host:abc/p' for url: invalid host 'b.host:abc': expected a port from 1 to 65535; expected an endpoint such as https://s3.example.com or http://127.0.0.1:9000"
     );
     assert_eq!(
-        set_err("url", "s3://b/p%+1"),
-        "invalid value 's3://b/p%+1' for url: invalid percent-encoding"
+        set_err("url", "s3://bkt/p%+1"),
+        "invalid value 's3://bkt/p%+1' for url: invalid percent-encoding"
     );
     // A URL with credentials is never echoed.
     let e = set_err("url", "s3://AKIA:hunter2@bucket/p");

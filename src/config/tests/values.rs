@@ -231,13 +231,13 @@ fn r2_default_concurrency() {
     set(
         &mut u,
         "url",
-        "s3://b/p?endpoint=https://acct.r2.cloudflarestorage.com",
+        "s3://bkt/p?endpoint=https://acct.r2.cloudflarestorage.com",
     );
     assert_eq!(u.get("concurrency").unwrap().as_deref(), Some("2"));
     set(
         &mut u,
         "url",
-        "s3://b/p?endpoint=https://acct.r2.cloudflarestorage.com&concurrency=7",
+        "s3://bkt/p?endpoint=https://acct.r2.cloudflarestorage.com&concurrency=7",
     );
     assert_eq!(u.get("concurrency").unwrap().as_deref(), Some("7"));
     // Not R2.
