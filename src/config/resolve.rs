@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::keys::{self, KeySpec};
 use super::parse::{self, parse_bool, DEFAULT_REGION};
 use super::settings::{process_env, EnvFn, Settings};
-use super::url::{parse_replica_url, url_error, ReplicaUrl, S3Url};
+use super::url::{dot_segment, dot_segment_error, parse_replica_url, url_error, ReplicaUrl, S3Url};
 use super::{invalid, ConfigError, ConfigErrorKind, REDACTED};
 
 /// Where the replica lives.
@@ -83,7 +83,8 @@ impl S3Target {
     /// `s3://bucket/path`, plus `?endpoint=…` when an endpoint is set (and
     /// `force-path-style=false` when path style is off for a custom endpoint). No
     /// credentials. Parsing it as a url gives the same bucket, path, endpoint and
-    /// addressing style.
+    /// addressing style (for a path without empty segments or a leading `/`, which only a
+    /// verbatim `path` key can have).
     pub fn display_url(&self) -> String {
         let url = ReplicaUrl::S3(S3Url {
             bucket: self.bucket.clone(),
@@ -301,7 +302,17 @@ impl Settings {
         }
         let dir = match (url, self.stored(&keys::PATH)) {
             (Some(ReplicaUrl::File(dir)), _) => dir.clone(),
-            (_, Some(p)) => self.file_dir(p, env)?,
+            (_, Some(p)) => {
+                let dir = self.file_dir(p, env)?;
+                if dir.parent().is_none() {
+                    return Err(invalid(
+                        keys::PATH.name,
+                        p,
+                        "the replica directory cannot be the root directory /",
+                    ));
+                }
+                dir
+            }
             _ => {
                 return Err(ConfigError::new(
                     ConfigErrorKind::Incomplete,
@@ -353,13 +364,15 @@ impl Settings {
                 "an S3 replica needs 'bucket': set it with litestream_configure('bucket', 'my-bucket')",
             )
         })?;
+        // A url's path is never empty (its parser refuses that).
         if path.is_empty() {
-            let message = if url.is_some() {
-                "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH"
-            } else {
-                "an S3 replica needs 'path' (the key prefix in the bucket): set it with litestream_configure('path', 'app.db')"
-            };
-            return Err(ConfigError::new(ConfigErrorKind::Incomplete, message));
+            return Err(ConfigError::new(
+                ConfigErrorKind::Incomplete,
+                "an S3 replica needs 'path' (the key prefix in the bucket): set it with litestream_configure('path', 'app.db')",
+            ));
+        }
+        if let Some(seg) = dot_segment(&path) {
+            return Err(invalid(keys::PATH.name, &path, &dot_segment_error(seg)));
         }
         Ok((bucket, path))
     }

@@ -14,6 +14,13 @@ use super::parse::{concurrency_value, parse_bool, part_size_value, DEFAULT_REGIO
 use super::{echo, has_control, ConfigError, ConfigErrorKind};
 
 const URL_EXPECTED: &str = "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR";
+/// Why `s3://BUCKET` and `s3://BUCKET/` are refused (as `path=''` is): Litestream writes such a
+/// replica under `./` or `/` depending on that slash, so there is no bucket-root replica to
+/// agree with, and a prefix keeps the replica's levels and lock.json apart from the rest of
+/// the bucket.
+const NO_PATH: &str =
+    "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH \
+     (a replica at the bucket root is not supported)";
 const QUERY_PARAMS: &str = "endpoint, region, force-path-style (or forcePathStyle), \
      skip-verify (or skipVerify), part-size (or partSize), concurrency";
 
@@ -325,20 +332,37 @@ fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "percent-encoding is not valid UTF-8".to_string())
 }
 
-/// Go's `path.Clean` for a path made relative: no empty or `.` segments, `..` resolved,
-/// no leading or trailing `/`.
-fn clean_url_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            s => parts.push(s),
-        }
+/// The first `.` or `..` segment of a `/`-separated path. Such segments are refused rather
+/// than resolved: Litestream cleans a url's path (`a/../b` → `b`) but uses a YAML path
+/// verbatim, so the same text would name two different key prefixes.
+pub(super) fn dot_segment(p: &str) -> Option<&str> {
+    p.split('/').find(|seg| *seg == "." || *seg == "..")
+}
+
+pub(super) fn dot_segment_error(seg: &str) -> String {
+    format!(
+        "a '{seg}' segment in the path: '.' and '..' are not resolved (they would name a \
+         different key prefix in other tools); write the path without them"
+    )
+}
+
+/// The key prefix an `s3://` url's path names (the text after the bucket's `/`): one trailing
+/// `/` is dropped; empty, `.` and `..` segments are refused, never rewritten.
+fn s3_url_path(p: &str) -> Result<String, String> {
+    let trimmed = p.strip_suffix('/').unwrap_or(p);
+    if trimmed.is_empty() {
+        return Err(NO_PATH.to_string());
     }
-    parts.join("/")
+    if let Some(seg) = dot_segment(trimmed) {
+        return Err(dot_segment_error(seg));
+    }
+    if trimmed.split('/').any(str::is_empty) {
+        return Err(
+            "an empty segment ('//') in the path: S3 keeps every '/' in a key, so write each one once"
+                .to_string(),
+        );
+    }
+    Ok(trimmed.to_string())
 }
 
 /// What the host of an `s3://` URL says (Litestream's `s3.ParseHost`).
@@ -473,7 +497,18 @@ fn parse_file_url(rest: &str) -> Result<PathBuf, String> {
     if has_control(&decoded) {
         return Err("control characters are not allowed in the path".to_string());
     }
-    Ok(PathBuf::from(format!("/{}", clean_url_path(&decoded))))
+    if let Some(seg) = dot_segment(&decoded) {
+        return Err(dot_segment_error(seg));
+    }
+    // Repeated and trailing slashes name the same directory: dropped.
+    let dir: Vec<&str> = decoded.split('/').filter(|seg| !seg.is_empty()).collect();
+    if dir.is_empty() {
+        return Err(
+            "file:/// is the root directory: name a directory for the replica, e.g. file:///var/backups/app.db"
+                .to_string(),
+        );
+    }
+    Ok(PathBuf::from(format!("/{}", dir.join("/"))))
 }
 
 fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
@@ -530,7 +565,7 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
     }
     let mut url = S3Url {
         bucket,
-        path: clean_url_path(&path_text),
+        path: s3_url_path(&path_text)?,
         endpoint: info.endpoint,
         region: info.region,
         ..S3Url::default()
@@ -561,9 +596,12 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
             ));
         }
         seen.push(canonical);
-        // Like Litestream (Go's query.Get), an empty value counts as not given.
+        // Litestream (Go's query.Get) treats an empty value as not given; here it is an error,
+        // so `?endpoint=` with a lost variable cannot silently mean AWS.
         if value.trim().is_empty() {
-            continue;
+            return Err(format!(
+                "query parameter '{canonical}' has no value: give one or leave the parameter out"
+            ));
         }
         let bad =
             |reason: String| format!("query parameter {canonical}='{}': {reason}", echo(&value));

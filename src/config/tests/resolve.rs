@@ -119,11 +119,21 @@ fn resolve_errors() {
         "an S3 replica needs 'bucket': set it with litestream_configure('bucket', 'my-bucket')"
     );
 
-    let mut s = Settings::new();
-    set(&mut s, "url", "s3://bucket");
+    // An S3 path given as a key is used verbatim (as Litestream's YAML path is), except that
+    // dot segments are refused as they are in a url.
+    let mut s = s3_basic();
+    set(&mut s, "path", "a/../b");
     assert_eq!(
         resolve(&s).unwrap_err().to_string(),
-        "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH"
+        "invalid value 'a/../b' for path: a '..' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"
+    );
+    // A file replica directory is cleaned (it names a directory, not a key), but not '/'.
+    let mut s = Settings::new();
+    set(&mut s, "type", "file");
+    set(&mut s, "path", "/tmp/../");
+    assert_eq!(
+        resolve(&s).unwrap_err().to_string(),
+        "invalid value '/tmp/../' for path: the replica directory cannot be the root directory /"
     );
 
     let mut s = s3_basic();
@@ -300,7 +310,7 @@ fn target_from_url_works() {
     }
     assert_eq!(
         target_from_url("s3://bucket").unwrap_err().to_string(),
-        "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH"
+        "invalid value 's3://bucket' for url: the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH (a replica at the bucket root is not supported)"
     );
     assert_eq!(
         target_from_url("s3://bkt/p?x=1").unwrap_err().to_string(),

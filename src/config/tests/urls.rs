@@ -18,7 +18,7 @@ fn url_s3_forms() {
     assert_eq!(u.path, "app.db");
     assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
 
-    let u = s3url("S3://bkt//a/./b/../c/?region=eu-west-1&forcePathStyle=false&skipVerify=true&partSize=10485760&concurrency=3");
+    let u = s3url("S3://bkt/a/c/?region=eu-west-1&forcePathStyle=false&skipVerify=true&partSize=10485760&concurrency=3");
     assert_eq!(u.path, "a/c");
     assert_eq!(u.region.as_deref(), Some("eu-west-1"));
     assert_eq!(u.force_path_style, Some(false));
@@ -62,12 +62,8 @@ fn url_s3_forms() {
         Some("http://127.0.0.1:9000")
     );
 
-    // No path.
-    assert_eq!(s3url("s3://bucket").path, "");
-    assert_eq!(s3url("s3://bucket/").path, "");
     assert_eq!(s3url("s3://bucket/%20x%2Fy").path, " x/y");
-    // Empty values count as not given (as in Litestream).
-    assert_eq!(s3url("s3://bkt/p?region=&endpoint=").region, None);
+    assert_eq!(s3url("s3://bucket/db/").path, "db");
 
     // Litestream's host forms.
     let u = s3url("s3://mybucket.s3.us-west-2.amazonaws.com/db");
@@ -131,11 +127,10 @@ fn url_setting_normalizes_and_round_trips() {
             "s3://bkt/x/y?endpoint=http://localhost:9000&region=auto&force-path-style=true&skip-verify=false&part-size=10485760&concurrency=3",
         ),
         ("s3://mybucket.s3.us-west-2.amazonaws.com/db", "s3://mybucket/db?region=us-west-2"),
-        ("s3://bucket", "s3://bucket"),
         ("s3://bkt/a%20b%3Fc", "s3://bkt/a%20b%3Fc"),
-        ("file:///var/backups/./app/", "file:///var/backups/app"),
+        ("s3://bkt/db/", "s3://bkt/db"),
+        ("file:///var/backups//app/", "file:///var/backups/app"),
         ("FILE:///tmp/a%20b", "file:///tmp/a%20b"),
-        ("file:///", "file:///"),
     ];
     for (input, canonical) in cases {
         assert_eq!(set(&mut s, "url", input), canonical, "{input}");
@@ -167,6 +162,24 @@ fn url_errors() {
         ("s3://bkt/p?endpoint=ftp://x", "query parameter endpoint='ftp://x': unsupported scheme 'ftp://', only http:// and https://"),
         ("s3://bkt/p?force-path-style=true&forcePathStyle=false", "query parameter 'force-path-style' is given more than once"),
         ("s3://bkt/p#frag", "a '#' fragment is not allowed (write '#' as %23)"),
+        // No bucket-root replica, as path='' is refused: Litestream would write it under ./ or /.
+        ("s3://test", "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH (a replica at the bucket root is not supported)"),
+        ("s3://test/", "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH (a replica at the bucket root is not supported)"),
+        ("s3://test?endpoint=http://127.0.0.1:9000", "the url has no path: an S3 replica needs a key prefix, use s3://BUCKET/PATH (a replica at the bucket root is not supported)"),
+        // Dot segments are refused, never resolved into another key prefix.
+        ("s3://test/a/../b", "a '..' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"),
+        ("s3://test/./b", "a '.' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"),
+        ("s3://test/a/%2E%2E/b", "a '..' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"),
+        ("s3://test/..", "a '..' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"),
+        ("s3://test//a", "an empty segment ('//') in the path: S3 keeps every '/' in a key, so write each one once"),
+        ("s3://test/a//b", "an empty segment ('//') in the path: S3 keeps every '/' in a key, so write each one once"),
+        ("file:///var/../etc", "a '..' segment in the path: '.' and '..' are not resolved (they would name a different key prefix in other tools); write the path without them"),
+        ("file:///", "file:/// is the root directory: name a directory for the replica, e.g. file:///var/backups/app.db"),
+        ("file:////", "file:/// is the root directory: name a directory for the replica, e.g. file:///var/backups/app.db"),
+        // An empty query value is an error, not "not given".
+        ("s3://test/db?endpoint=", "query parameter 'endpoint' has no value: give one or leave the parameter out"),
+        ("s3://test/db?region=&partSize=10MB", "query parameter 'region' has no value: give one or leave the parameter out"),
+        ("s3://test/db?endpoint", "query parameter 'endpoint' has no value: give one or leave the parameter out"),
         ("s3://bkt/p%zz", "invalid percent-encoding"),
         ("s3://bkt/p%ff", "percent-encoding is not valid UTF-8"),
         ("s3://arn:aws:s3:us-east-1:123:accesspoint/ap/db", "S3 access point ARNs are not supported; use s3://BUCKET/PATH (with endpoint= and region= if needed)"),
