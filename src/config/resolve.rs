@@ -336,13 +336,21 @@ impl Settings {
             self.stored(&keys::SECRET_ACCESS_KEY),
             env,
         )?;
+        let endpoint = self.endpoint(url);
+        let skip_verify = self.effective(&keys::SKIP_VERIFY, env, parse_bool)?;
+        if skip_verify && endpoint.is_none() {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Conflict,
+                "skip-verify is true but no endpoint is set: skipping certificate checks is for a custom https:// endpoint (e.g. a self-signed MinIO), AWS S3 is always verified; set 'endpoint', or reset skip-verify with litestream_configure('skip-verify', NULL)",
+            ));
+        }
         Ok(S3Target {
             bucket,
             path,
             region: self.region(url, env),
-            endpoint: self.endpoint(url),
+            endpoint,
             force_path_style: self.effective(&keys::FORCE_PATH_STYLE, env, parse_bool)?,
-            skip_verify: self.effective(&keys::SKIP_VERIFY, env, parse_bool)?,
+            skip_verify,
             access_key_id,
             secret_access_key,
             part_size,
@@ -460,7 +468,12 @@ pub(super) fn target_from_url_using(
     let mut settings = Settings::new();
     settings.set(keys::URL.name, Some(url))?;
     if let Some(c) = configured.filter(|_| url.trim_start().starts_with("s3://")) {
+        // skip-verify only ever applies to a custom endpoint: a url without one is AWS.
+        let has_endpoint = settings.endpoint(settings.s3_url().as_ref()).is_some();
         for key in URL_INHERITED_KEYS {
+            if key.name == keys::SKIP_VERIFY.name && !has_endpoint {
+                continue;
+            }
             if let Some(v) = c.stored(key) {
                 settings.set(key.name, Some(v))?;
             }

@@ -129,7 +129,7 @@ impl Settings {
     }
 
     /// The S3 url, if the url is one.
-    fn s3_url(&self) -> Option<S3Url> {
+    pub(super) fn s3_url(&self) -> Option<S3Url> {
         match self.url() {
             Some(ReplicaUrl::S3(u)) => Some(u),
             _ => None,

@@ -10,9 +10,26 @@ fn resolve_s3_from_keys() {
     set(&mut s, "region", "eu-central-1");
     set(&mut s, "access-key-id", "AKIDEXAMPLE");
     set(&mut s, "secret-access-key", SECRET);
-    set(&mut s, "skip-verify", "true");
     set(&mut s, "part-size", "10MB");
     set(&mut s, "concurrency", "10");
+    set(&mut s, "skip-verify", "true");
+    // skip-verify is for a custom endpoint: without one (AWS) start refuses it.
+    let e = resolve(&s).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Conflict);
+    assert_eq!(
+        e.to_string(),
+        "skip-verify is true but no endpoint is set: skipping certificate checks is for a custom https:// endpoint (e.g. a self-signed MinIO), AWS S3 is always verified; set 'endpoint', or reset skip-verify with litestream_configure('skip-verify', NULL)"
+    );
+    let mut u = Settings::new();
+    set(&mut u, "url", "s3://bkt/db?skip-verify=true");
+    assert_eq!(resolve(&u).unwrap_err().to_string(), e.to_string());
+    set(
+        &mut u,
+        "url",
+        "s3://bkt/db?skip-verify=true&endpoint=https://10.0.0.5:9000",
+    );
+    assert!(s3_target(&u).skip_verify);
+    set(&mut s, "endpoint", "https://minio.internal:9000");
     let r = resolve(&s).unwrap();
     assert_eq!(r.part_size, 10_485_760);
     assert_eq!(r.concurrency, 10);
@@ -25,7 +42,10 @@ fn resolve_s3_from_keys() {
     assert!(t.skip_verify);
     assert_eq!(t.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
     assert_eq!(t.secret_access_key.as_deref(), Some(SECRET));
-    assert_eq!(r.replica_display(), "s3://mybucket/db");
+    assert_eq!(
+        r.replica_display(),
+        "s3://mybucket/db?endpoint=https://minio.internal:9000"
+    );
     // S3 path from the key is used verbatim.
     set(&mut s, "path", "/a//b/");
     assert_eq!(s3_target(&s).path, "/a//b/");
@@ -275,6 +295,14 @@ fn target_from_url_inherits_configured_credentials() {
             assert_eq!(t.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
             assert_eq!(t.secret_access_key.as_deref(), Some(SECRET));
             assert!(t.skip_verify);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A url without an endpoint is AWS: the configured skip-verify does not follow it there.
+    match target_from_url_using("s3://my-bucket/app.db", Some(&configured), &no_env).unwrap() {
+        ReplicaTarget::S3(t) => {
+            assert!(!t.skip_verify);
+            assert_eq!(t.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
         }
         other => panic!("{other:?}"),
     }
