@@ -95,6 +95,32 @@ impl Settings {
         self.get(spec.name)
     }
 
+    /// [`Settings::set`] for a database that is being replicated (`db` names it in the error).
+    /// The running replicator keeps the configuration it started with, so one rule holds for
+    /// every key: a value that changes nothing is accepted (and returned), any change is
+    /// refused with the way out (stop, configure, start). A bad value or an unknown key is
+    /// reported as such first.
+    pub fn set_while_replicating(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        db: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let spec = lookup(key)?;
+        let mut changed = self.clone();
+        changed.set(key, value)?;
+        if changed.stored(spec) == self.stored(spec) {
+            return self.get(spec.name);
+        }
+        Err(ConfigError::new(
+            ConfigErrorKind::Conflict,
+            format!(
+                "cannot change '{}' while {db} is being replicated (the replicator keeps the configuration it started with): call litestream_stop() first, then configure it and call litestream_start() again",
+                spec.name
+            ),
+        ))
+    }
+
     /// The value in effect for `key`: the value that was set, else the default as it would
     /// apply now (e.g. `force-path-style` is `true` once an endpoint is set, `concurrency`
     /// is `2` for a Cloudflare R2 endpoint, `type` follows the url or bucket, values in the

@@ -488,3 +488,53 @@ fn no_panics_on_odd_input() {
     }
     assert!(parse_size("0.99999999999999999999999999999999999999999G").is_err());
 }
+
+#[test]
+fn changes_while_replicating_are_refused_unless_they_change_nothing() {
+    let mut s = s3_basic();
+    set(&mut s, "sync-interval", "1s");
+    let db = "/data/app.db";
+    let refused = |key: &str| {
+        format!(
+            "cannot change '{key}' while /data/app.db is being replicated (the replicator keeps the configuration it started with): call litestream_stop() first, then configure it and call litestream_start() again"
+        )
+    };
+    for (key, value) in [
+        ("type", Some("file")),
+        ("sync-interval", Some("2s")),
+        ("bucket", None),
+        ("region", Some("eu-west-1")),
+        ("secret-access-key", Some(SECRET)),
+    ] {
+        let e = s.set_while_replicating(key, value, db).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Conflict);
+        assert_eq!(e.to_string(), refused(key), "{key}");
+        assert!(!e.to_string().contains(SECRET));
+    }
+    // Nothing changed by a refusal.
+    assert_eq!(s.get("sync-interval").unwrap().as_deref(), Some("1s"));
+    assert_eq!(s.get("bucket").unwrap().as_deref(), Some("mybucket"));
+    // The same value (in any spelling) or resetting an unset key changes nothing: accepted.
+    assert_eq!(
+        s.set_while_replicating("sync-interval", Some("1000ms"), db)
+            .unwrap()
+            .as_deref(),
+        Some("1s")
+    );
+    assert_eq!(
+        s.set_while_replicating("BUCKET", Some(" mybucket "), db)
+            .unwrap()
+            .as_deref(),
+        Some("mybucket")
+    );
+    assert_eq!(s.set_while_replicating("region", None, db).unwrap(), None);
+    // Unknown keys and bad values are reported as such, first.
+    let e = s
+        .set_while_replicating("bukket", Some("x"), db)
+        .unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
+    let e = s
+        .set_while_replicating("sync-interval", Some("soon"), db)
+        .unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::InvalidValue);
+}
