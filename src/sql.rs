@@ -146,9 +146,18 @@ fn configure(ctx: &FnContext<'_>) -> Result<Option<String>> {
     if ctx.len() == 1 {
         return Ok(runtime::with_settings(&key_path, |s| s.get(&key))?);
     }
-    let value = arg_text(ctx, 1, "the value")?;
+    // An unknown key is reported before anything about the value.
+    let name = crate::config::key_name(&key)?;
+    let value = arg_text(ctx, 1, &format!("the value for {name}"))?;
+    let replicating = path.as_deref().and_then(runtime::replicator);
+    let replicating = replicating.is_some_and(|r| !r.is_stopped());
+    let db = key_path.display().to_string();
     Ok(runtime::with_settings(&key_path, |s| {
-        s.set(&key, value.as_deref())
+        if replicating {
+            s.set_while_replicating(&key, value.as_deref(), &db)
+        } else {
+            s.set(&key, value.as_deref())
+        }
     })?)
 }
 

@@ -17,7 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use litestream::config::{target_from_url, Settings};
+use litestream::config::{self, target_from_url, Settings};
 use litestream::ltx::{verify, Decoder, Encoder};
 use litestream::ltx::{Header, HEADER_FLAG_NO_CHECKSUM};
 use litestream::wal::{self, Resume, ScanOutcome};
@@ -303,127 +303,42 @@ fn wal_one(rng: &mut Rng, data: &[u8]) -> usize {
 
 // ---------------------------------------------------------------- config
 
-const KEYS: &[&str] = &[
-    "type",
-    "url",
-    "bucket",
-    "path",
-    "region",
-    "endpoint",
-    "force-path-style",
-    "skip-verify",
-    "access-key-id",
-    "secret-access-key",
-    "sync-interval",
-    "part-size",
-    "concurrency",
-    "min-checkpoint-page-count",
-    "checkpoint-interval",
-    "truncate-page-n",
-];
-const TOKENS: &[&str] = &[
-    "",
-    "0",
-    "1",
-    "-1",
-    "5",
-    "5MB",
-    "5MiB",
-    "5mb",
-    "5242879",
-    "5GB",
-    "5.5MB",
-    "1e9",
-    "99999999999999999999",
-    "1s",
-    "100ms",
-    "1m30s",
-    "-1s",
-    "1h",
-    "0s",
-    "ms",
-    "1.5s",
-    "1ns",
-    "9223372036854775807s",
-    "true",
-    "false",
-    "TRUE",
-    "yes",
-    "off",
-    "on",
-    "s3://",
-    "s3://b",
-    "s3://b/p",
-    "file://",
-    "file:///tmp/x",
-    "file://relative",
-    "http://",
-    "https://",
-    "127.0.0.1:9000",
-    "?",
-    "&",
-    "=",
-    "endpoint=",
-    "part-size=",
-    "concurrency=",
-    "region=",
-    "force-path-style=",
-    "%",
-    "%zz",
-    "%41",
-    "/",
-    "//",
-    "..",
-    " ",
-    "\t",
-    "\u{0}",
-    "é",
-    "🦀",
-    "r2.cloudflarestorage.com",
-    "s3",
-    "file",
-    "gcs",
-    "K",
-    "M",
-    "G",
-    "T",
-    "KB",
-    "kb",
-    "B",
-    "iB",
-    ":",
-    "[::1]",
-    "@",
-    "user:pass@",
-];
-
-fn random_value(rng: &mut Rng) -> String {
+/// A value built from the crate's own vocabulary (every key's samples and the odd inputs its
+/// unit tests use), with random characters mixed in.
+fn random_value(rng: &mut Rng, tokens: &[&str]) -> String {
     let mut s = String::new();
     for _ in 0..1 + rng.below(5) {
         if rng.chance(8) {
             let n = rng.below(12);
             s.extend((0..n).map(|_| char::from_u32(rng.next() as u32 % 0x250).unwrap_or('x')));
         } else {
-            s.push_str(TOKENS[rng.below(TOKENS.len())]);
+            s.push_str(tokens[rng.below(tokens.len())]);
         }
     }
     s
 }
 
 /// Returns 0 nothing accepted, 1 some value accepted, 2 a configuration resolved.
-fn config_one(rng: &mut Rng) -> usize {
+fn config_one(rng: &mut Rng, tokens: &[&str]) -> usize {
+    let keys = config::keys();
     let mut depth = 0;
     let mut s = Settings::new();
     for _ in 0..1 + rng.below(6) {
+        let spec = &keys[rng.below(keys.len())];
         let key = if rng.chance(20) {
-            random_value(rng)
+            random_value(rng, tokens)
         } else {
-            KEYS[rng.below(KEYS.len())].to_string()
+            spec.name.to_string()
         };
         let value = if rng.chance(10) {
             None
+        } else if rng.chance(3) && !spec.samples.is_empty() {
+            // a valid value of this key, mutated: reaches past the first check more often
+            let sample = spec.samples[rng.below(spec.samples.len())].as_bytes();
+            let other = tokens[rng.below(tokens.len())].as_bytes();
+            Some(String::from_utf8_lossy(&mutate(rng, sample, other)).into_owned())
         } else {
-            Some(random_value(rng))
+            Some(random_value(rng, tokens))
         };
         if s.set(&key, value.as_deref()).is_ok() {
             depth = depth.max(1);
@@ -434,7 +349,7 @@ fn config_one(rng: &mut Rng) -> usize {
     if s.resolve().is_ok() {
         depth = 2;
     }
-    let _ = target_from_url(&random_value(rng));
+    let _ = target_from_url(&random_value(rng, tokens));
     depth
 }
 
@@ -469,6 +384,7 @@ fn main() {
     }
     // quiet: a panic is reported by us, with the input saved
     std::panic::set_hook(Box::new(|_| {}));
+    let config_tokens = config::sample_values();
     let mut failed = 0;
     for target in &targets {
         let mut rng = Rng(seed | 1);
@@ -502,7 +418,7 @@ fn main() {
             let r = catch_unwind(AssertUnwindSafe(|| match target.as_str() {
                 "ltx" => ltx_one(&data),
                 "wal" => wal_one(&mut sub, &data),
-                _ => config_one(&mut sub),
+                _ => config_one(&mut sub, &config_tokens),
             }));
             if let Ok(d) = r {
                 depths[d.min(3)] += 1;

@@ -34,8 +34,8 @@ from s3proxy import S3Proxy, self_signed_cert
 
 MIB = 1 << 20
 PART = 5 * MIB
-SIZE_EXPECTED = ("expected bytes (5242880) or a number with K, KB, M, MB, G or GB "
-                 "(1024-based, e.g. 5MB, 1.5MB, 1GB)")
+SIZE_EXPECTED = ("expected a whole number of bytes (5242880, 5.24288e6) or a number with K, KB, "
+                 "M, MB, G or GB (1024-based, e.g. 5MB, 1.5MB, 1GB)")
 MIN_TEXT = "is below the S3 minimum of 5 MiB (5242880 bytes)"
 MAX_TEXT = "is above the S3 maximum of 5 GiB (5368709120 bytes)"
 
@@ -121,18 +121,19 @@ GUIDE_SIZES = [
 ]
 BAD_SIZES = [
     ("0", "part-size 0 (0 bytes) " + MIN_TEXT),
-    ("-5MB", "invalid part-size '-5MB': " + SIZE_EXPECTED),
+    ("-5MB", "invalid part-size '-5MB': negative numbers are not allowed; " + SIZE_EXPECTED),
     ("5XB", "invalid part-size '5XB': " + SIZE_EXPECTED),
     ("4MB", "part-size 4MB (4194304 bytes) " + MIN_TEXT),
     ("6GB", "part-size 6GB (6442450944 bytes) " + MAX_TEXT),
     ("", "invalid part-size '': " + SIZE_EXPECTED),
-    ("1e9", "invalid part-size '1e9': " + SIZE_EXPECTED),
+    ("1.5", "invalid part-size '1.5': not a whole number of bytes; " + SIZE_EXPECTED),
     ("5 MB", "invalid part-size '5 MB': " + SIZE_EXPECTED),
     # the guide's decimal example is a valid format, but below the minimum
     ("1.5MB", "part-size 1.5MB (1572864 bytes) " + MIN_TEXT),
     ("5242879", "part-size 5242879 (5242879 bytes) " + MIN_TEXT),
 ]
-BAD_CONCURRENCY = ["0", "65", "-1", "1.5", "", "ten", "2x"]
+BAD_CONCURRENCY = {"0": "", "65": "", "-1": "negative numbers are not allowed; ",
+                   "1.5": "not a whole number; ", "": "", "ten": "", "2x": ""}
 
 
 def test_part_size_and_concurrency_through_sql(pyhost, tmp_path):
@@ -155,7 +156,7 @@ def test_part_size_and_concurrency_through_sql(pyhost, tmp_path):
             "conc_good": {v: configure_result("concurrency", v) for v in ["1", "2", "10", "64"]},
             "conc_bad": {v: configure_result("concurrency", v) for v in P["conc_bad"]},
         }
-    """, db=str(tmp_path / "p.db"), good=GUIDE_SIZES, bad=BAD_SIZES, conc_bad=BAD_CONCURRENCY)
+    """, db=str(tmp_path / "p.db"), good=GUIDE_SIZES, bad=BAD_SIZES, conc_bad=list(BAD_CONCURRENCY))
     for text, n in GUIDE_SIZES:
         got = r["good"][text]
         # litestream_configure returns the size in bytes; reading the key back gives the same.
@@ -168,10 +169,10 @@ def test_part_size_and_concurrency_through_sql(pyhost, tmp_path):
     assert r["default_concurrency"] == "5"
     for v in ["1", "2", "10", "64"]:
         assert r["conc_good"][v]["set"] == v
-    for v in BAD_CONCURRENCY:
+    for v, why in BAD_CONCURRENCY.items():
         assert r["conc_bad"][v] == {
             "error": "litestream_configure: invalid value '%s' for concurrency: "
-                     "expected a whole number from 1 to 64" % v}, r["conc_bad"][v]
+                     "%sexpected a whole number from 1 to 64" % (v, why)}, r["conc_bad"][v]
 
 
 PROVIDERS = {
