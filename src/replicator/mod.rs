@@ -44,7 +44,7 @@ use crate::config::ResolvedConfig;
 use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, unix_ms, Progress, ReplicaClient};
-use crate::s3::lease::{Lease, LeaseSetup};
+use crate::s3::lease::{Lease, LeaseSetup, LeaseStatus};
 use crate::state;
 use crate::wal;
 
@@ -454,10 +454,8 @@ impl Replicator {
             last_error: g.last_error.clone().or(progress.retrying),
             compaction: Some(self.compactor.status_json()),
             lease: Some(match &lease {
-                Some(v) => v.to_json(),
-                None => serde_json::json!({
-                    "role": "off", "owner": null, "token": null, "expires_at": null,
-                }),
+                Some(v) => v.status(),
+                None => LeaseStatus::off(),
             }),
             restores: None,
         }
