@@ -44,7 +44,7 @@ use crate::config::ResolvedConfig;
 use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, unix_ms, Progress, ReplicaClient};
-use crate::s3::lease::{Lease, LeaseSetup, LeaseStatus};
+use crate::s3::lease::{Lease, LeaseSetup, LeaseStatus, Role};
 use crate::state;
 use crate::wal;
 
@@ -348,6 +348,10 @@ impl Replicator {
     }
 
     /// Block until everything committed before this call is in the replica; returns that TXID.
+    ///
+    /// A standby waits too, within the same timeout: it may take the lease over meanwhile (a
+    /// process restarted after a crash waits for its predecessor's lease to expire), and then
+    /// its first upload covers the call. Only a lease that can never work fails at once.
     pub fn sync(&self, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         let mut g = self.shared.lock();
@@ -355,12 +359,6 @@ impl Replicator {
         let ticket = g.sync_requested;
         self.shared.cond.notify_all();
         loop {
-            // Lease (issue 4): a standby answers at once instead of timing out.
-            if let Some(l) = &self.lease {
-                if let Some(m) = l.view().standby_message(l.lock_url()) {
-                    return Err(Error::msg(m));
-                }
-            }
             if g.synced_gen >= ticket {
                 return Ok(g.txid);
             }
@@ -369,16 +367,26 @@ impl Replicator {
                     "replication is stopped; call litestream_start() first",
                 ));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let view = self.lease.as_ref().map(|l| l.view());
+            if let Some(v) = view.as_ref().filter(|v| v.fatal) {
+                return Err(Error::msg(v.error.clone().unwrap_or_default()));
+            }
+            if Instant::now() >= deadline {
+                let waited = format!("timed out after {} ms", timeout.as_millis());
+                if let (Some(l), Some(v)) = (&self.lease, view.filter(|v| v.role != Role::Holder)) {
+                    return Err(Error::msg(format!(
+                        "{waited} waiting for the lease: {}",
+                        v.standby_message(l.lock_url())
+                            .unwrap_or_else(|| v.undecided_message(l.lock_url()))
+                    )));
+                }
                 let why = g
                     .last_error
                     .as_deref()
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default();
                 return Err(Error::msg(format!(
-                    "timed out after {} ms waiting for the replica ({}) to catch up{why}",
-                    timeout.as_millis(),
+                    "{waited} waiting for the replica ({}) to catch up{why}",
                     self.shared.replica
                 )));
             }
@@ -419,9 +427,7 @@ impl Replicator {
         // Not holding the lease means not running, even before the worker has noticed.
         let lease = self.lease.as_ref().map(|l| l.view());
         let state = match (&lease, g.state) {
-            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
-                RunState::Standby
-            }
+            (Some(v), RunState::Running) if v.role != Role::Holder => RunState::Standby,
             (_, s) => s,
         };
         Status {

@@ -13,8 +13,14 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "stop"}                       -> {"ok": txid} or {"error": ...}
   {"op": "pid"}                        -> {"ok": pid}
   {"op": "fork_child", "out": PATH}    -> {"ok": child pid}; see fork_child()
-  {"op": "exit"}                       -> exits
+  {"op": "fork_exit"}                  -> {"ok": {"status": ..., "s": ...}}: a forked child exits
+                                          normally at once (sys.exit: exit handlers run); waited for
+  {"op": "close"}                      -> {"ok": true}: closes the connection that called start;
+                                          the process keeps running (only "pid" still works)
+  {"op": "exit"}                       -> exits normally (the connections close on the way out)
+  {"op": "exit_leak"}                  -> exits normally, but the connection is never closed
 Errors of one command never end the process."""
+import ctypes
 import json
 import os
 import sqlite3
@@ -107,6 +113,15 @@ def fork_child(out, wait):
     os._exit(0)
 
 
+def fork_exit():
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    return {"status": status, "s": time.monotonic() - t0}
+
+
 def handle(cmd):
     op = cmd["op"]
     if op == "start":
@@ -126,6 +141,12 @@ def handle(cmd):
         return one("SELECT litestream_stop()")
     if op == "pid":
         return os.getpid()
+    if op == "fork_exit":
+        return fork_exit()
+    if op == "close":
+        with lock:
+            conn.close()
+        return True
     if op == "fork_child":
         return fork_child(cmd["out"], float(cmd.get("wait", 30)))
     raise ValueError("unknown op %r" % op)
@@ -137,6 +158,9 @@ for line in sys.stdin:
     if not line:
         continue
     cmd = json.loads(line)
+    if cmd["op"] == "exit_leak":
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))   # never deallocated, never closed
+        break
     if cmd["op"] == "exit":
         break
     t0 = time.monotonic()

@@ -122,7 +122,22 @@ impl View {
         }
     }
 
-    /// The error `litestream_sync()` gives at once on a standby; None while it is unknown.
+    /// Why this instance is not replicating before it knows who holds the lease (the lock was
+    /// not read yet, or reading it fails).
+    pub fn undecided_message(&self, lock_url: &str) -> String {
+        let why = self
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        format!(
+            "this instance ({}) does not hold the lease {lock_url} and does not know yet who does{why}",
+            self.me
+        )
+    }
+
+    /// Why a standby does not replicate, naming the holder and until when its lease runs; None
+    /// while that is unknown.
     pub fn standby_message(&self, lock_url: &str) -> Option<String> {
         if self.role == Role::Holder {
             return None;

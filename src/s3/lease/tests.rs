@@ -365,7 +365,15 @@ fn status_has_the_documented_keys_in_every_role() {
     let st = view.status();
     assert_eq!(
         keys(&st),
-        ["role", "owner", "token", "expires_at", "instance", "local_standby", "error"]
+        [
+            "role",
+            "owner",
+            "token",
+            "expires_at",
+            "instance",
+            "local_standby",
+            "error"
+        ]
     );
     let v = serde_json::to_value(&st).unwrap();
     assert_eq!(v["role"], "standby");
