@@ -7,6 +7,7 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "start"}                      -> {"ok": "started"} or {"error": "..."}
   {"op": "status"}                     -> {"ok": <litestream_status() as an object>}
   {"op": "write", "n": 3}              -> {"ok": <rows in t>}   (n small transactions)
+  {"op": "bulk", "mib": 12}            -> {"ok": <rows in t>}   (one transaction of `mib` MiB)
   {"op": "writer", "every": 0.05}      -> a background thread commits a row every `every` s
                                           (0 stops it); answers {"ok": true}
   {"op": "sync", "ms": 5000}           -> {"ok": txid, "s": seconds} or {"error": ..., "s": ...}
@@ -131,6 +132,10 @@ def handle(cmd):
     if op == "write":
         for _ in range(int(cmd.get("n", 1))):
             insert()
+        return one("SELECT count(*) FROM t")
+    if op == "bulk":
+        one("INSERT INTO t(who, at, pad) VALUES (?, ?, randomblob(?))", tag, time.time(),
+            int(float(cmd["mib"]) * (1 << 20)))
         return one("SELECT count(*) FROM t")
     if op == "writer":
         writer_every[0] = float(cmd.get("every", 0))

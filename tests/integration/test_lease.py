@@ -19,6 +19,7 @@ import pytest
 
 from harness import (HERE, HOST_PYTHON, assert_same_db, child_env, list_keys, restore_shell,
                      s3_config, s3_url)
+from s3proxy import S3Proxy
 
 TTL = 2.0                      # short lease, so takeovers happen within seconds
 RENEW = TTL / 3                # the holder renews every third of the TTL
@@ -422,3 +423,38 @@ def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
     hosts.append(f)
     r = f.call("start")
     assert "error" in r and "litestream_configure('lease', NULL)" in r["error"], r
+
+
+def test_takeover_aborts_the_dead_holders_multipart_upload(ext, s3, bucket, tmp_path, hosts):
+    """The holder dies mid multipart upload; the standby, started before that upload began,
+    takes over and aborts it before its own first (small, single PUT) upload: a new holder's
+    leftovers sweep covers what was begun before it acquired the lease, not only before its
+    client existed."""
+    proxy = S3Proxy(s3.port, rate=4 << 20).start()
+    try:
+        conf = s3_config(bucket, "db", proxy.url, lease_ttl="3s", part_size="5MB", concurrency="1")
+        a = Host(ext, tmp_path / "a.db", conf)
+        hosts.append(a)
+        a.ok("start")
+        a.ok("write", n=2)
+        a.ok("sync", ms=10000)
+        b = Host(ext, tmp_path / "b.db", conf)
+        hosts.append(b)
+        b.ok("start")
+        wait_until("b standby", 10, lambda: b.status()["lease"]["owner"])
+        b.ok("write", n=2)
+        time.sleep(1.5)                            # S3 reports upload start times in whole seconds
+        a.ok("bulk", mib=12)                       # a multipart upload of ~12 MiB at 4 MiB/s
+        wait_until("a's upload to be under way", 30,
+                   lambda: (a.status().get("upload") or {}).get("parts_done", 0) >= 1)
+        os.kill(a.p.pid, signal.SIGKILL)
+        a.p.wait()
+        open_uploads = lambda: s3.client.list_multipart_uploads(Bucket=bucket, Prefix="db/").get("Uploads", [])
+        assert len(open_uploads()) == 1, open_uploads()
+        b.ok("sync", ms=20000)                     # waits for the lease, then uploads b.db
+        assert role(b) == "holder"
+        assert open_uploads() == [], "the dead holder's upload was left open: %s" % open_uploads()
+        b.ok("stop")
+    finally:
+        proxy.stop()
+    restore_equals(ext, s3, bucket, tmp_path, tmp_path / "b.db")

@@ -13,7 +13,7 @@
 //! - Disabled (the default: lease off) the fence allows everything and adds no token.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -39,6 +39,10 @@ struct FenceState {
     token: u64,
     /// Deadline as an offset from BASE; None = not held.
     deadline: Option<Duration>,
+    /// Acquisitions so far (a grant while not held, or under a new token), and when the latest
+    /// happened: uploads under our prefix begun before then are not this holder's.
+    acquisitions: u64,
+    acquired_at: Option<SystemTime>,
 }
 
 impl Fence {
@@ -59,6 +63,10 @@ impl Fence {
 
     pub fn grant(&self, token: u64, deadline: Instant) {
         let mut s = self.state();
+        if s.deadline.is_none() || s.token != token {
+            s.acquisitions += 1;
+            s.acquired_at = Some(SystemTime::now());
+        }
         s.token = token;
         s.deadline = Some(deadline.saturating_duration_since(*BASE));
     }
@@ -85,6 +93,13 @@ impl Fence {
             )),
             None => Err("this instance does not hold the lease, so it does not write to the replica".into()),
         }
+    }
+
+    /// How many times the lease was acquired, and when the latest acquisition was ((0, None)
+    /// when the lease is off or was never held).
+    pub fn acquisition(&self) -> (u64, Option<SystemTime>) {
+        let s = self.state();
+        (s.acquisitions, s.acquired_at)
     }
 
     /// The token to tag uploads with (None when the lease is off).
@@ -134,13 +149,21 @@ mod tests {
         assert!(f.check().is_ok() && f.token().is_none()); // lease off
         f.enable();
         assert!(f.check().is_err());
+        assert_eq!(f.acquisition().0, 0);
         f.grant(3, Instant::now() + Duration::from_secs(5));
         assert!(f.check().is_ok());
         assert_eq!(f.token(), Some(3));
+        // A renewal is no new acquisition; a grant after a revoke, or of a new token, is.
+        f.grant(3, Instant::now() + Duration::from_secs(6));
+        assert_eq!(f.acquisition().0, 1);
+        assert!(f.acquisition().1.is_some());
         f.grant(3, Instant::now() - Duration::from_millis(1));
         assert!(f.check().unwrap_err().contains("lost lease"));
         f.revoke();
         assert!(f.check().is_err());
+        f.grant(3, Instant::now() + Duration::from_secs(5));
+        f.grant(4, Instant::now() + Duration::from_secs(5));
+        assert_eq!(f.acquisition().0, 3);
     }
 
     /// The fence interceptor refuses mutating requests at the wire while the lease is not held,
