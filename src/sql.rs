@@ -209,14 +209,18 @@ impl StartedBy {
 
 impl Drop for StartedBy {
     fn drop(&mut self) {
-        // Runs inside SQLite's close (xDestroy): never unwind into C.
+        // Runs inside SQLite's close (xDestroy): never unwind into C, and never wait on the
+        // table (in a forked child a thread of the parent may have left it locked). An entry
+        // left behind is harmless: it no longer upgrades, and the next connection at this
+        // address replaces it.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut all = STARTED_BY.lock().unwrap_or_else(|p| p.into_inner());
-            if all
-                .get(&self.connection)
-                .is_some_and(|w| w.strong_count() == 0)
-            {
-                all.remove(&self.connection);
+            if let Ok(mut all) = STARTED_BY.try_lock() {
+                if all
+                    .get(&self.connection)
+                    .is_some_and(|w| w.strong_count() == 0)
+                {
+                    all.remove(&self.connection);
+                }
             }
         }));
         // Then `guard` drops: the connection is no longer counted.

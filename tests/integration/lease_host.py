@@ -16,6 +16,9 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "fork_child", "out": PATH}    -> {"ok": child pid}; see fork_child()
   {"op": "fork_exit"}                  -> {"ok": {"status": ..., "s": ...}}: a forked child exits
                                           normally at once (sys.exit: exit handlers run); waited for
+  {"op": "reload"}                     -> {"ok": true}: loads the extension again on the connection
+  {"op": "start_other"}                -> {"ok": <start's answer>}: another connection of this
+                                          process calls litestream_start() and is closed again
   {"op": "close"}                      -> {"ok": true}: closes the connection that called start;
                                           the process keeps running (only "pid" still works)
   {"op": "exit"}                       -> exits normally (the connections close on the way out)
@@ -148,6 +151,18 @@ def handle(cmd):
         return os.getpid()
     if op == "fork_exit":
         return fork_exit()
+    if op == "reload":
+        with lock:
+            conn.enable_load_extension(True)
+            conn.load_extension(EXT)
+            conn.enable_load_extension(False)
+        return True
+    if op == "start_other":
+        other = connect(True)
+        try:
+            return other.execute("SELECT litestream_start()").fetchone()[0]
+        finally:
+            other.close()
     if op == "close":
         with lock:
             conn.close()

@@ -86,6 +86,27 @@ def test_closing_the_connection_stops_and_releases(ext, s3, bucket, tmp_path, ho
     assert a.p.poll() is None
 
 
+def test_only_the_last_connection_closing_stops(ext, s3, bucket, tmp_path, hosts):
+    """Another connection that started (and so counts) closing, or the extension loaded again on
+    the connection (which replaces its functions), does not stop replication."""
+    a = Host(ext, tmp_path / "a.db", cfg(s3, bucket, lease_ttl=LONG_TTL))
+    hosts.append(a)
+    assert a.ok("start") == "started"
+    assert a.ok("start_other") == "already running"
+    a.ok("reload")
+    assert a.ok("start") == "already running"
+    a.ok("reload")
+    time.sleep(0.5)
+    st = a.status()
+    assert st["state"] == "running" and st["lease"]["role"] == "holder", st
+    a.ok("write", n=2)
+    a.ok("sync", ms=10000)
+    assert json.loads(lock_json(s3, bucket))["owner"] == st["lease"]["instance"]
+    a.ok("close")
+    released_within(s3, bucket, HANDOVER)
+    restore_equals(ext, s3, bucket, tmp_path, tmp_path / "a.db")
+
+
 def test_forked_child_exit_leaves_the_parents_lease(ext, s3, bucket, tmp_path, hosts):
     a = Host(ext, tmp_path / "a.db", cfg(s3, bucket, lease_ttl=LONG_TTL))
     hosts.append(a)
