@@ -71,6 +71,11 @@ static EXIT_HANDLER: Once = Once::new();
 
 static SETTINGS: Lazy<Mutex<HashMap<PathBuf, Settings>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
+/// One lock per database, held for the whole of a start: two connections starting the same
+/// database at once get one replicator, and never while the database's last one is stopping.
+static STARTS: Lazy<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
 fn process() -> MutexGuard<'static, Process> {
     let mut p = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
@@ -169,6 +174,13 @@ fn connection_closed(db: &Path, pid: u32) {
 /// Start replicating `db` unless a replicator is already running for it, and count the calling
 /// connection.
 pub fn start(db: &Path, vfs: Option<&str>) -> Result<Started> {
+    let serial = STARTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(db.to_path_buf())
+        .or_default()
+        .clone();
+    let _serial = serial.lock().unwrap_or_else(|p| p.into_inner());
     wait_for_stop_in_progress(db);
     {
         let mut p = process();
@@ -193,16 +205,6 @@ pub fn start(db: &Path, vfs: Option<&str>) -> Result<Started> {
     };
     let r = Arc::new(Replicator::start(db, vfs, cfg, client, lease)?);
     let mut p = process();
-    // Another connection may have raced us here; keep the first one.
-    if p.replicators.get(db).is_some_and(|r| !r.is_stopped()) {
-        let guard = count_connection(&mut p, db);
-        drop(p);
-        let _ = r.stop();
-        return Ok(Started {
-            started: false,
-            guard,
-        });
-    }
     p.replicators.insert(db.to_path_buf(), r.clone());
     let guard = count_connection(&mut p, db);
     EXIT_PID.store(p.pid, Ordering::SeqCst);
@@ -221,14 +223,18 @@ pub fn start(db: &Path, vfs: Option<&str>) -> Result<Started> {
 /// Stop replicating `db`: final sync, then the thread ends. Returns the last TXID. A stop
 /// already running in the background (the last connection closed) is waited for.
 pub fn stop(db: &Path) -> Result<u64> {
-    let (running, stopping) = {
-        let mut p = process();
-        (p.replicators.remove(db), p.stopping.get(db).cloned())
-    };
-    match (running, stopping) {
-        (Some(r), _) => r.stop(),
-        (None, Some(s)) => s.wait(),
-        (None, None) => Err(Error::msg(format!(
+    let mut p = process();
+    if let Some(r) = p.replicators.remove(db) {
+        let stopping = stop_begins(&mut p, db);
+        drop(p);
+        return run_stop(db, &r, &stopping);
+    }
+    match p.stopping.get(db).cloned() {
+        Some(s) => {
+            drop(p);
+            s.wait()
+        }
+        None => Err(Error::msg(format!(
             "{} is not being replicated by this process",
             db.display()
         ))),
@@ -259,28 +265,36 @@ impl Stopping {
     }
 }
 
-/// Stop `r` (already out of `p.replicators`) without waiting for it; the stop is registered in
-/// `p.stopping` until it has finished.
-fn stop_in_background(p: &mut Process, db: &Path, r: Arc<Replicator>) {
+/// Register the stop of `db`'s replicator (already out of `p.replicators`) in `p.stopping`.
+fn stop_begins(p: &mut Process, db: &Path) -> Arc<Stopping> {
     let stopping = Arc::new(Stopping::default());
     p.stopping.insert(db.to_path_buf(), stopping.clone());
+    stopping
+}
+
+/// Stop `r`, publish the outcome in `stopping` and unregister it. Returns the outcome.
+fn run_stop(db: &Path, r: &Replicator, stopping: &Arc<Stopping>) -> Result<u64> {
+    let result = catch_unwind(AssertUnwindSafe(|| r.stop())).unwrap_or_else(|panic| {
+        Err(Error::msg(format!(
+            "internal error while stopping: {}",
+            crate::error::panic_message(panic.as_ref())
+        )))
+    });
+    stopping.finish(result.clone());
+    let mut p = process();
+    if p.stopping.get(db).is_some_and(|s| Arc::ptr_eq(s, stopping)) {
+        p.stopping.remove(db);
+    }
+    result
+}
+
+/// Stop `r` (already out of `p.replicators`) on a thread of its own.
+fn stop_in_background(p: &mut Process, db: &Path, r: Arc<Replicator>) {
+    let stopping = stop_begins(p, db);
     let job = {
         let (db, stopping) = (db.to_path_buf(), stopping.clone());
         move || {
-            let result = catch_unwind(AssertUnwindSafe(|| r.stop())).unwrap_or_else(|panic| {
-                Err(Error::msg(format!(
-                    "internal error while stopping: {}",
-                    crate::error::panic_message(panic.as_ref())
-                )))
-            });
-            stopping.finish(result);
-            let mut p = process();
-            if p.stopping
-                .get(&db)
-                .is_some_and(|s| Arc::ptr_eq(s, &stopping))
-            {
-                p.stopping.remove(&db);
-            }
+            let _ = run_stop(&db, &r, &stopping);
         }
     };
     if let Err(e) = std::thread::Builder::new()

@@ -407,7 +407,7 @@ impl Replicator {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        // Lease (issue 4): after the final sync, release so a standby takes over at once.
+        // After the final sync, release the lease so that a standby takes over at once.
         if let Some(l) = &self.lease {
             l.stop();
         }
