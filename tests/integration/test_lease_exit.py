@@ -11,6 +11,8 @@ import os
 import signal
 import time
 
+from harness import s3_config
+from s3proxy import S3Proxy
 from test_lease import Host, cfg, hosts, lock_json, restore_equals, role, wait_until  # noqa: F401
 
 LONG_TTL = "20s"          # an expiry-based takeover would take ~20 s
@@ -165,3 +167,27 @@ def test_kill9_waits_for_the_ttl_and_sync_waits_for_the_lease(ext, s3, bucket, t
     assert st["lease"]["role"] == "holder" and st["lease"]["token"] == lock["token"] + 1, st
     b.ok("stop")
     restore_equals(ext, s3, bucket, tmp_path, db)
+
+
+def test_exit_with_s3_unreachable_is_bounded(ext, s3, bucket, tmp_path, hosts):
+    """The final sync cannot finish (every request to S3 stalls): the exit still completes within
+    its 2 s budget, and the lease is left to expire rather than released under an upload."""
+    stalled = {"on": False}
+    proxy = S3Proxy(s3.port, rule=lambda req: ("stall",) if stalled["on"] else None).start()
+    try:
+        a = Host(ext, tmp_path / "a.db", s3_config(bucket, "db", proxy.url, lease_ttl=LONG_TTL))
+        hosts.append(a)
+        a.ok("start")
+        a.ok("write", n=2)
+        a.ok("sync", ms=10000)
+        stalled["on"] = True
+        a.ok("write", n=2)
+        t0 = time.monotonic()
+        a.send("exit")
+        assert a.p.wait(timeout=30) == 0
+        exit_s = time.monotonic() - t0
+        print("\nexit with S3 unreachable: %.2fs" % exit_s)
+        assert exit_s < 4, exit_s
+        assert lock_json(s3, bucket) is not None, "released while the final upload was stalled"
+    finally:
+        proxy.stop()
