@@ -62,11 +62,14 @@ def status(c):
     return json.loads(one(c, "SELECT litestream_status()"))
 
 
-def start_replicating(path, ext, pairs, timeout=BUSY_TIMEOUT_S):
+def start_replicating(path, ext, pairs, setup=None, timeout=BUSY_TIMEOUT_S):
     """A connection to `path` in WAL mode with the extension loaded, configured with `pairs`,
-    that has called litestream_start()."""
+    that has called litestream_start(); the SQL script `setup` runs first, if given (the
+    database then has content when replication starts)."""
     c = connect(path, ext, timeout)
     c.execute("PRAGMA journal_mode=WAL").fetchone()
+    if setup:
+        c.executescript(setup)
     configure(c, pairs)
     one(c, "SELECT litestream_start()")
     return c

@@ -54,9 +54,10 @@ def connect(path, load=True):
     return hostside.connect(path, EXT if load else None)
 
 
-def start_replicating(path, pairs):
-    """connect(path) in WAL mode, configured with pairs, after litestream_start()."""
-    return hostside.start_replicating(path, EXT, pairs)
+def start_replicating(path, pairs, setup=None):
+    """connect(path) in WAL mode, the SQL script `setup` run, configured with pairs, after
+    litestream_start()."""
+    return hostside.start_replicating(path, EXT, pairs, setup)
 
 
 result = None
@@ -66,11 +67,12 @@ result = None
 class PyHost:
     """Runs a Python snippet in a fresh /usr/bin/python3 process that can load the extension.
 
-    The snippet sees: EXT, P (the keyword arguments of run(), JSON round-tripped), connect(path,
-    load=True), start_replicating(path, pairs), one(c, sql, *args), error_of(c, sql, *args),
-    configure(c, pairs), status(c), cli(db, sql), log(*args) (progress, shown if the snippet
-    fails or hangs), wal_size(db), and the modules json, os, sqlite3, subprocess, sys, time;
-    whatever it assigns to `result` (JSON-serialisable) is returned by run()."""
+    The snippet sees: EXT, P (the keyword arguments of run(), JSON round-tripped),
+    connect(path, load=True), start_replicating(path, pairs, setup=None), one(c, sql, *args),
+    error_of(c, sql, *args), configure(c, pairs), status(c), cli(db, sql), log(*args)
+    (progress, shown if the snippet fails or hangs), wal_size(db), and the modules json, os,
+    sqlite3, subprocess, sys, time; whatever it assigns to `result` (JSON-serialisable) is
+    returned by run()."""
 
     def __init__(self, ext):
         self.ext = ext

@@ -1,6 +1,8 @@
 """Fixtures for the integration tests: s3, bucket, ext, litestream_bin, pyhost, defined in
 pysupport/fixtures.py (shared with tests/hosts); helpers live in the pysupport modules."""
-from pysupport.fixtures import bucket, ext, litestream_bin, pyhost, s3  # noqa: F401
+from pysupport.fixtures import bucket, ext, litestream_bin, pyhost, s3
+
+__all__ = ["bucket", "ext", "litestream_bin", "pyhost", "s3"]
 
 
 def pytest_collection_modifyitems(items):

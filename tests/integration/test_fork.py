@@ -5,7 +5,10 @@ import json
 import subprocess
 import textwrap
 
-from harness import HOST_PYTHON, assert_same_db, child_env, restore_shell, s3_url
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_url
+from pysupport.paths import HOST_PYTHON
+from pysupport.shell import assert_restores
 
 SCRIPT = textwrap.dedent("""
     import sqlite3, os, sys, json
@@ -56,6 +59,5 @@ def test_fork_child_starts_fresh(ext, s3, bucket, tmp_path):
     assert out["child"]["b_sync"] == out["child"]["b_stop"] >= "0000000000000001"
     assert out["parent_sync_2"] == out["parent_stop"] > out["parent_sync_1"] >= "0000000000000001"
     for name, path in (("a.db", "fork-a"), ("b.db", "fork-b")):
-        restored = tmp_path / ("restored-" + name)
-        restore_shell(ext, restored, url=s3_url(bucket, path, s3.endpoint))
-        assert_same_db(tmp_path / name, restored)
+        assert_restores(ext, tmp_path / name, tmp_path / ("restored-" + name),
+                        s3_url(bucket, path, s3.endpoint))

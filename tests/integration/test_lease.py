@@ -1,4 +1,4 @@
-"""Distributed lease (issue 4), against SeaweedFS (atomic conditional writes; never race-test on
+"""Distributed lease, against SeaweedFS (atomic conditional writes; never race-test on
 s3s-fs). Each instance is a /usr/bin/python3 process (lease_host.py) with its own database unless a
 test says otherwise, all replicating to one replica path, as several hosts would.
 
@@ -17,8 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import (HERE, HOST_PYTHON, assert_same_db, child_env, list_keys, restore_shell,
-                     s3_config, s3_url)
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_config, s3_url
+from pysupport.paths import HOST_PYTHON
+from pysupport.s3client import key_names
+from pysupport.shell import assert_restores
+
+LEASE_HOST = Path(__file__).resolve().parent / "lease_host.py"
 
 TTL = 2.0                      # short lease, so takeovers happen within seconds
 RENEW = TTL / 3                # the holder renews every third of the TTL
@@ -34,7 +39,7 @@ class Host:
 
     def __init__(self, ext, db, config):
         self.db = str(db)
-        self.p = subprocess.Popen([HOST_PYTHON, str(HERE / "lease_host.py"), ext + ".so", self.db,
+        self.p = subprocess.Popen([HOST_PYTHON, str(LEASE_HOST), ext + ".so", self.db,
                                    json.dumps(config)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=child_env())
@@ -130,7 +135,7 @@ def tokens_by_txid(s3, bucket):
     """[(min_txid, max_txid, level, token)] of every LTX object, in TXID order; every object must
     carry the litestream-lease-token metadata."""
     out = []
-    for key, _ in list_keys(s3.client, bucket, "db/"):
+    for key in key_names(s3.client, bucket, "db/"):
         m = LTX_KEY_RE.search(key)
         if not m:
             continue
@@ -153,9 +158,7 @@ def assert_tokens_never_interleave(objs):
 
 
 def restore_equals(ext, s3, bucket, tmp_path, db, name="out.db"):
-    out = tmp_path / name
-    restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint))
-    assert_same_db(db, out)
+    assert_restores(ext, db, tmp_path / name, s3_url(bucket, "db", s3.endpoint))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +416,7 @@ def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
     assert st["state"] == "running" and st["lease"]["role"] == "off", st
     assert lock_json(s3, bucket) is None
     a.ok("stop")
-    for key, _ in list_keys(s3.client, bucket, "db/"):
+    for key in key_names(s3.client, bucket, "db/"):
         meta = s3.client.head_object(Bucket=bucket, Key=key)["Metadata"]
         assert "litestream-lease-token" not in meta, (key, meta)
     f = Host(ext, tmp_path / "f.db", [("type", "file"), ("path", str(tmp_path / "rep")), ("lease", "on")])

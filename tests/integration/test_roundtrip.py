@@ -57,11 +57,7 @@ def test_writes_from_another_process(pyhost, ext, s3, bucket, tmp_path):
     the commits by polling (status txid advances without a sync call), then sync covers them."""
     src = tmp_path / "src.db"
     r = pyhost.run("""
-        a = connect(P["db"])
-        a.execute("PRAGMA journal_mode=WAL")
-        a.execute("CREATE TABLE IF NOT EXISTS marker(x)")   # not empty when replication starts
-        configure(a, P["config"])
-        one(a, "SELECT litestream_start()")
+        a = start_replicating(P["db"], P["config"], "CREATE TABLE IF NOT EXISTS marker(x)")
         first = one(a, "SELECT litestream_sync(30000)")
         cli(P["db"], P["workload"])               # another process commits
         deadline = time.time() + 10
