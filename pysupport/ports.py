@@ -39,13 +39,13 @@ def free_s3_port(lo=S3_PORT_RANGE[0], hi=S3_PORT_RANGE[1], tries=200):
     raise RuntimeError("no free port range for SeaweedFS found on 127.0.0.1 in %d..%d" % (lo, hi))
 
 
-def s3_port_from_env(name, lo=S3_PORT_RANGE[0], hi=S3_PORT_RANGE[1]):
-    """The port the environment variable `name` gives, else a free one in lo..hi."""
+def port_from_env(name):
+    """The port number the environment variable `name` gives, or None when it is unset."""
     value = os.environ.get(name)
     if not value:
-        return free_s3_port(lo, hi)
-    if not value.isdigit():
-        raise ValueError("%s=%r: expected a port number" % (name, value))
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError("%s=%r: expected a port number (1-65535)" % (name, value))
     return int(value)
 
 
