@@ -64,6 +64,12 @@ result = None
 '''
 
 
+def snippet(*parts):
+    """One PyHost snippet from several pieces, each dedented on its own (so a shared piece and a
+    test's own code need not be indented alike)."""
+    return "\n".join(textwrap.dedent(part) for part in parts)
+
+
 class PyHost:
     """Runs a Python snippet in a fresh /usr/bin/python3 process that can load the extension.
 

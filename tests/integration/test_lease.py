@@ -103,6 +103,17 @@ def hosts():
         h.close()
 
 
+def started(hosts, ext, db, config, writes):
+    """A Host on db (closed after the test) that called litestream_start(), then wrote `writes`
+    rows and synced them."""
+    h = Host(ext, db, config)
+    hosts.append(h)
+    h.ok("start")
+    h.ok("write", n=writes)
+    h.ok("sync", ms=10000)
+    return h
+
+
 def cfg(s3, bucket, **extra):
     extra.setdefault("lease_ttl", "%gs" % TTL)
     return s3_config(bucket, "db", s3.endpoint, **extra)
@@ -254,11 +265,7 @@ def test_racing_instances_exactly_one_holder(ext, s3, bucket, tmp_path, hosts):
 
 
 def test_sigstop_holder_is_fenced(ext, s3, bucket, tmp_path, hosts):
-    a = Host(ext, tmp_path / "a.db", cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=2)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, tmp_path / "a.db", cfg(s3, bucket), writes=2)
     b = Host(ext, tmp_path / "b.db", cfg(s3, bucket))
     hosts.append(b)
     b.ok("start")
@@ -354,11 +361,7 @@ def test_same_database_local_lock(ext, s3, bucket, tmp_path, hosts):
     handle the lease; kill -9 of the holder frees it at once, and the other takes over the
     replica (continuing the same database)."""
     db = tmp_path / "shared.db"
-    a = Host(ext, db, cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=3)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, db, cfg(s3, bucket), writes=3)
     b = Host(ext, db, cfg(s3, bucket))
     hosts.append(b)
     b.ok("start")
@@ -384,11 +387,7 @@ def test_forked_child_takes_over_after_parent_dies(ext, s3, bucket, tmp_path, ho
     the same database (a local standby), then dies. The child must not keep the parent's local
     lock alive through its inherited descriptor: it takes over within TTL + one renewal."""
     db = tmp_path / "fork.db"
-    a = Host(ext, db, cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=3)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, db, cfg(s3, bucket), writes=3)
     out = tmp_path / "child.json"
     child = a.ok("fork_child", out=str(out), wait=TTL * 5)
     time.sleep(1.0)                  # the child is up and waiting on the local lock
@@ -407,11 +406,7 @@ def test_forked_child_takes_over_after_parent_dies(ext, s3, bucket, tmp_path, ho
 
 
 def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
-    a = Host(ext, tmp_path / "a.db", cfg(s3, bucket, lease="off"))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=1)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, tmp_path / "a.db", cfg(s3, bucket, lease="off"), writes=1)
     st = a.status()
     assert st["state"] == "running" and st["lease"]["role"] == "off", st
     assert lock_json(s3, bucket) is None

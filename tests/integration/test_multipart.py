@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import subprocess
-import textwrap
 import threading
 import time
 
@@ -31,7 +30,7 @@ from pysupport.awsenv import child_env
 from pysupport.extension import s3_config, s3_url
 from pysupport.ltx import check_s3_replica
 from pysupport.paths import REPO, UPLOADER
-from pysupport.pyhost import PyHostError
+from pysupport.pyhost import PyHostError, snippet
 from pysupport.s3client import list_keys, uploads_left
 from pysupport.s3proxy import S3Proxy, self_signed_cert
 from pysupport.s3server import S3Server
@@ -377,7 +376,7 @@ def test_failed_upload_is_aborted(uploader, blob64, s3, bucket):
 
 # ---------------------------------------------------------------- through the extension
 
-# The snippets below watch the snapshot's upload while it is in flight.
+# A piece of the snippets below: they watch the snapshot's upload while it is in flight.
 UPLOAD_IN_FLIGHT = '''
 def upload_in_flight(c, timeout=60):
     """litestream_status()'s `upload` once one of its parts is done; None after timeout s."""
@@ -391,18 +390,13 @@ def upload_in_flight(c, timeout=60):
 '''
 
 
-def with_upload_in_flight(code):
-    """A PyHost snippet that may call upload_in_flight(c)."""
-    return UPLOAD_IN_FLIGHT + textwrap.dedent(code)
-
-
 def test_snapshot_larger_than_part_size_goes_multipart(pyhost, s3, bucket, tmp_path):
     """A full replication run: the first snapshot (~24 MB) is a multipart upload at part-size 5MB,
     litestream_status() shows it in flight, and the replica restores intact."""
     # ~8 MiB/s per connection, so status can see the upload in flight
     db = tmp_path / "big.db"
     with S3Proxy(s3.port, rate=8 * MIB, hash_bodies=True) as proxy:
-        r = pyhost.run(with_upload_in_flight("""
+        r = pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
             c = start_replicating(P["db"], P["config"], P["fill"])
             seen = upload_in_flight(c)
             one(c, "SELECT litestream_sync(120000)")
@@ -536,7 +530,7 @@ def test_stop_mid_upload_completes_it(pyhost, s3, bucket, tmp_path):
     it), nothing is left in ListMultipartUploads, and the replica restores."""
     db = tmp_path / "db.db"
     with S3Proxy(s3.port, rate=6 * MIB) as proxy:
-        r = pyhost.run(with_upload_in_flight("""
+        r = pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
             c = start_replicating(P["db"], P["config"], P["fill"])
             seen = upload_in_flight(c)
             t0 = time.time()
@@ -559,7 +553,7 @@ def test_killed_mid_upload_is_swept_on_next_start(pyhost, s3, bucket, tmp_path):
         # The dead process still holds the lease until it expires: keep that short.
         cfg = s3_config(bucket, "db", proxy.url, part_size="5MB", concurrency="2", lease_ttl="3s")
         with pytest.raises(PyHostError, match="exited 7"):
-            pyhost.run(with_upload_in_flight("""
+            pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
                 c = start_replicating(P["db"], P["config"], P["fill"])
                 up = upload_in_flight(c)
                 if up:

@@ -21,6 +21,7 @@ from pysupport.awsenv import child_env
 from pysupport.extension import s3_config, s3_url
 from pysupport.paths import HOST_PYTHON
 from pysupport.ports import closed_port
+from pysupport.pyhost import snippet
 from pysupport.reference import reference_url, run_reference
 from pysupport.shell import (integrity, replicate_shell, restore_shell, restored_txid,
                              run_sqlite_shell)
@@ -174,16 +175,21 @@ def other_replica(ext, s3, bucket, tmp_path):
     return s3_url(bucket, "other", s3.endpoint), src
 
 
+# The start of the snippets below: `c` replicates P["live"], which holds one acknowledged row.
+REPLICATING_LIVE = """
+    c = start_replicating(P["live"], P["config"])
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES ('acknowledged')")
+    one(c, "SELECT litestream_sync()")
+"""
+
+
 def test_restore_over_a_database_this_process_replicates(ext, pyhost, s3, bucket, tmp_path):
     """The replicating connection and a second connection of the same process are both refused;
     the live database and its replica keep every acknowledged row."""
     url, _ = other_replica(ext, s3, bucket, tmp_path)
     live = tmp_path / "live.db"
-    r = pyhost.run("""
-        c = start_replicating(P["live"], P["config"])
-        c.execute("CREATE TABLE t(x)")
-        c.execute("INSERT INTO t VALUES ('acknowledged')")
-        one(c, "SELECT litestream_sync()")
+    r = pyhost.run(snippet(REPLICATING_LIVE, """
         opts = json.dumps({"url": P["url"], "overwrite": True})
         same = error_of(c, "SELECT litestream_restore(?, ?)", P["live"], opts)
         m = connect(":memory:")
@@ -192,7 +198,7 @@ def test_restore_over_a_database_this_process_replicates(ext, pyhost, s3, bucket
         one(c, "SELECT litestream_sync()")
         one(c, "SELECT litestream_stop()")
         result = {"same": same, "other": other, "rows": one(c, "SELECT count(*) FROM t")}
-    """, live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint))
+    """), live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint))
     for who in ("same", "other"):
         assert r[who] and "this process is replicating it" in r[who] and "litestream_stop()" in r[who], r
     assert r["rows"] == 2, r
@@ -208,11 +214,7 @@ def test_restore_over_a_database_another_process_replicates(ext, pyhost, s3, buc
     """With the lease its local lock names the other process; without, its connections do."""
     url, _ = other_replica(ext, s3, bucket, tmp_path)
     live = tmp_path / "live.db"
-    r = pyhost.run("""
-        c = start_replicating(P["live"], P["config"])
-        c.execute("CREATE TABLE t(x)")
-        c.execute("INSERT INTO t VALUES ('acknowledged')")
-        one(c, "SELECT litestream_sync()")
+    r = pyhost.run(snippet(REPLICATING_LIVE, """
         script = '.load "%s"\\nSELECT litestream_restore(%s, %s);\\n' % (
             EXT, "'" + P["live"] + "'", "'" + json.dumps({"url": P["url"], "overwrite": True}) + "'")
         p = subprocess.run(["/usr/bin/sqlite3", ":memory:"], input=script, text=True, capture_output=True)
@@ -220,7 +222,7 @@ def test_restore_over_a_database_another_process_replicates(ext, pyhost, s3, buc
         one(c, "SELECT litestream_sync()")
         one(c, "SELECT litestream_stop()")
         result = {"rc": p.returncode, "err": p.stderr, "rows": one(c, "SELECT count(*) FROM t")}
-    """, live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint, lease=lease))
+    """), live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint, lease=lease))
     assert r["rc"] != 0, r
     want = "another process is replicating it" if lease == "on" else "it is in use"
     assert want in r["err"], r
