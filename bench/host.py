@@ -1,7 +1,7 @@
 """Benchmark host: the application process, run as `/usr/bin/python3 bench/host.py MODE JSON`.
 
 It must be Debian's /usr/bin/python3 (the only Python here whose sqlite3 can load extensions),
-so it uses the standard library only. The orchestrator (bench/run.py) prepares the database,
+so it uses the standard library and pysupport.hostside only. The orchestrator (bench/run.py) prepares the database,
 starts the S3 server and the Litestream sidecar, and passes everything else as JSON:
 
     db            database path (already created in WAL mode with table t by run.py)
@@ -20,70 +20,25 @@ Modes (each prints one line `RESULT <json>` at the end; progress goes to stderr)
               CPU seconds and peak RSS of this process
 """
 import json
-import os
 import random
-import resource
-import sqlite3
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from pysupport.hostside import (configure, connect, cpu_seconds as cpu_s, logger, one,  # noqa: E402
+                                run_modes, thread_cpu, vm_hwm_kib, wal_size)
 
-def log(*a):
-    print("[host %s]" % MODE, *a, file=sys.stderr, flush=True)
-
-
-def vm_hwm_kb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_s():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def thread_cpu():
-    """CPU seconds per thread name of this process (the extension names its threads
-    litestream-replicator and litestream-io; SQLite and Python run on MainThread)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open("/proc/self/task/%s/stat" % tid) as f:
-                raw = f.read()
-        except OSError:
-            continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
-        fields = raw.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
-def wal_size(db):
-    try:
-        return os.path.getsize(db + "-wal")
-    except OSError:
-        return 0
-
-
-def one(c, sql, *args):
-    row = c.execute(sql, args).fetchone()
-    return None if row is None else row[0]
+MODE = sys.argv[1] if len(sys.argv) > 1 else "?"
+log = logger("host " + MODE)
 
 
 def open_db(p):
-    c = sqlite3.connect(p["db"], isolation_level=None, timeout=30, check_same_thread=False)
+    c = connect(p["db"], p.get("ext"))
     c.execute("PRAGMA journal_mode=WAL").fetchone()
     c.execute("PRAGMA synchronous=%s" % p.get("synchronous", "FULL"))
     if p.get("ext"):
-        c.enable_load_extension(True)
-        c.load_extension(p["ext"])
-        c.enable_load_extension(False)
-        for k, v in p.get("config", []):
-            one(c, "SELECT litestream_configure(?, ?)", k, v)
+        configure(c, p.get("config", []))
         one(c, "SELECT litestream_start()")
         # the initial snapshot is not part of any timed measurement
         one(c, "SELECT litestream_sync(60000)")
@@ -305,7 +260,7 @@ def mode_cpu(p):
     rng = random.Random(4)
     rows, row_bytes = p["rows"], p["row_bytes"]
     txns = int(p["mb"] * (1 << 20) / (rows * row_bytes))
-    cpu0, hwm0 = cpu_s(), vm_hwm_kb()
+    hwm0 = vm_hwm_kib()
     t0 = time.perf_counter()
     max_wal = 0
     for i in range(txns):
@@ -330,17 +285,12 @@ def mode_cpu(p):
     threads = thread_cpu()  # before stop: the extension's threads end with it
     t2 = time.perf_counter()
     stop(c, p)
-    res.update(stop_s=time.perf_counter() - t2, cpu_s=cpu_s(), vm_hwm_kb=vm_hwm_kb(),
+    res.update(stop_s=time.perf_counter() - t2, cpu_s=cpu_s(), vm_hwm_kb=vm_hwm_kib(),
                thread_cpu_s=threads,
                ext_thread_cpu_s=sum(v for k, v in threads.items() if k.startswith("litestream")))
     return res
 
 
-MODE = sys.argv[1] if len(sys.argv) > 1 else "?"
-
 if __name__ == "__main__":
-    params = json.loads(sys.argv[2])
-    fn = {"commits": mode_commits, "chunks": mode_chunks, "serve": mode_serve, "synclat": mode_synclat,
-          "rate": mode_rate, "cpu": mode_cpu}[MODE]
-    result = fn(params)
-    print("RESULT " + json.dumps(result), flush=True)
+    run_modes({"commits": mode_commits, "chunks": mode_chunks, "serve": mode_serve,
+               "synclat": mode_synclat, "rate": mode_rate, "cpu": mode_cpu})

@@ -8,7 +8,7 @@
 
 Runs with any Python that has boto3 (the repo venv); the application processes are
 `/usr/bin/python3 bench/host.py` (the only Python here that can load extensions). It starts its
-own SeaweedFS (scripts/s3-server.sh, port --port, default 9733, SigV4 enforced), runs
+own SeaweedFS (scripts/s3-server.sh, on a free port unless --port, SigV4 enforced), runs
 every configuration of a measure interleaved, rotation by rotation (these machines are noisy, so
 the figures that matter are ratios within a rotation), prints a table and writes
 bench/out/bench-<time>.json and bench/out/latest.json. JSON left in bench/out/ by the upload
@@ -30,15 +30,25 @@ import glob
 import json
 import os
 import random
-import subprocess
+import shutil
+import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from pysupport import reference  # noqa: E402
+from pysupport.extension import s3_config  # noqa: E402
+from pysupport.paths import BENCH_OUT as OUT, extension_path  # noqa: E402
+from pysupport.ports import port_from_env  # noqa: E402
+from pysupport.pyhost import HostProc, run_program  # noqa: E402
+from pysupport.report import git_rev, machine_info, median, pct  # noqa: E402
+from pysupport.s3client import key_names  # noqa: E402
+from pysupport.s3server import S3Server  # noqa: E402
 
-OUT = bl.REPO / "bench" / "out"
+HOST_PY = Path(__file__).resolve().parent / "host.py"
+EXT = extension_path()
 BUCKET = "bench"
 
 # test-infrastructure.md, "Reference figures of the Litestream 0.5.17 sidecar, measured here".
@@ -50,11 +60,31 @@ REFERENCE = {
 }
 
 
+def prepare_db(path, rows=0, row_bytes=0):
+    """A fresh database in WAL mode with table t (and `rows` rows of random bytes), created in
+    this process with the stdlib sqlite3 (no extension needed)."""
+    path = str(path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+    shutil.rmtree(os.path.join(os.path.dirname(path), "." + os.path.basename(path) + "-litestream"),
+                  ignore_errors=True)
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    if rows:
+        c.execute("BEGIN")
+        c.executemany("INSERT INTO t(id, v) VALUES (?, randomblob(?))",
+                      [(i + 1, row_bytes) for i in range(rows)])
+        c.execute("COMMIT")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+
+
 class Ctx:
     def __init__(self, args):
         self.args = args
         self.full = args.full
-        self.work = bl.mkwork("litestream-bench-")
+        self.work = Path(tempfile.mkdtemp(prefix="litestream-bench-"))
         self.endpoint = None
         self.client = None
         self.lbin = None
@@ -68,7 +98,7 @@ class Ctx:
         d = self.work / ("%s-%03d" % (tag, self.n))
         d.mkdir(parents=True, exist_ok=True)
         db = d / "db.sqlite"
-        bl.prepare_db(db, rows, row_bytes)
+        prepare_db(db, rows, row_bytes)
         return d, db
 
     def has_l0(self, prefix):
@@ -76,13 +106,13 @@ class Ctx:
                                                          MaxKeys=1).get("KeyCount"))
 
     def sidecar(self, d, db, prefix, sync_interval="1s", monitor_interval=None):
-        sc = bl.Sidecar(self.lbin, db, BUCKET, prefix, self.endpoint, d, sync_interval,
+        sc = reference.Sidecar(self.lbin, db, BUCKET, prefix, self.endpoint, d, sync_interval,
                         monitor_interval)
         return sc.start(wait_for=self.has_l0(prefix))
 
     def ours(self, db, prefix, sync_interval, synchronous="FULL"):
-        return {"db": str(db), "ext": bl.EXT, "synchronous": synchronous,
-                "config": bl.ext_config(BUCKET, prefix, self.endpoint, sync_interval)}
+        return {"db": str(db), "ext": EXT, "synchronous": synchronous,
+                "config": s3_config(BUCKET, prefix, self.endpoint, sync_interval=sync_interval)}
 
     @staticmethod
     def plain(db, synchronous="FULL"):
@@ -111,7 +141,6 @@ def measure_a(ctx):
     round (tx/s of this configuration over plain's in the same round), median over rounds.
     Bias to know: the tail of each chunk (< 1 sync interval of work) is replicated during the
     pause, so replication looks slightly cheaper than in a steady state."""
-    sets = 1
     rounds = ctx.args.reps or (8 if ctx.full else 3)
     chunk_s = 3.0 if ctx.full else 2.0
     quiet_s = 1.3
@@ -139,7 +168,7 @@ def measure_a(ctx):
                 if cfg == "litestream":
                     sidecars.append(ctx.sidecar(d, db, prefix))
             params["workloads"] = workloads
-            hosts[cfg] = bl.HostProc("chunks", params)
+            hosts[cfg] = HostProc(HOST_PY, "chunks", params)
             assert hosts[cfg].readline() == "ready"
         for wi, w in enumerate(workloads):
             for r in range(rounds):
@@ -188,12 +217,12 @@ def measure_a(ctx):
                     if b:
                         ratios.append(x["tps"] / b[0]["tps"])
                 row["ratios_" + cfg] = ratios
-                row["ratio_" + cfg] = bl.median(ratios)
+                row["ratio_" + cfg] = median(ratios)
                 row["ratio_min_" + cfg] = min(ratios)
                 row["ratio_max_" + cfg] = max(ratios)
                 row["ratio_total_" + cfg] = row["tps_" + cfg] / row["tps_plain"]
             if cfg.startswith("ours"):
-                row["drain_s_" + cfg] = bl.median([x["seconds"] for x in drains if x["config"] == cfg and x["workload"] == k])
+                row["drain_s_" + cfg] = median([x["seconds"] for x in drains if x["config"] == cfg and x["workload"] == k])
         summary[k] = row
     return {"rounds": rounds, "chunk_s": chunk_s, "quiet_s": quiet_s, "workloads": workloads,
             "summary": summary, "chunks": chunks, "drains": drains}
@@ -205,7 +234,7 @@ def poll_new_l0(client, prefix, last_key, timeout=30.0, every=0.005):
     """Wait for an L0 key after last_key; returns (key, seconds waited)."""
     t0 = time.perf_counter()
     while True:
-        keys = bl.list_keys(client, BUCKET, prefix + "/0000/", start_after=last_key)
+        keys = key_names(client, BUCKET, prefix + "/0000/", start_after=last_key)
         if keys:
             return keys[-1], time.perf_counter() - t0
         if time.perf_counter() - t0 > timeout:
@@ -224,17 +253,17 @@ def visible_latency(ctx, cfg, n, gap_s):
         params = ctx.plain(db)
         sc = ctx.sidecar(d, db, prefix, *{"litestream": ("1s", None),
                                            "litestream-100ms": ("100ms", "100ms")}[cfg])
-    host = bl.HostProc("serve", params)
+    host = HostProc(HOST_PY, "serve", params)
     lat = []
     try:
         assert host.readline() == "ready"
-        keys = bl.list_keys(ctx.client, BUCKET, prefix + "/0000/")
+        keys = key_names(ctx.client, BUCKET, prefix + "/0000/")
         last = keys[-1] if keys else None
         rng = random.Random(5)
         for _ in range(n):
             time.sleep(rng.uniform(0, gap_s))
             # let whatever was in flight land first, so the next object is ours
-            keys = bl.list_keys(ctx.client, BUCKET, prefix + "/0000/", start_after=last)
+            keys = key_names(ctx.client, BUCKET, prefix + "/0000/", start_after=last)
             last = keys[-1] if keys else last
             host.call("commit")
             last, waited = poll_new_l0(ctx.client, prefix, last)
@@ -264,14 +293,14 @@ def measure_b(ctx):
             d, db = ctx.fresh_db(prefix)
             params = ctx.ours(db, prefix, interval)
             params.update(n=n // 2, gap_ms=20)
-            res, _ = bl.run_host("synclat", params)
+            res, _ = run_program(HOST_PY, "synclat", params)
             out["sync_" + cfg]["lat_ms"] += res["lat_ms"]
             out["sync_" + cfg]["commit_ms"] += res["commit_ms"]
             ctx.cleanup(d)
     for k in list(out):
         v = out[k]["lat_ms"]
-        out[k].update(n=len(v), p50=bl.pct(v, 50), p99=bl.pct(v, 99), max=max(v),
-                      commit_p50=bl.pct(out[k]["commit_ms"], 50))
+        out[k].update(n=len(v), p50=pct(v, 50), p99=pct(v, 99), max=max(v),
+                      commit_p50=pct(out[k]["commit_ms"], 50))
         print("  b %-22s n=%d p50 %.1f ms p99 %.1f ms" % (k, len(v), out[k]["p50"], out[k]["p99"]), flush=True)
     # everyone: commit -> object visible
     m = ctx.args.vis_n or (100 if ctx.full else 20)
@@ -282,9 +311,9 @@ def measure_b(ctx):
         for cfg, count, gap in (plan if rep == 0 else plan[::-1]):
             vis[cfg] += visible_latency(ctx, cfg, count // 2, gap)
     for cfg, v in vis.items():
-        out["visible_" + cfg] = {"lat_ms": v, "n": len(v), "p50": bl.pct(v, 50), "p99": bl.pct(v, 99),
+        out["visible_" + cfg] = {"lat_ms": v, "n": len(v), "p50": pct(v, 50), "p99": pct(v, 99),
                                  "max": max(v)}
-        print("  b visible %-16s n=%d p50 %.0f ms p99 %.0f ms" % (cfg, len(v), bl.pct(v, 50), bl.pct(v, 99)),
+        print("  b visible %-16s n=%d p50 %.0f ms p99 %.0f ms" % (cfg, len(v), pct(v, 50), pct(v, 99)),
               flush=True)
     return out
 
@@ -314,12 +343,13 @@ def measure_c(ctx):
         else:
             params = ctx.plain(db, synchronous="NORMAL")
             sc = ctx.sidecar(d, db, prefix)
-            params["drain_cmd"] = [ctx.lbin, "sync", "-wait", "-timeout", "120", "-socket",
-                                   str(sc.sock), str(db)]
+            # run by the host; the reference binary exits at start with AWS_CA_BUNDLE set
+            params["drain_cmd"] = ["env", "-u", reference.CA_BUNDLE, ctx.lbin, "sync", "-wait",
+                                   "-timeout", "120", "-socket", str(sc.sock), str(db)]
         params.update(rows=rows, row_bytes=row_bytes, update_keys=keys, rates_mib=rates,
                       step_s=step_s, lag_limit_ms=lag_limit or 10 ** 9, drain_limit_s=drain_limit)
         try:
-            res, _ = bl.run_host("rate", params, timeout=1800)
+            res, _ = run_program(HOST_PY, "rate", params, timeout=1800)
         finally:
             if sc:
                 sc.stop()
@@ -357,13 +387,13 @@ def measure_d(ctx):
                 sc = ctx.sidecar(d, db, prefix)
                 try:
                     cpu_start, _ = sc.usage()
-                    host = bl.HostProc("cpu", params)
+                    host = HostProc(HOST_PY, "cpu", params)
                     line = host.readline()
                     assert line == "written", line
                     catchup = sc.sync_wait()
                     cpu, hwm = sc.usage()
                     host.send("")
-                    res, _ = host.finish()
+                    res, _, _ = host.finish()
                 finally:
                     sc.stop()
                 res.update(catchup_s=catchup, sidecar_cpu_s=cpu, sidecar_cpu_s_at_ready=cpu_start,
@@ -372,7 +402,7 @@ def measure_d(ctx):
                 params = (ctx.plain(db, "NORMAL") if cfg == "plain"
                           else ctx.ours(db, prefix, "1s", synchronous="NORMAL"))
                 params.update(base)
-                res, _ = bl.run_host("cpu", params, timeout=3600)
+                res, _ = run_program(HOST_PY, "cpu", params, timeout=3600)
             res.pop("status", None)
             runs.append({"rep": r, "config": cfg, **res})
             print("  d rep %d %-10s %.0f MiB/s, host cpu %.1f s (ext threads %.1f s), host HWM %.0f MB, catch-up %s%s" % (
@@ -381,28 +411,28 @@ def measure_d(ctx):
                 ", sidecar cpu %.1f s HWM %.0f MB" % (res["sidecar_cpu_s"], res["sidecar_vm_hwm_kb"] / 1024)
                 if cfg == "litestream" else ""), flush=True)
             ctx.cleanup(d)
-    plain_cpu = bl.median([x["cpu_s"] for x in runs if x["config"] == "plain"])
-    plain_hwm = bl.median([x["vm_hwm_kb"] for x in runs if x["config"] == "plain"])
+    plain_cpu = median([x["cpu_s"] for x in runs if x["config"] == "plain"])
+    plain_hwm = median([x["vm_hwm_kb"] for x in runs if x["config"] == "plain"])
     ours = [x for x in runs if x["config"] == "ours-1s"]
     side = [x for x in runs if x["config"] == "litestream"]
     summary = {
         "mib": mb,
         "plain_host_cpu_s": plain_cpu, "plain_host_hwm_mb": plain_hwm / 1024,
-        "plain_write_mib_s": bl.median([x["mib_s"] for x in runs if x["config"] == "plain"]),
-        "plain_max_wal_mb": bl.median([x["max_wal_size"] for x in runs if x["config"] == "plain"]) / 1e6,
-        "ours_cpu_s": bl.median([x["cpu_s"] - plain_cpu for x in ours]),
-        "ours_thread_cpu_s": bl.median([x["ext_thread_cpu_s"] for x in ours]),
-        "ours_rss_mb": bl.median([(x["vm_hwm_kb"] - plain_hwm) / 1024 for x in ours]),
-        "ours_host_hwm_mb": bl.median([x["vm_hwm_kb"] / 1024 for x in ours]),
-        "ours_catchup_s": bl.median([x["catchup_s"] for x in ours]),
-        "ours_write_mib_s": bl.median([x["mib_s"] for x in ours]),
-        "ours_max_wal_mb": bl.median([x["max_wal_size"] for x in ours]) / 1e6,
-        "sidecar_cpu_s": bl.median([x["sidecar_cpu_s"] for x in side]),
-        "sidecar_rss_mb": bl.median([x["sidecar_vm_hwm_kb"] / 1024 for x in side]),
-        "sidecar_catchup_s": bl.median([x["catchup_s"] for x in side]),
-        "sidecar_write_mib_s": bl.median([x["mib_s"] for x in side]),
-        "sidecar_max_wal_mb": bl.median([x["max_wal_size"] for x in side]) / 1e6,
-        "sidecar_host_cpu_s": bl.median([x["cpu_s"] for x in side]),
+        "plain_write_mib_s": median([x["mib_s"] for x in runs if x["config"] == "plain"]),
+        "plain_max_wal_mb": median([x["max_wal_size"] for x in runs if x["config"] == "plain"]) / 1e6,
+        "ours_cpu_s": median([x["cpu_s"] - plain_cpu for x in ours]),
+        "ours_thread_cpu_s": median([x["ext_thread_cpu_s"] for x in ours]),
+        "ours_rss_mb": median([(x["vm_hwm_kb"] - plain_hwm) / 1024 for x in ours]),
+        "ours_host_hwm_mb": median([x["vm_hwm_kb"] / 1024 for x in ours]),
+        "ours_catchup_s": median([x["catchup_s"] for x in ours]),
+        "ours_write_mib_s": median([x["mib_s"] for x in ours]),
+        "ours_max_wal_mb": median([x["max_wal_size"] for x in ours]) / 1e6,
+        "sidecar_cpu_s": median([x["sidecar_cpu_s"] for x in side]),
+        "sidecar_rss_mb": median([x["sidecar_vm_hwm_kb"] / 1024 for x in side]),
+        "sidecar_catchup_s": median([x["catchup_s"] for x in side]),
+        "sidecar_write_mib_s": median([x["mib_s"] for x in side]),
+        "sidecar_max_wal_mb": median([x["max_wal_size"] for x in side]) / 1e6,
+        "sidecar_host_cpu_s": median([x["cpu_s"] for x in side]),
     }
     return {"reps": reps, "summary": summary, "runs": runs}
 
@@ -497,7 +527,7 @@ def report(res):
 
 
 def include_others():
-    """JSON written by the upload (issue 3) and restore (issue 5) benchmarks, if present."""
+    """JSON written by the upload and restore benchmarks, if present."""
     out = {}
     for kind in ("upload", "restore"):
         for path in sorted(glob.glob(str(OUT / ("%s*.json" % kind)))):
@@ -512,25 +542,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the documented run (longer, larger)")
     ap.add_argument("--only", default="a,b,c,d", help="comma-separated measures: a,b,c,d")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_S3_PORT", 9733)))
+    ap.add_argument("--port", type=int, default=port_from_env("BENCH_S3_PORT"),
+                    help="SeaweedFS base port (default: BENCH_S3_PORT, else a free one)")
     ap.add_argument("--reps", type=int, help="rounds for a, rotations for d")
     ap.add_argument("--lat-n", type=int, help="b: commit+sync samples per config")
     ap.add_argument("--vis-n", type=int, help="b: commit->visible samples (default-interval configs)")
     ap.add_argument("--cpu-mb", type=int, help="d: MiB of page changes")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
-    if not os.path.exists(bl.EXT + ".so"):
-        sys.exit("missing %s.so: run cargo build --release first" % bl.EXT)
+    if not os.path.exists(EXT + ".so"):
+        sys.exit("missing %s.so: run cargo build --release first" % EXT)
     ctx = Ctx(args)
-    ctx.lbin = bl.litestream_bin()
-    server = bl.S3Server(args.port, "/tmp/s3-bench-run-%d" % args.port, buckets=(BUCKET,))
-    print("starting SeaweedFS on %s ..." % server.endpoint, flush=True)
+    ctx.lbin = reference.litestream_bin()
+    server = S3Server(buckets=(BUCKET,), port=args.port)
+    print("starting SeaweedFS (state %s) ..." % server.state, flush=True)
     server.start()
+    print("SeaweedFS on %s" % server.endpoint, flush=True)
     ctx.endpoint, ctx.client = server.endpoint, server.client()
-    res = {"machine": bl.machine_info(), "git": bl.git_rev(), "full": args.full,
-           "litestream": subprocess.run([ctx.lbin, "version"], text=True, capture_output=True,
-                                        env=bl.child_env()).stdout.strip(),
-           "reference": REFERENCE}
+    res = {"machine": machine_info(), "git": git_rev(), "full": args.full,
+           "litestream": reference.version(ctx.lbin), "reference": REFERENCE}
     t_all = time.time()
     try:
         for m in args.only.split(","):
@@ -540,11 +570,9 @@ def main():
             res[m] = {"a": measure_a, "b": measure_b, "c": measure_c, "d": measure_d}[m](ctx)
             res.setdefault("seconds", {})[m] = time.time() - t0
     finally:
-        server.stop()
+        server.stop(remove_state=not args.keep)
         if not args.keep:
-            import shutil
             shutil.rmtree(ctx.work, ignore_errors=True)
-            shutil.rmtree(server.state, ignore_errors=True)
     res["seconds_total"] = time.time() - t_all
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["included"] = include_others()

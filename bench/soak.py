@@ -5,10 +5,10 @@
     nice -n 5 .venv/bin/python bench/soak.py --smoke         # 3 minutes, short compaction intervals
     .venv/bin/python bench/soak.py --report bench/out/soak-<UTC>.json   # the summary again
 
-Runs with any Python that has boto3 (the repo venv); the writer and the restore host are this
-same file run by /usr/bin/python3 (`soak.py host MODE JSON`, stdlib only), the only Python here
-that can load extensions. It starts its own SeaweedFS (scripts/s3-server.sh, --port,
-default 9633, state in --s3-state, SigV4 enforced with test/testtesttest).
+Runs with any Python that has boto3 (the repo venv); the writer and the restore host are
+bench/soak_host.py run by /usr/bin/python3, the only Python here that can load extensions. It
+starts its own SeaweedFS (scripts/s3-server.sh, on --port or a free port, state in --s3-state or
+a temporary directory, SigV4 enforced with test/testtesttest).
 
 1. A database prefilled to about --db-mib MiB (table big: 64 KiB rows; table small: --small-cap
    rows of --small-bytes) in --work.
@@ -34,258 +34,30 @@ default 9633, state in --s3-state, SigV4 enforced with test/testtesttest).
 Prints a summary and writes bench/out/soak-<UTC>.json (all samples). Exit 1 when a restore
 differs or the writer failed.
 """
-import hashlib
+import argparse
 import json
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-KIB, MIB = 1 << 10, 1 << 20
-BIG_ROW = 64 * KIB
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from pysupport import reference  # noqa: E402
+from pysupport.awsenv import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from pysupport.extension import s3_config  # noqa: E402
+from pysupport.paths import BENCH_OUT, extension_path  # noqa: E402
+from pysupport.ports import port_from_env  # noqa: E402
+from pysupport.pyhost import HostError, HostProc, parse_result, run_program  # noqa: E402
+from pysupport.report import git_rev, machine_info, pct  # noqa: E402
+from pysupport.s3client import census as bucket_census  # noqa: E402
+from pysupport.s3server import S3Server  # noqa: E402
+from soak_host import BIG_ROW, MIB, digest  # noqa: E402
 
+SOAK_HOST = Path(__file__).resolve().parent / "soak_host.py"
 
-# ================================================================ host side (/usr/bin/python3)
-
-def _one(c, sql, *args):
-    row = c.execute(sql, args).fetchone()
-    return None if row is None else row[0]
-
-
-def _load(c, ext):
-    c.enable_load_extension(True)
-    c.load_extension(ext)
-    c.enable_load_extension(False)
-
-
-def _proc_self():
-    """VmRSS, VmHWM (KiB), threads, open fds, CPU seconds of this process, from /proc."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k.lower() + "_kib"] = int(v.split()[0])
-            elif k == "Threads":
-                out["threads"] = int(v)
-    out["fds"] = len(os.listdir("/proc/self/fd"))
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
-def _size(path):
-    try:
-        return os.stat(path).st_size  # stat only: no descriptor on the database file
-    except FileNotFoundError:
-        return 0
-
-
-def digest(c):
-    """integrity_check and a SHA-256 over every row of both tables, in id order."""
-    h = hashlib.sha256()
-    rows = 0
-    for tbl in ("small", "big"):
-        for row in c.execute("SELECT id, v FROM %s ORDER BY id" % tbl):
-            h.update(b"%s:%d:" % (tbl.encode(), row[0]))
-            h.update(row[1])
-            rows += 1
-    return {"integrity": _one(c, "PRAGMA integrity_check"), "rows": rows,
-            "digest": h.hexdigest()}
-
-
-def host_write(p):
-    import random
-    import threading
-    db = p["db"]
-    c = sqlite3.connect(db, isolation_level=None, timeout=30)
-    c.execute("PRAGMA journal_mode=WAL").fetchone()
-    c.execute("PRAGMA synchronous=NORMAL")
-    _load(c, p["ext"])
-    for k, v in p["config"]:
-        _one(c, "SELECT litestream_configure(?, ?)", k, v)
-    _one(c, "SELECT litestream_start()")
-    small_lo = _one(c, "SELECT min(id) FROM small") or 1
-    small_hi = _one(c, "SELECT max(id) FROM small") or 0
-    big_lo = _one(c, "SELECT min(id) FROM big") or 1
-    big_hi = _one(c, "SELECT max(id) FROM big") or 0
-    big_cap = big_hi - big_lo + 1
-    print("started", flush=True)
-
-    rate, sync_every = p["rate"], p["sync_every"]
-    big_rows = max(1, p["big_bytes"] // BIG_ROW)
-    t0 = time.monotonic()
-    wall0 = time.time()
-    end = t0 + p["duration_s"]
-    # shared with the sampler thread (plain ints and list swaps: the GIL keeps them whole)
-    w = {"commits": 0, "big_commits": 0, "behind_resets": 0, "syncs": [], "in_sync_since": None}
-    syncs_all, lags_all, errors = [], [], []
-    stop_sampler = threading.Event()
-
-    def sampler():
-        """Its own connection (litestream_status() finds the replicator by the database path),
-        so a writer blocked in litestream_sync() or a commit does not stop the probes."""
-        sc = sqlite3.connect(db, isolation_level=None, timeout=30, check_same_thread=False)
-        _load(sc, p["ext"])
-        out = open(p["samples"], "a")
-        win = {"lag_max": 0, "commits": 0, "t": t0, "sync_stall_max": 0.0}
-        next_probe = next_sample = t0
-        while True:
-            now = time.monotonic()
-            final = stop_sampler.is_set()
-            st = json.loads(_one(sc, "SELECT litestream_status()"))
-            lag = st.get("lag_ms") or 0
-            lags_all.append(lag)
-            win["lag_max"] = max(win["lag_max"], lag)
-            since = w["in_sync_since"]
-            if since is not None:
-                win["sync_stall_max"] = max(win["sync_stall_max"], now - since)
-            if now >= next_sample or final:
-                syncs, w["syncs"] = w["syncs"], []
-                comp = st.get("compaction") or {}
-                s = {"t": round(now - t0, 3), "wall": time.time()}
-                s.update(_proc_self())
-                s.update({
-                    "wal_bytes": _size(db + "-wal"), "db_bytes": _size(db),
-                    "state": st.get("state"), "txid": int(st.get("txid") or "0", 16),
-                    "lag_ms": lag, "lag_max_ms": win["lag_max"],
-                    "bytes_uploaded": st.get("bytes_uploaded"),
-                    "objects_uploaded": st.get("objects_uploaded"),
-                    "multipart_uploads": st.get("multipart_uploads"),
-                    "checkpoints": st.get("checkpoints"), "snapshots": st.get("snapshots"),
-                    "status_wal_size": st.get("wal_size"),
-                    "compactions": [lv.get("compactions") for lv in comp.get("levels", [])],
-                    "level9_snapshots": comp.get("snapshots"), "deleted": comp.get("deleted"),
-                    "last_error": st.get("last_error"), "compaction_error": comp.get("last_error"),
-                    "loadavg": os.getloadavg()[0], "commits": w["commits"],
-                    "big_commits": w["big_commits"],
-                    "rate": (w["commits"] - win["commits"]) / max(1e-9, now - win["t"]),
-                    "sync_n": len(syncs), "sync_p50_ms": _pct(syncs, 50),
-                    "sync_max_ms": max(syncs) if syncs else None,
-                    # the longest a litestream_sync() call had been waiting at a probe
-                    "sync_stall_max_s": round(win["sync_stall_max"], 3),
-                    "behind_resets": w["behind_resets"],
-                })
-                out.write(json.dumps(s) + "\n")
-                out.flush()
-                win.update(lag_max=0, commits=w["commits"], t=now, sync_stall_max=0.0)
-                while next_sample <= now:
-                    next_sample += p["sample_s"]
-            if final:
-                break
-            next_probe += 1.0
-            stop_sampler.wait(max(0.0, next_probe - time.monotonic()))
-        out.close()
-        sc.close()
-
-    th = threading.Thread(target=sampler, daemon=True)
-    th.start()
-    rnd = random.Random(p.get("seed", 1))
-    next_small = t0
-    next_big = t0 + p["big_every_s"]
-    while time.monotonic() < end:
-        if time.monotonic() >= next_big:
-            # ~1 MiB in one transaction; the oldest big rows go, so the size stays put
-            c.execute("BEGIN")
-            c.executemany("INSERT INTO big(id, v) VALUES (?, randomblob(?))",
-                          [(big_hi + i + 1, BIG_ROW) for i in range(big_rows)])
-            big_hi += big_rows
-            if big_hi - big_lo + 1 > big_cap:
-                new_lo = big_hi - big_cap + 1
-                c.execute("DELETE FROM big WHERE id < ?", (new_lo,))
-                big_lo = new_lo
-            c.execute("COMMIT")
-            w["big_commits"] += 1
-            w["commits"] += 1
-            next_big += p["big_every_s"]
-        c.execute("BEGIN")
-        small_hi += 1
-        c.execute("INSERT INTO small(id, v) VALUES (?, randomblob(?))", (small_hi, p["small_bytes"]))
-        if small_hi - small_lo + 1 > p["small_cap"]:
-            c.execute("DELETE FROM small WHERE id = ?", (small_lo,))
-            small_lo += 1
-        if w["commits"] % 4 == 0:
-            c.execute("UPDATE small SET v = randomblob(?) WHERE id = ?",
-                      (p["small_bytes"], rnd.randint(small_lo, small_hi)))
-        c.execute("COMMIT")
-        w["commits"] += 1
-        if w["commits"] % sync_every == 0:
-            ts = time.perf_counter()
-            w["in_sync_since"] = time.monotonic()
-            try:
-                _one(c, "SELECT litestream_sync(?)", p["sync_timeout_ms"])
-                ms = (time.perf_counter() - ts) * 1000
-                syncs_all.append(round(ms, 3))
-                w["syncs"].append(ms)
-            except sqlite3.Error as e:
-                errors.append({"t": time.monotonic() - t0, "error": str(e)})
-                print("sync error: %s" % e, file=sys.stderr, flush=True)
-                if len(errors) > 100:
-                    raise
-            finally:
-                w["in_sync_since"] = None
-        next_small += 1.0 / rate
-        delay = next_small - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -1.0:
-            w["behind_resets"] += 1  # more than a second behind: do not burst to catch up
-            next_small = time.monotonic()
-
-    elapsed = time.monotonic() - t0
-    ts = time.perf_counter()
-    _one(c, "SELECT litestream_sync(?)", 120000)
-    final_sync_ms = (time.perf_counter() - ts) * 1000
-    stop_sampler.set()
-    th.join(60)
-    st = json.loads(_one(c, "SELECT litestream_status()"))
-    ts = time.perf_counter()
-    stopped = _one(c, "SELECT litestream_stop()")
-    stop_ms = (time.perf_counter() - ts) * 1000
-    return {"commits": w["commits"], "big_commits": w["big_commits"], "elapsed_s": elapsed,
-            "wall_start": wall0, "final_sync_ms": final_sync_ms, "stop_ms": stop_ms,
-            "stopped_txid": stopped, "final_status": st, "sync_errors": errors,
-            "syncs_ms": syncs_all, "lags_ms": lags_all, "behind_resets": w["behind_resets"],
-            "proc": _proc_self()}
-
-
-def host_restore(p):
-    c = sqlite3.connect(":memory:", isolation_level=None)
-    _load(c, p["ext"])
-    t = time.perf_counter()
-    try:
-        txid = _one(c, "SELECT litestream_restore(?, ?)", p["out"], json.dumps({"url": p["url"]}))
-    except sqlite3.Error as e:
-        return {"error": str(e), "exists": os.path.exists(p["out"])}
-    secs = time.perf_counter() - t
-    r = sqlite3.connect(p["out"], isolation_level=None)
-    res = digest(r)
-    res.update(txid=txid, seconds=secs)
-    return res
-
-
-def _pct(values, q):
-    v = sorted(values)
-    if not v:
-        return None
-    k = (len(v) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-def host_main(mode, params):
-    res = {"write": host_write, "restore": host_restore}[mode](params)
-    if params.get("result"):
-        # the writer's result is large (every sync latency): a file, not a pipe nobody drains
-        with open(params["result"], "w") as f:
-            json.dump(res, f)
-        res = {"file": params["result"]}
-    print("RESULT " + json.dumps(res), flush=True)
-
-
-# ================================================================ orchestrator (any Python with boto3)
 
 def prefill(path, big_mib, small_cap, small_bytes):
     for suffix in ("", "-wal", "-shm"):
@@ -317,25 +89,6 @@ def proc_rss_kib(pid):
         return None
 
 
-def bucket_census(client, bucket, prefix):
-    """Object count and bytes per level directory (0000 … 0009), and in total."""
-    levels = {}
-    kw = {"Bucket": bucket, "Prefix": prefix + "/"}
-    while True:
-        r = client.list_objects_v2(**kw)
-        for o in r.get("Contents", []):
-            parts = o["Key"][len(prefix) + 1:].split("/")
-            lv = parts[0] if len(parts) > 1 else "(top)"
-            n, b = levels.get(lv, (0, 0))
-            levels[lv] = (n + 1, b + o["Size"])
-        if not r.get("IsTruncated"):
-            break
-        kw["ContinuationToken"] = r["NextContinuationToken"]
-    return {"objects": sum(n for n, _ in levels.values()),
-            "bytes": sum(b for _, b in levels.values()),
-            "levels": {k: {"objects": n, "bytes": b} for k, (n, b) in sorted(levels.items())}}
-
-
 def linfit_slope(xs, ys):
     n = len(xs)
     if n < 2:
@@ -349,7 +102,6 @@ def linfit_slope(xs, ys):
 
 def analyse(samples, res, window_s):
     """The summary figures from the writer's samples and result."""
-    pct = _pct
     dur = samples[-1]["t"] if samples else 0
     first = [s for s in samples if s["t"] <= window_s]
     last = [s for s in samples if s["t"] >= dur - window_s]
@@ -425,12 +177,6 @@ def verdicts(a, restores, census):
 
 
 def main():
-    import argparse
-    import subprocess
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import benchlib as bl
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3600, help="seconds of writes (3600)")
     ap.add_argument("--smoke", action="store_true",
@@ -450,9 +196,10 @@ def main():
     ap.add_argument("--sync-interval", default="1s")
     ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                     help="further litestream_configure() pairs (repeatable)")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("SOAK_S3_PORT", 9633)))
-    ap.add_argument("--s3-state", default="/tmp/soak/s3")
-    ap.add_argument("--work", default="/tmp/soak/work")
+    ap.add_argument("--port", type=int, default=port_from_env("SOAK_S3_PORT"),
+                    help="SeaweedFS base port (default: SOAK_S3_PORT, else a free one)")
+    ap.add_argument("--s3-state", help="SeaweedFS state directory (default: a temporary one)")
+    ap.add_argument("--work", help="work directory, emptied first (default: a temporary one)")
     ap.add_argument("--window", type=float, help="seconds of the first/last windows compared (600, smoke: 60)")
     ap.add_argument("--keep", action="store_true", help="keep the database, restores and SeaweedFS data")
     args = ap.parse_args()
@@ -462,40 +209,42 @@ def main():
         args.levels, args.l0_retention = "10s,30s,1m", "30s"
         args.snapshot_interval, args.snapshot_retention = "1m", "2m"
     window = args.window or min(600.0, args.duration / 3)
-    if not os.path.exists(bl.EXT + ".so"):
-        sys.exit("missing %s.so" % bl.EXT)
-    lbin = bl.litestream_bin()
+    ext = extension_path()
+    if not os.path.exists(ext + ".so"):
+        sys.exit("missing %s.so: run cargo build --release first" % ext)
+    lbin = reference.litestream_bin()
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out_dir = bl.REPO / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_json = out_dir / ("soak-%s.json" % stamp)
-    samples_path = out_dir / ("soak-%s.samples.jsonl" % stamp)
-    work = Path(args.work)
-    if work.exists():
-        import shutil
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    BENCH_OUT.mkdir(parents=True, exist_ok=True)
+    out_json = BENCH_OUT / ("soak-%s.json" % stamp)
+    samples_path = BENCH_OUT / ("soak-%s.samples.jsonl" % stamp)
+    if args.work:
+        work = Path(args.work)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="litestream-soak-"))
     db = str(work / "soak.db")
     log = lambda msg: print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)  # noqa: E731
 
-    server = bl.S3Server(args.port, args.s3_state, buckets=("soak",))
-    log("starting SeaweedFS on %s (state %s)" % (server.endpoint, args.s3_state))
+    server = S3Server(args.s3_state, buckets=("soak",), port=args.port)
+    log("starting SeaweedFS (state %s)" % server.state)
     server.start()
+    log("SeaweedFS on %s" % server.endpoint)
     client = server.client()
     bucket, prefix = "soak", "soak-%s" % stamp
-    machine = bl.machine_info()
+    machine = machine_info()
     rc = 1
     try:
         t = time.time()
         prefill(db, args.db_mib, args.small_cap, args.small_bytes)
         log("prefilled %s: %.1f MiB in %.1f s" % (db, os.path.getsize(db) / MIB, time.time() - t))
-        config = bl.ext_config(bucket, prefix, server.endpoint, sync_interval=args.sync_interval)
+        config = s3_config(bucket, prefix, server.endpoint, sync_interval=args.sync_interval)
         config += [("part-size", "5MB"), ("levels", args.levels), ("l0-retention", args.l0_retention),
                    ("snapshot-interval", args.snapshot_interval),
                    ("snapshot-retention", args.snapshot_retention)]
         config += [tuple(kv.split("=", 1)) for kv in args.config]
-        params = {"ext": bl.EXT, "db": db, "config": config, "samples": str(samples_path),
+        params = {"ext": ext, "db": db, "config": config, "samples": str(samples_path),
                   "duration_s": args.duration, "rate": args.rate, "small_bytes": args.small_bytes,
                   "small_cap": args.small_cap, "big_bytes": int(args.big_mib * MIB),
                   "big_every_s": args.big_every, "sync_every": args.sync_every,
@@ -505,19 +254,17 @@ def main():
         log("writer: %.0f s, %g tx/s + %g MiB every %g s, sync every %d commits; config %s" % (
             args.duration, args.rate, args.big_mib, args.big_every, args.sync_every, shown))
         errlog = open(work / "writer.stderr", "w")
-        writer = subprocess.Popen([bl.HOST_PYTHON, os.path.abspath(__file__), "host", "write",
-                                   json.dumps(params)], stdout=subprocess.PIPE, stderr=errlog,
-                                  text=True, env=bl.child_env())
-        line = writer.stdout.readline()
-        if line.strip() != "started":
-            writer.wait()
-            raise RuntimeError("writer did not start: %r\n%s" % (line, (work / "writer.stderr").read_text()[-4000:]))
+        writer = HostProc(SOAK_HOST, "write", params, stderr=errlog)
+        try:
+            writer.expect("started")
+        except HostError as e:
+            raise RuntimeError("writer did not start: %s\n%s" % (e, (work / "writer.stderr").read_text()[-4000:]))
         log("replication started (writer pid %d, samples -> %s)" % (writer.pid, samples_path))
         census = []
         t_start = time.time()
         next_census = t_start
         next_report = t_start + 60
-        while writer.poll() is None:
+        while writer.p.poll() is None:
             now = time.time()
             if now >= next_census:
                 try:
@@ -545,14 +292,11 @@ def main():
                     log("no sample yet (%s)" % e)
                 next_report += 60
             time.sleep(1)
-        out = writer.stdout.read()
+        named = parse_result(writer.p.stdout.read())
         errlog.close()
-        res = None
-        for ln in out.splitlines():
-            if ln.startswith("RESULT "):
-                res = json.loads(Path(json.loads(ln[7:])["file"]).read_text())
-        if writer.returncode != 0 or res is None:
-            raise RuntimeError("writer exited %d:\n%s" % (writer.returncode, (work / "writer.stderr").read_text()[-4000:]))
+        if writer.p.returncode != 0 or named is None:
+            raise RuntimeError("writer exited %d:\n%s" % (writer.p.returncode, (work / "writer.stderr").read_text()[-4000:]))
+        res = json.loads(Path(named["file"]).read_text())
         c = bucket_census(client, bucket, prefix)
         c.update(t=round(time.time() - t_start, 1), weed_rss_kib=proc_rss_kib(server.pid() or 0))
         census.append(c)
@@ -562,23 +306,22 @@ def main():
         url = "s3://%s/%s?endpoint=%s" % (bucket, prefix, server.endpoint)
         ours_out = str(work / "restored-ours.db")
         t = time.time()
-        p = subprocess.run([bl.HOST_PYTHON, os.path.abspath(__file__), "host", "restore",
-                            json.dumps({"ext": bl.EXT, "url": url, "out": ours_out})],
-                           text=True, capture_output=True, timeout=1800,
-                           env=bl.child_env({"LITESTREAM_ACCESS_KEY_ID": "test",
-                                             "LITESTREAM_SECRET_ACCESS_KEY": "testtesttest"}))
-        r = next((json.loads(ln[7:]) for ln in p.stdout.splitlines() if ln.startswith("RESULT ")),
-                 {"error": "restore host exited %d: %s" % (p.returncode, p.stderr[-2000:])})
+        try:
+            r, _ = run_program(SOAK_HOST, "restore", {"ext": ext, "url": url, "out": ours_out},
+                               timeout=1800, env={"LITESTREAM_ACCESS_KEY_ID": ACCESS_KEY,
+                                                  "LITESTREAM_SECRET_ACCESS_KEY": SECRET_KEY})
+        except HostError as e:
+            r = {"error": str(e)}
         r["wall_s"] = time.time() - t
         r["equal"] = (r.get("digest") == src["digest"] and r.get("integrity") == "ok"
                       and r.get("txid") == res["stopped_txid"])
         restores["ours"] = r
         log("litestream_restore: %s" % {k: r.get(k) for k in ("txid", "integrity", "rows", "equal", "seconds", "error")})
         ref_out = work / "restored-ref.db"
-        ref_url = "%s&forcePathStyle=true&region=us-east-1" % url
+        ref_url = reference.reference_url(bucket, prefix, server.endpoint)
         t = time.time()
-        p = subprocess.run([lbin, "restore", "-integrity-check", "full", "-o", str(ref_out), ref_url],
-                           text=True, capture_output=True, timeout=1800, env=bl.child_env())
+        p = reference.run_reference(lbin, "restore", "-integrity-check", "full", "-o", ref_out,
+                                    ref_url, check=False, timeout=1800)
         if p.returncode == 0:
             r = digest(sqlite3.connect(str(ref_out), isolation_level=None))
         else:
@@ -590,7 +333,7 @@ def main():
 
         samples = [json.loads(ln) for ln in samples_path.read_text().splitlines()]
         a, v = summarise(samples, res, window, args.sample, args.levels, restores, census)
-        report = {"machine": machine, "git": bl.git_rev(), "ext": bl.EXT, "args": vars(args),
+        report = {"machine": machine, "git": git_rev(), "ext": ext, "args": vars(args),
                   "config": shown, "summary": a, "verdicts": v, "source": src, "restores": restores,
                   "census": census, "writer": {k: res[k] for k in res if k not in ("syncs_ms", "lags_ms")},
                   "syncs_ms": res["syncs_ms"], "lags_ms": res["lags_ms"], "samples": samples}
@@ -599,10 +342,11 @@ def main():
         rc = 0 if all(v.get(k) for k in ("restore_ours", "restore_reference")) else 1
     finally:
         if not args.keep:
-            server.stop()
+            server.stop(remove_state=True)
+            shutil.rmtree(work, ignore_errors=True)
         else:
             log("kept: %s, SeaweedFS on %s (stop: S3_STATE=%s S3_PORT=%d bash %s stop)" % (
-                work, server.endpoint, args.s3_state, args.port, server.script))
+                work, server.endpoint, server.state, server.port, server.script))
     sys.exit(rc)
 
 
@@ -696,9 +440,7 @@ def print_summary(a, v, machine, path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "host":
-        host_main(sys.argv[2], json.loads(sys.argv[3]))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--report":
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
         report_again(sys.argv[2])
     else:
         main()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Upload benchmark (issue 3): the extension's uploader against the same server's raw ingest.
+"""Upload benchmark: the extension's uploader against the same server's raw ingest.
 
     bench/upload.sh [options]            (builds, then runs this with the pytest venv's python)
 
@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,27 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-from s3proxy import S3Proxy  # noqa: E402  (tests/integration: fault, TLS and delay proxy)
-SCRIPTS = REPO / "scripts"
-UPLOADER = REPO / "target" / "release" / "examples" / "s3_upload"
-EXT = REPO / "target" / "release" / "liblitestream"
-HOST_PYTHON = "/usr/bin/python3"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from pysupport.awsenv import child_env, require_loopback  # noqa: E402
+from pysupport.paths import BENCH_OUT, UPLOADER, extension_path  # noqa: E402
+from pysupport.pyhost import PyHost  # noqa: E402
+from pysupport.report import machine_info  # noqa: E402
+from pysupport.s3client import s3_client  # noqa: E402
+from pysupport.s3proxy import S3Proxy  # noqa: E402
+from pysupport.s3server import S3Server  # noqa: E402
+from pysupport.shell import run_sqlite_shell  # noqa: E402
+
 MIB = 1 << 20
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "testtesttest",
-           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 BUCKET = "bench"
-
-
-def env():
-    e = dict(os.environ)
-    e.update(AWS_ENV)
-    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-              "AWS_CA_BUNDLE"):
-        e.pop(k, None)
-    return e
 
 
 # ---------------------------------------------------------------- the boto3 side (child process)
@@ -59,15 +49,10 @@ def boto_child(endpoint, key, path, part, concurrency):
     """Runs in its own process (no GIL shared with the proxy): upload, print JSON."""
     import resource
 
-    import boto3
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      config=Config(s3={"addressing_style": "path"},
-                                    request_checksum_calculation="when_required",
-                                    response_checksum_validation="when_required",
-                                    max_pool_connections=max(10, concurrency),
-                                    retries={"max_attempts": 5}))
+    s3 = s3_client(endpoint, request_checksum_calculation="when_required",
+                   response_checksum_validation="when_required",
+                   max_pool_connections=max(10, concurrency), retries={"max_attempts": 5})
     tc = TransferConfig(multipart_threshold=part, multipart_chunksize=part,
                         max_concurrency=concurrency, use_threads=True)
     t0 = time.perf_counter()
@@ -82,7 +67,7 @@ def boto_child(endpoint, key, path, part, concurrency):
 def run_ours(endpoint, key, path, part_mib, conc):
     p = subprocess.run([str(UPLOADER), "s3://%s/x?endpoint=%s" % (BUCKET, endpoint), key, str(path),
                         "part-size=%dMB" % part_mib, "concurrency=%d" % conc],
-                       capture_output=True, text=True, env=env(), timeout=3600)
+                       capture_output=True, text=True, env=child_env(), timeout=3600)
     r = json.loads(p.stdout.strip().splitlines()[-1])
     if not r.get("ok"):
         raise RuntimeError("s3_upload failed: %s" % r)
@@ -91,8 +76,8 @@ def run_ours(endpoint, key, path, part_mib, conc):
 
 def run_boto(endpoint, key, path, part_mib, conc):
     p = subprocess.run([sys.executable, __file__, "--boto-child", endpoint, key, str(path),
-                        str(part_mib * MIB), str(conc)], capture_output=True, text=True, env=env(),
-                       timeout=3600)
+                        str(part_mib * MIB), str(conc)], capture_output=True, text=True,
+                       env=child_env(), timeout=3600)
     if p.returncode != 0:
         raise RuntimeError("boto3 upload failed: %s" % p.stderr[-2000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -131,28 +116,20 @@ def throughput(server, blob, size, concs, parts, repeat, rtt_ms):
     return rows
 
 
-RSS_SNIPPET = r'''
-import json, os, sqlite3, sys, time
-P = json.loads(sys.argv[1])
-def kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1])
-c = sqlite3.connect(P["db"], isolation_level=None)
-c.enable_load_extension(True)
-c.load_extension(P["ext"])
-for k, v in P["config"]:
-    c.execute("SELECT litestream_configure(?, ?)", (k, v))
-base = kib("VmRSS:")
+# The host's RSS before the snapshot (extension loaded, configured) and its peak during it.
+RSS_SNIPPET = """
+c = connect(P["db"])
+configure(c, P["config"])
+base = hostside.proc_self()["vmrss_kib"]
 t0 = time.time()
-c.execute("SELECT litestream_start()").fetchone()
-c.execute("SELECT litestream_sync(3600000)").fetchone()
+one(c, "SELECT litestream_start()")
+one(c, "SELECT litestream_sync(3600000)")
 secs = time.time() - t0
-st = json.loads(c.execute("SELECT litestream_status()").fetchone()[0])
-peak = kib("VmHWM:")
-c.execute("SELECT litestream_stop()").fetchone()
-print(json.dumps({"base_kib": base, "peak_kib": peak, "seconds": secs, "status": st}))
-'''
+st = status(c)
+peak = hostside.vm_hwm_kib()
+one(c, "SELECT litestream_stop()")
+result = {"base_kib": base, "peak_kib": peak, "seconds": secs, "status": st}
+"""
 
 
 def make_db(path, mib):
@@ -160,8 +137,7 @@ def make_db(path, mib):
            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d) "
            "INSERT INTO t(b) SELECT randomblob(100000) FROM n; PRAGMA wal_checkpoint(TRUNCATE);"
            % (mib * MIB // 100000))
-    subprocess.run(["/usr/bin/sqlite3", str(path)], input=sql, text=True, check=True,
-                   capture_output=True, timeout=3600)
+    run_sqlite_shell(path, sql + "\n", timeout=3600)
 
 
 def rss(server, workdir, db_mib, combos):
@@ -173,12 +149,7 @@ def rss(server, workdir, db_mib, combos):
         shutil.rmtree(workdir / ".rss.db-litestream", ignore_errors=True)
         cfg = [("url", "s3://%s/rss-%d-%d?endpoint=%s" % (BUCKET, i, int(time.time()), endpoint)),
                ("part-size", "%dMB" % part), ("concurrency", str(conc))]
-        p = subprocess.run([HOST_PYTHON, "-c", RSS_SNIPPET,
-                            json.dumps({"db": str(db), "ext": str(EXT), "config": cfg})],
-                           capture_output=True, text=True, env=env(), timeout=7200)
-        if p.returncode != 0:
-            raise RuntimeError("rss run failed: %s" % p.stderr[-3000:])
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r = PyHost(extension_path()).run(RSS_SNIPPET, timeout=7200, db=str(db), config=cfg)
         size = os.path.getsize(db)
         row = {"db_mib": size / MIB, "part_mib": part, "concurrency": conc,
                "part_x_conc_mib": part * conc,
@@ -197,22 +168,6 @@ def rss(server, workdir, db_mib, combos):
     return rows
 
 
-def machine():
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = ""
-    try:
-        mem = next(l.split(":", 1)[1].strip() for l in open("/proc/meminfo") if l.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "kernel": platform.release(), "cpu": cpu,
-            "cpus": os.cpu_count(), "memory": mem, "python": platform.python_version()}
-
-
 class Server:
     """The S3 server under test: S3_ENDPOINT if set, else our own SeaweedFS, started afresh (new
     port, new data directory) by fresh() and warmed up untimed: a new SeaweedFS grows its volumes
@@ -221,37 +176,21 @@ class Server:
     def __init__(self, work, external=None):
         self.work = work
         self.external = external
-        self.env = None
+        self.server = None
         self.port = None
-        self.n = 0
         self.warm = work / "warm.bin"
         self.warm.write_bytes(os.urandom(16 * MIB))
 
     def fresh(self):
         if self.external:
-            endpoint = self.external
+            endpoint = require_loopback(self.external).rstrip("/")
         else:
-            from free_port import free_s3_port
             self.stop()
-            for attempt in range(3):  # a port picked as free may be taken before weed binds it
-                self.n += 1
-                self.port = free_s3_port()
-                e = env()
-                e.update({"S3_PORT": str(self.port), "S3_STATE": str(self.work / ("s3-%d" % self.n)),
-                          "S3_AUTH": "1", "S3_BUCKETS": BUCKET})
-                p = subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "start"], env=e,
-                                   capture_output=True, text=True, timeout=600)
-                self.env = e
-                if p.returncode == 0:
-                    break
-                self.stop()
-                if attempt == 2:
-                    raise RuntimeError("s3-server.sh failed: %s %s" % (p.stdout[-2000:], p.stderr[-2000:]))
-            endpoint = "http://127.0.0.1:%d" % self.port
-        assert endpoint.startswith("http://127.0.0.1:"), "loopback only: %s" % endpoint
-        self.port = int(endpoint.rstrip("/").rsplit(":", 1)[1])
-        import boto3
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            self.server = S3Server(tempfile.mkdtemp(prefix="s3-", dir=self.work),
+                                   buckets=(BUCKET,)).start()
+            endpoint = self.server.endpoint
+        self.port = int(endpoint.rsplit(":", 1)[1])
+        s3 = s3_client(endpoint)
         try:
             s3.create_bucket(Bucket=BUCKET)
         except Exception:  # noqa: BLE001 - exists already
@@ -261,11 +200,9 @@ class Server:
         return endpoint
 
     def stop(self):
-        if self.env:
-            subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "stop"], env=self.env,
-                           capture_output=True, timeout=120)
-            shutil.rmtree(self.env["S3_STATE"], ignore_errors=True)
-            self.env = None
+        if self.server:
+            self.server.stop(remove_state=True)
+            self.server = None
 
 
 def main():
@@ -287,10 +224,9 @@ def main():
     skip = set(filter(None, a.skip.split(",")))
     concs = [int(x) for x in a.concurrency.split(",")]
     parts = [int(x) for x in a.part_mib.split(",")]
-    out_dir = HERE / "out"
-    out_dir.mkdir(exist_ok=True)
+    BENCH_OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="litestream-bench-"))
-    result = {"machine": machine(), "settings": vars(a), "throughput": [], "latency": [], "rss": []}
+    result = {"machine": machine_info(), "settings": vars(a), "throughput": [], "latency": [], "rss": []}
     server = Server(work, os.environ.get("S3_ENDPOINT"))
     result["server"] = {"external": server.external, "kind": "SeaweedFS 4.48 (weed mini)"}
     try:
@@ -315,7 +251,7 @@ def main():
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = out_dir / ("upload-%s.json" % stamp)
+        path = BENCH_OUT / ("upload-%s.json" % stamp)
         path.write_text(json.dumps(result, indent=2))
         print("\nwrote %s" % path)
     print_tables(result)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The upload benchmark (issue 3) in one command: builds the extension and its uploader example,
+# The upload benchmark in one command: builds the extension and its uploader example,
 # then runs bench/upload.py (tables on stdout, JSON in bench/out/).
 #
 #   bench/upload.sh                      # default run: 256 MiB object, 256 MiB database (~20 min)

@@ -35,7 +35,7 @@ EXT=$REPO/target/release/liblitestream
 step "start a local S3 server" "SeaweedFS on 127.0.0.1 only, SigV4 enforced, bucket 'demo', throwaway state"
 WORK=${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/litestream-demo.XXXXXX")}
 mkdir -p "$WORK"
-S3_PORT=$(python3 "$REPO/tests/integration/free_port.py" s3)
+S3_PORT=$(python3 "$REPO/pysupport/ports.py" s3)
 export S3_PORT S3_STATE=$WORK/s3 S3_AUTH=1 S3_BUCKETS=demo
 cleanup() {
   bash "$REPO/scripts/s3-server.sh" stop || true

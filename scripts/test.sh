@@ -112,7 +112,7 @@ fi
 # ---------------------------------------------------------------- 4. S3 server
 phase_start "seaweedfs start"
 S3_STATE=$(mktemp -d "${TMPDIR:-/tmp}/litestream-test-s3.XXXXXX")
-S3_PORT=$("$VENV/bin/python" "$REPO/tests/integration/free_port.py" s3)
+S3_PORT=$("$VENV/bin/python" "$REPO/pysupport/ports.py" s3)
 S3_BUCKETS=test,litestream
 export S3_PORT S3_STATE S3_BUCKETS S3_AUTH=1
 stop_s3() {

@@ -11,7 +11,7 @@ output is checked (ours and Litestream's must be byte-identical, and agree with 
     bench/restore/run.py                       # default: 64 MiB database + 200 L0 files, 3 rounds
     bench/restore/run.py --db-mib 1024 --l0 1000 --rounds 3     # the documented full run
 
-Server: S3_ENDPOINT (a running loopback server accepting AWS_ACCESS_KEY_ID/SECRET), otherwise
+Server: S3_ENDPOINT (a running loopback server accepting test / testtesttest), otherwise
 SeaweedFS is started through scripts/s3-server.sh on --s3-port with a throwaway state
 directory and stopped at the end. Needs target/release/liblitestream.so (cargo build --release),
 /usr/bin/sqlite3 and the reference binary (LITESTREAM_BIN, else install-litestream.sh).
@@ -35,44 +35,25 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts"
-SQLITE3 = "/usr/bin/sqlite3"
-AWS = {"AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
-       "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testtesttest"),
-       "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from pysupport import reference  # noqa: E402
+from pysupport.awsenv import child_env, require_loopback  # noqa: E402
+from pysupport.extension import config_sql, s3_config, s3_url  # noqa: E402
+from pysupport.paths import SQLITE3, extension_path  # noqa: E402
+from pysupport.s3client import empty_prefix, s3_client  # noqa: E402
+from pysupport.s3server import S3Server  # noqa: E402
+from pysupport.shell import run_sqlite_shell  # noqa: E402
+
+# Every step is a process that may take minutes on a 1 GiB database.
+STEP_TIMEOUT_S = 3600
 
 
-def env(drop_ca=False):
-    e = dict(os.environ)
-    e.update(AWS)
-    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        e.pop(k, None)
-    if drop_ca:
-        e.pop("AWS_CA_BUNDLE", None)
-    return e
-
-
-def loopback(url):
-    if not re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost):\d+/?$", url):
-        sys.exit("refusing non-loopback S3 endpoint %r" % url)
-    return url.rstrip("/")
-
-
-def sh(args, stdin=None, timeout=3600, drop_ca=False):
-    p = subprocess.run(args, input=stdin, text=True, capture_output=True, timeout=timeout,
-                       env=env(drop_ca))
-    if p.returncode != 0:
-        sys.exit("%s failed (%d):\n%s\n%s" % (" ".join(map(str, args))[:300], p.returncode,
-                                              p.stdout[-2000:], p.stderr[-2000:]))
-    return p.stdout
-
-
-def timed(args, stdin=None, drop_ca=False):
+def timed(args, stdin=None, reference_binary=False):
     """Wall seconds and peak RSS (MiB) of a process, via /usr/bin/time."""
     t0 = time.monotonic()
     p = subprocess.run(["/usr/bin/time", "-f", "@@maxrss=%M", *map(str, args)], input=stdin,
-                       text=True, capture_output=True, env=env(drop_ca))
+                       text=True, capture_output=True, timeout=STEP_TIMEOUT_S,
+                       env=reference.reference_env() if reference_binary else child_env())
     wall = time.monotonic() - t0
     if p.returncode != 0:
         sys.exit("%s failed (%d):\n%s\n%s" % (args[0], p.returncode, p.stdout[-2000:], p.stderr[-3000:]))
@@ -89,24 +70,9 @@ def sha256(path):
 
 
 def fingerprint(db):
-    return sh([SQLITE3, str(db), "SELECT count(*), sum(id), total(length(b)), "
-               "(SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY id DESC LIMIT 50)) FROM t;"]).strip()
-
-
-# Deletes the benchmark's objects from a shared server (boto3 if available, else left alone).
-CLEANUP = r"""
-import sys
-try:
-    import boto3
-except ImportError:
-    sys.exit(0)
-ep, bucket, prefix = sys.argv[1:4]
-c = boto3.client("s3", endpoint_url=ep, region_name="us-east-1")
-keys = [o["Key"] for p in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for o in p.get("Contents", [])]
-for i in range(0, len(keys), 1000):
-    c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
-"""
+    return run_sqlite_shell(db, "SELECT count(*), sum(id), total(length(b)), "
+                            "(SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY id DESC LIMIT 50)) FROM t;\n"
+                            ).strip()
 
 
 def main():
@@ -120,47 +86,35 @@ def main():
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
 
-    ext = REPO / "target" / "release" / "liblitestream"
-    if not ext.with_suffix(".so").exists():
+    ext = extension_path()
+    if not Path(ext + ".so").exists():
         sys.exit("build first: cargo build --release")
-    ls_bin = os.environ.get("LITESTREAM_BIN") or sh(
-        ["bash", str(SCRIPTS / "install-litestream.sh")]).strip().splitlines()[-1]
-    version = sh([ls_bin, "version"], drop_ca=True).strip()
+    ls_bin = reference.litestream_bin()
+    version = reference.version(ls_bin)
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-restore-"))
     work.mkdir(parents=True, exist_ok=True)
-    server_env = None
+    server = None
     endpoint = os.environ.get("S3_ENDPOINT")
     bucket = "bench"
     if endpoint:
-        endpoint = loopback(endpoint)
+        endpoint = require_loopback(endpoint).rstrip("/")
         bucket = os.environ.get("BENCH_BUCKET", "test")
     else:
-        if not a.s3_port:
-            sys.path.insert(0, str(REPO / "tests" / "integration"))
-            from free_port import free_s3_port  # noqa: PLC0415 - shared helper of the test suite
-            a.s3_port = free_s3_port()
-        server_env = env()
-        server_env.update(S3_PORT=str(a.s3_port), S3_STATE=str(work / "s3"), S3_AUTH="1",
-                          S3_BUCKETS=bucket)
-        subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "start"], env=server_env,
-                       check=True, capture_output=True, timeout=600)
-        endpoint = "http://127.0.0.1:%d" % a.s3_port
+        server = S3Server(work / "s3", buckets=(bucket,), port=a.s3_port or None).start()
+        endpoint = server.endpoint
     path = "restore-bench-%s" % uuid.uuid4().hex[:8]
-    ours_url = "s3://%s/%s?endpoint=%s" % (bucket, path, endpoint)
-    ref_url = "s3://%s/%s?endpoint=%s&forcePathStyle=true&region=us-east-1" % (bucket, path, endpoint)
+    ours_url = s3_url(bucket, path, endpoint)
+    ref_url = reference.reference_url(bucket, path, endpoint)
     try:
         # ---- the source database and its replica
         src = work / "src.db"
         rows = a.db_mib * 1024 * 1024 // 4096
-        cfg = [("bucket", bucket), ("path", path), ("endpoint", endpoint), ("region", "us-east-1"),
-               ("force-path-style", "true"), ("access-key-id", AWS["AWS_ACCESS_KEY_ID"]),
-               ("secret-access-key", AWS["AWS_SECRET_ACCESS_KEY"]), ("sync-interval", "10ms"),
-               ("levels", "off"), ("snapshot-interval", "0"),
-               # No TRUNCATE checkpoint: after one, the replicator currently re-snapshots the
-               # whole database at the next write, and the replica would hold several full
-               # copies instead of the one snapshot + small files this benchmark is about.
-               ("truncate-page-n", "off")]
+        # No TRUNCATE checkpoint: after one, the replicator re-snapshots the whole database at
+        # the next write, and the replica would hold several full copies instead of the one
+        # snapshot + small files this benchmark is about.
+        cfg = s3_config(bucket, path, endpoint, sync_interval="10ms", levels="off",
+                        snapshot_interval="0", truncate_page_n="off")
         # One sqlite3 process creates the data and then replicates it, so that the WAL the
         # replicator starts from is the one SQLite keeps using.
         script = ["PRAGMA journal_mode=WAL;",
@@ -168,7 +122,7 @@ def main():
                   "INSERT INTO t(v, b) SELECT value, randomblob(3900) FROM generate_series(1, %d);" % rows,
                   "SELECT 'created=' || total_changes();",
                   '.load "%s"' % ext, ".output /dev/null"]
-        script += ["SELECT litestream_configure('%s', '%s');" % kv for kv in cfg]
+        script += [config_sql(cfg)]
         script += ["SELECT litestream_start();", "SELECT litestream_sync(3600000);",
                    ".output stdout", "SELECT 'snapshot=' || litestream_sync();", ".output /dev/null"]
         for i in range(a.l0):
@@ -178,10 +132,11 @@ def main():
             script.append("SELECT litestream_sync(60000);")
         script += [".output stdout", "SELECT 'txid=' || litestream_stop();"]
         t0 = time.monotonic()
-        out = sh([SQLITE3, "-bail", "-cmd", ".timeout 10000", str(src)], stdin="\n".join(script) + "\n")
+        out = run_sqlite_shell(src, "\n".join(script) + "\n", timeout=STEP_TIMEOUT_S)
         t_replicate = time.monotonic() - t0
         txid = re.search(r"txid=([0-9a-f]{16})", out).group(1)
-        listing = json.loads(sh([ls_bin, "ltx", "-level", "all", "-json", ref_url], drop_ca=True))
+        listing = json.loads(reference.run_reference(ls_bin, "ltx", "-level", "all", "-json", ref_url,
+                                                     timeout=STEP_TIMEOUT_S).stdout)
         n_files = len(listing)
         replica_bytes = sum(f["size"] for f in listing)
         src_size = src.stat().st_size
@@ -194,9 +149,9 @@ def main():
             "ours": lambda o: timed([SQLITE3, "-bail", ":memory:"], stdin=(
                 '.load "%s"\nSELECT litestream_restore(\'%s\', json_object(\'url\', \'%s\'));\n'
                 % (ext, o, ours_url))),
-            "litestream": lambda o: timed([ls_bin, "restore", "-o", o, ref_url], drop_ca=True),
+            "litestream": lambda o: timed([ls_bin, "restore", "-o", o, ref_url], reference_binary=True),
             "litestream+check": lambda o: timed([ls_bin, "restore", "-integrity-check", "full", "-o", o,
-                                                 ref_url], drop_ca=True),
+                                                 ref_url], reference_binary=True),
         }
         results = {k: [] for k in kinds}
         digests = {}
@@ -232,11 +187,13 @@ def main():
                 "ratio_litestream_check_over_ours": med["litestream+check"] / med["ours"],
                 "litestream_version": version}, indent=2))
     finally:
-        if not server_env:  # our own server goes away with its state; a shared one is cleaned
-            sh([sys.executable, "-c", CLEANUP, endpoint, bucket, path + "/"])
-        if server_env:
-            subprocess.run(["bash", str(SCRIPTS / "s3-server.sh"), "stop"], env=server_env,
-                           capture_output=True, timeout=120)
+        if server:  # our own server goes away with its state; a shared one is cleaned
+            server.stop(remove_state=True)
+        else:
+            try:
+                empty_prefix(s3_client(endpoint), bucket, path + "/")
+            except ImportError:
+                print("boto3 missing: the benchmark's objects stay under %s/%s/" % (bucket, path))
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -2,8 +2,7 @@
 npm tarballs) or loaded by other SQLite bindings (better-sqlite3, the sqlite3 npm package, Go's
 mattn/go-sqlite3), each replicating to the test SeaweedFS and restoring.
 
-The S3 server, bucket and extension fixtures are the integration suite's (tests/integration/
-conftest.py, loaded here under another module name so the two conftest modules do not collide).
+The S3 server, bucket and extension fixtures are the integration suite's (pysupport/fixtures.py).
 
 - dist: the folder scripts/package.sh filled (LITESTREAM_DIST, default <repo>/dist).
 - node_hosts: node_modules with better-sqlite3 and sqlite3 (LITESTREAM_NODE_HOSTS, else
@@ -11,26 +10,18 @@ conftest.py, loaded here under another module name so the two conftest modules d
 - go_gopath: the GOPATH entry holding mattn/go-sqlite3 (LITESTREAM_GO_GOPATH, else
   scripts/install-hosts.sh go installs it).
 """
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+from pysupport.awsenv import child_env
+from pysupport.fixtures import bucket, ext, s3
+from pysupport.paths import REPO
 
-import harness  # noqa: E402 - needs the path above
-
-_spec = importlib.util.spec_from_file_location(
-    "integration_conftest", REPO / "tests" / "integration" / "conftest.py")
-_integration = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_integration)
-s3, bucket, ext = _integration.s3, _integration.bucket, _integration.ext
+__all__ = ["bucket", "dist", "ext", "go_gopath", "node_hosts", "s3"]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +37,7 @@ def _installed(host, variable):
     if os.environ.get(variable):
         return os.environ[variable]
     p = subprocess.run(["bash", str(REPO / "scripts" / "install-hosts.sh"), host], text=True,
-                       capture_output=True, timeout=1500, env=harness.child_env())
+                       capture_output=True, timeout=1500, env=child_env())
     if p.returncode != 0:
         pytest.fail("scripts/install-hosts.sh %s failed:\n%s" % (host, p.stderr[-3000:]),
                     pytrace=False)

@@ -7,9 +7,12 @@ by the sqlite3 shell, and the copy must equal the source."""
 import re
 import subprocess
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_url
+from pysupport.paths import REPO
+from pysupport.shell import assert_restores
 
-README = harness.REPO / "README.md"
+README = REPO / "README.md"
 REPLICA_URL = "s3://my-bucket/app.db"
 SOURCE_LIBRARY = "./target/release/liblitestream"
 # example name -> the file its text is written to in the work folder
@@ -29,7 +32,7 @@ def example(name):
 def prepared(name, bucket, endpoint, ext):
     text = example(name)
     assert REPLICA_URL in text, "the %s example no longer uses %s" % (name, REPLICA_URL)
-    text = text.replace(REPLICA_URL, harness.s3_url(bucket, "app.db", endpoint))
+    text = text.replace(REPLICA_URL, s3_url(bucket, "app.db", endpoint))
     return text.replace(SOURCE_LIBRARY, ext)
 
 
@@ -41,13 +44,11 @@ def run_example(name, cmd, work, s3, bucket, ext, stdin_file=False, env=None, ti
     stdin = path.open() if stdin_file else subprocess.DEVNULL
     try:
         p = subprocess.run(cmd, cwd=work, stdin=stdin, text=True, capture_output=True,
-                           timeout=timeout, env=harness.child_env(env or {}))
+                           timeout=timeout, env=child_env(env or {}))
     finally:
         if stdin_file:
             stdin.close()
     assert p.returncode == 0, "the README's %s example failed (%s):\n%s\n%s" % (
         name, cmd, p.stdout[-2000:], p.stderr[-3000:])
-    out = work / "restored.db"
-    harness.restore_shell(ext, out, url=harness.s3_url(bucket, "app.db", s3.endpoint))
-    harness.assert_same_db(work / "app.db", out)
+    assert_restores(ext, work / "app.db", work / "restored.db", s3_url(bucket, "app.db", s3.endpoint))
     return p.stdout

@@ -12,14 +12,17 @@ import json
 import subprocess
 from dataclasses import dataclass
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.extension import TXID_RE, s3_config, sql_literal
+from pysupport.ltx import check_s3_replica
+from pysupport.shell import assert_same_db
 
 # Rows of ~2 KiB written in one transaction: enough pages that the first sync uploads a
 # multi-page LTX file, few enough to stay quick.
 BULK_ROWS = 300
 # Single-row commits after the bulk insert, each its own transaction.
 SMALL_COMMITS = 20
-HEX16 = harness.TXID_RE
+HEX16 = TXID_RE
 
 
 @dataclass
@@ -30,10 +33,10 @@ class Step:
 
 def steps(bucket, endpoint, out, host, path="app.db"):
     """The statements, named so a failure says which one."""
-    config = harness.s3_config(bucket, path, endpoint)
+    config = s3_config(bucket, path, endpoint)
     s = [Step("version", "SELECT litestream_version()")]
     s += [Step("configure " + k, "SELECT litestream_configure(%s, %s)" % (
-        harness.sql_literal(k), harness.sql_literal(v))) for k, v in config]
+        sql_literal(k), sql_literal(v))) for k, v in config]
     s += [
         Step("bad value", "SELECT litestream_configure('sync-interval', 'soon')"),
         Step("secret redacted", "SELECT litestream_configure('secret-access-key')"),
@@ -45,18 +48,18 @@ def steps(bucket, endpoint, out, host, path="app.db"):
         Step("begin", "BEGIN"),
         Step("bulk insert", "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
                             "WHERE i < %d) INSERT INTO notes(host, body) SELECT %s, randomblob(2000) "
-                            "FROM n" % (BULK_ROWS, harness.sql_literal(host))),
+                            "FROM n" % (BULK_ROWS, sql_literal(host))),
         Step("commit", "COMMIT"),
     ]
     s += [Step("small commit", "INSERT INTO notes(host, body) VALUES (%s, 'commit %d')" % (
-        harness.sql_literal(host), i)) for i in range(SMALL_COMMITS)]
+        sql_literal(host), i)) for i in range(SMALL_COMMITS)]
     s += [
         Step("sync", "SELECT litestream_sync(30000)"),
         Step("status", "SELECT litestream_status()"),
         Step("ltx files", "SELECT count(*) FROM litestream_ltx"),
         Step("stop", "SELECT litestream_stop()"),
         Step("status after stop", "SELECT litestream_status()"),
-        Step("restore", "SELECT litestream_restore(%s)" % harness.sql_literal(str(out))),
+        Step("restore", "SELECT litestream_restore(%s)" % sql_literal(str(out))),
         Step("rows", "SELECT count(*) FROM notes"),
     ]
     return s
@@ -66,7 +69,7 @@ def run(cmd, step_list, cwd=None, env=None, timeout=240):
     """Run a host runner; returns {step name: result} (names repeat: the last one wins)."""
     p = subprocess.run(cmd, input=json.dumps([st.sql for st in step_list]), text=True,
                        capture_output=True, cwd=cwd, timeout=timeout,
-                       env=harness.child_env(env or {}))
+                       env=child_env(env or {}))
     assert p.returncode == 0, "%s exited %d\nstdout: %s\nstderr: %s" % (
         cmd, p.returncode, p.stdout[-2000:], p.stderr[-4000:])
     results = json.loads(p.stdout)
@@ -106,5 +109,5 @@ def check(answers, version):
 
 def verify_replica(s3, bucket, db, out, path="app.db"):
     """The restored copy equals the source; every object in the bucket is a valid LTX file."""
-    harness.assert_same_db(db, out)
-    harness.check_s3_replica(s3.client, bucket, path)
+    assert_same_db(db, out)
+    check_s3_replica(s3.client, bucket, path)

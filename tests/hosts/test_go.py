@@ -4,15 +4,14 @@ SQLiteDriver.Extensions and runs the host round trip against the test SeaweedFS.
 import os
 import shutil
 import subprocess
-import sys
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.paths import REPO
+
 import scenario
+import versions
 
-sys.path.insert(0, str(harness.REPO / "scripts"))
-import versions  # noqa: E402
-
-SOURCE = harness.REPO / "tests" / "hosts" / "go" / "main.go"
+SOURCE = REPO / "tests" / "hosts" / "go" / "main.go"
 
 
 def build_runner(go_gopath, work):
@@ -26,7 +25,7 @@ def build_runner(go_gopath, work):
            "GOPATH": "%s%s%s" % (gopath, os.pathsep, go_gopath)}
     p = subprocess.run(["go", "build", "-tags", "libsqlite3", "-o", str(binary), "litestreamhost"],
                        cwd=pkg, text=True, capture_output=True, timeout=600,
-                       env=harness.child_env(env))
+                       env=child_env(env))
     assert p.returncode == 0, "go build failed:\n%s\n%s" % (p.stdout, p.stderr)
     return binary
 

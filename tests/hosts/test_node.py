@@ -13,18 +13,17 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.paths import REPO
+
 import readme
 import scenario
+import versions
 
-sys.path.insert(0, str(harness.REPO / "scripts"))
-import versions  # noqa: E402
-
-RUNNER = harness.REPO / "tests" / "hosts" / "node" / "runner.mjs"
+RUNNER = REPO / "tests" / "hosts" / "node" / "runner.mjs"
 DRIVERS = ("better-sqlite3", "sqlite3")
 
 
@@ -38,7 +37,7 @@ def node_project(dist, node_hosts, tmp_path_factory):
                 for name in ("litestream-sqlite-linux-x64", "litestream-sqlite")]
     p = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--offline",
                         "--loglevel=error"] + tarballs, cwd=project, text=True,
-                       capture_output=True, timeout=300, env=harness.child_env())
+                       capture_output=True, timeout=300, env=child_env())
     assert p.returncode == 0, "npm install of %s failed:\n%s\n%s" % (tarballs, p.stdout, p.stderr)
     for name in DRIVERS:
         os.symlink(node_hosts / name, project / "node_modules" / name)
@@ -101,7 +100,7 @@ def api_probe_source():
 
 def needed_routines():
     """The routines src/host.rs checks for before it lets the extension load."""
-    text = (harness.REPO / "src" / "host.rs").read_text()
+    text = (REPO / "src" / "host.rs").read_text()
     return set(re.findall(r'=> "(sqlite3_\w+)"', text))
 
 

@@ -6,23 +6,22 @@ The wheel's platform tag is also checked against auditwheel's reading of the lib
 scripts/package.sh's caller installed auditwheel (scripts/test.sh does)."""
 import os
 import subprocess
-import sys
 
 import pytest
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.paths import HOST_PYTHON, REPO
+
 import readme
 import scenario
-
-sys.path.insert(0, str(harness.REPO / "scripts"))
-import versions  # noqa: E402
+import versions
 
 
 @pytest.fixture(scope="module")
 def wheel_venv(dist, tmp_path_factory):
     """A fresh venv of /usr/bin/python3 with only the wheel installed (no network: --no-index)."""
     venv = tmp_path_factory.mktemp("wheel") / "venv"
-    subprocess.run([harness.HOST_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([HOST_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
     wheel = sorted(dist.glob("litestream_sqlite-*.whl"))[-1]
     p = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--quiet",
                         "--disable-pip-version-check", str(wheel)], text=True,
@@ -44,7 +43,7 @@ def test_package_api(wheel_venv):
             "    print('disabled:', e)\n"
             "print(l.loadable_path())\n")
     p = subprocess.run([str(wheel_venv), "-c", code], text=True, capture_output=True, timeout=60,
-                       cwd="/", env=harness.child_env())
+                       cwd="/", env=child_env())
     assert p.returncode == 0, p.stderr
     version, reported, disabled, path = p.stdout.splitlines()
     assert version == versions.cargo_version()
@@ -73,7 +72,7 @@ def test_readme_python_example(wheel_venv, ext, s3, bucket, tmp_path):
 def test_python_host_round_trip(wheel_venv, s3, bucket, tmp_path):
     db, out = tmp_path / "app.db", tmp_path / "restored.db"
     steps = scenario.steps(bucket, s3.endpoint, out, host="python-wheel")
-    runner = harness.REPO / "tests" / "hosts" / "python" / "runner.py"
+    runner = REPO / "tests" / "hosts" / "python" / "runner.py"
     answers = scenario.run([str(wheel_venv), str(runner), str(db)], steps, cwd=tmp_path)
     scenario.check(answers, versions.cargo_version())
     scenario.verify_replica(s3, bucket, db, out)

@@ -7,10 +7,12 @@ itself is compiled once tests/rust_host was built)."""
 import shutil
 import subprocess
 
-import harness
+from pysupport.awsenv import child_env
+from pysupport.paths import REPO, SQLITE3
+
 import readme
 
-RUST_HOST = harness.REPO / "tests" / "rust_host"
+RUST_HOST = REPO / "tests" / "rust_host"
 CARGO_TOML = """[package]
 name = "readme-rust-example"
 version = "0.0.0"
@@ -28,7 +30,7 @@ MAIN_AFTER = "    println!(\"{txid}\");\n    Ok(())\n}\n"
 
 
 def test_readme_shell_example(ext, s3, bucket, tmp_path):
-    readme.run_example("shell", [harness.SQLITE3, "app.db"], tmp_path, s3, bucket, ext,
+    readme.run_example("shell", [SQLITE3, "app.db"], tmp_path, s3, bucket, ext,
                        stdin_file=True)
 
 
@@ -42,6 +44,6 @@ def test_readme_rust_example(ext, s3, bucket, tmp_path):
     binary = RUST_HOST / "target" / "release" / "readme-rust-example"
     p = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=crate,
                        text=True, capture_output=True, timeout=900,
-                       env=harness.child_env({"CARGO_TARGET_DIR": str(RUST_HOST / "target")}))
+                       env=child_env({"CARGO_TARGET_DIR": str(RUST_HOST / "target")}))
     assert p.returncode == 0, "the README's Rust example does not compile:\n%s" % p.stderr[-4000:]
     readme.run_example("rust", [str(binary)], tmp_path, s3, bucket, ext)

@@ -3,14 +3,12 @@ Python package's __version__ and wheel name/metadata, both npm packages and the 
 between them."""
 import json
 import re
-import sys
 import tarfile
 import zipfile
 
-import harness
+from pysupport.shell import run_sqlite_shell
 
-sys.path.insert(0, str(harness.REPO / "scripts"))
-import versions  # noqa: E402
+import versions
 
 
 def test_sources_agree():
@@ -19,7 +17,7 @@ def test_sources_agree():
 
 
 def test_library_reports_cargo_version(ext):
-    out = harness.run_sqlite_shell(":memory:", ".load %s\nSELECT litestream_version();\n" % ext)
+    out = run_sqlite_shell(":memory:", ".load %s\nSELECT litestream_version();\n" % ext)
     assert re.match(r"^litestream-sqlite %s \((?:[0-9a-f]{12}(?:-dirty)?|unknown)\)$" % re.escape(
         versions.cargo_version()), out.strip()), out
 

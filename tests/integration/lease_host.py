@@ -31,24 +31,17 @@ import sqlite3
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from pysupport import hostside  # noqa: E402
 
 EXT, DB, CONFIG = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 
-
-def connect(load):
-    c = sqlite3.connect(DB, isolation_level=None, timeout=30, check_same_thread=False)
-    if load:
-        c.enable_load_extension(True)
-        c.load_extension(EXT)
-        c.enable_load_extension(False)
-    return c
-
-
-conn = connect(True)
+conn = hostside.connect(DB, EXT)
 conn.execute("PRAGMA journal_mode=WAL")
 conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, who TEXT, at REAL, pad BLOB)")
-for k, v in CONFIG:
-    conn.execute("SELECT litestream_configure(?, ?)", (k, v)).fetchone()
+hostside.configure(conn, CONFIG)
 lock = threading.Lock()          # the sqlite3 module's connection is shared with the writer thread
 writer_every = [0.0]
 tag = "%s:%d" % (os.path.basename(DB), os.getpid())
@@ -56,8 +49,7 @@ tag = "%s:%d" % (os.path.basename(DB), os.getpid())
 
 def one(sql, *args):
     with lock:
-        row = conn.execute(sql, args).fetchone()
-    return None if row is None else row[0]
+        return hostside.one(conn, sql, *args)
 
 
 def insert():
@@ -65,7 +57,7 @@ def insert():
 
 
 def writer():
-    w = connect(False)
+    w = hostside.connect(DB)
     while True:
         every = writer_every[0]
         if every <= 0:
@@ -90,15 +82,12 @@ def fork_child(out, wait):
         return pid
     res = {"roles": []}
     try:
-        c = sqlite3.connect(DB, isolation_level=None, timeout=30)   # never a parent's connection
-        c.enable_load_extension(True)
-        c.load_extension(EXT)
-        for k, v in CONFIG:
-            c.execute("SELECT litestream_configure(?, ?)", (k, v)).fetchone()
-        res["start"] = c.execute("SELECT litestream_start()").fetchone()[0]
+        c = hostside.connect(DB, EXT)   # never a parent's connection
+        hostside.configure(c, CONFIG)
+        res["start"] = hostside.one(c, "SELECT litestream_start()")
         deadline = time.time() + wait
         while time.time() < deadline:
-            st = json.loads(c.execute("SELECT litestream_status()").fetchone()[0])
+            st = hostside.status(c)
             seen = (st["lease"]["role"], st["lease"]["local_standby"])
             if not res["roles"] or res["roles"][-1] != list(seen):
                 res["roles"].append(list(seen))
@@ -107,8 +96,8 @@ def fork_child(out, wait):
                 break
             time.sleep(0.01)
         c.execute("INSERT INTO t(who, at, pad) VALUES ('child', ?, randomblob(100))", (time.time(),))
-        res["sync"] = c.execute("SELECT litestream_sync(10000)").fetchone()[0]
-        res["stop"] = c.execute("SELECT litestream_stop()").fetchone()[0]
+        res["sync"] = hostside.one(c, "SELECT litestream_sync(10000)")
+        res["stop"] = hostside.one(c, "SELECT litestream_stop()")
     except Exception as e:  # noqa: BLE001 - reported through the file
         res["error"] = str(e)
     with open(out + ".tmp", "w") as f:

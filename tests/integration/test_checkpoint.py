@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from harness import assert_same_db, restore_shell, s3_config, s3_url
+from pysupport.extension import s3_config, s3_url
+from pysupport.shell import assert_restores
 
 TOTAL_MB = int(os.environ.get("LITESTREAM_CHECKPOINT_MB", "200"))
 WAL_LIMIT = 64 * 1024 * 1024
@@ -21,12 +22,9 @@ def test_wal_stays_bounded_under_200mb_of_changes(pyhost, ext, s3, bucket, tmp_p
     src = tmp_path / "big.db"
     r = pyhost.run("""
         db = P["db"]
-        c = connect(db)
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, gen INTEGER, b BLOB)")
-        c.execute("CREATE TABLE log(n INTEGER PRIMARY KEY, id INTEGER, size INTEGER)")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(db, P["config"],
+                              "CREATE TABLE blobs(id INTEGER PRIMARY KEY, gen INTEGER, b BLOB);"
+                              "CREATE TABLE log(n INTEGER PRIMARY KEY, id INTEGER, size INTEGER)")
         written, n, max_wal, salts = 0, 0, 0, set()
         t0 = time.time()
         while written < P["total"]:
@@ -61,9 +59,9 @@ def test_wal_stays_bounded_under_200mb_of_changes(pyhost, ext, s3, bucket, tmp_p
               r["transactions"], r["written"] >> 20, r["write_s"], r["sync_s"],
               r["max_wal"] / 2**20, r["wal_generations"], r["status"].get("objects_uploaded"),
               r["status"].get("bytes_uploaded")))
-    out = tmp_path / "restored.db"   # nothing lost: checked first, it matters most
-    assert restore_shell(ext, out, url=s3_url(bucket, "big.db", s3.endpoint), timeout=600) == r["stop"]
-    assert_same_db(src, out, big=True)
+    # nothing lost: checked first, it matters most
+    assert_restores(ext, src, tmp_path / "restored.db", s3_url(bucket, "big.db", s3.endpoint),
+                    r["stop"], big=True, timeout=600)
 
     assert r["max_wal"] < WAL_LIMIT, "WAL reached %.1f MB" % (r["max_wal"] / 2**20)
     assert r["wal_generations"] >= 2, "the WAL never restarted: nothing was checkpointed"
@@ -100,9 +98,7 @@ def test_truncate_checkpoints_lose_nothing(pyhost, ext, s3, bucket, tmp_path):
     assert r["wal_before"] > 1000 * 4096
     assert r["status"]["snapshots"] == 1, r["status"]
     assert r["syncs"] == sorted(set(r["syncs"])) and r["syncs"][0] > r["first"], r["syncs"]
-    out = tmp_path / "restored.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "trunc", s3.endpoint)) == r["stop"]
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "restored.db", s3_url(bucket, "trunc", s3.endpoint), r["stop"])
 
 
 PLAIN_WRITER = """
@@ -130,11 +126,7 @@ def test_a_writer_without_the_extension_cannot_grow_the_wal_without_bound(pyhost
     src = tmp_path / "plain.db"
     r = pyhost.run("""
         import subprocess, sys
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["config"], "CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
         one(c, "SELECT litestream_sync(60000)")
         p = subprocess.run([sys.executable, "-c", P["script"], P["db"], str(P["mb"])],
                            capture_output=True, text=True, timeout=600)
@@ -145,7 +137,6 @@ def test_a_writer_without_the_extension_cannot_grow_the_wal_without_bound(pyhost
         config=s3_config(bucket, "plain", s3.endpoint, snapshot_interval="0"))
     assert r["rc"] == 0, r["err"]
     print("plain writer: max WAL %.1f MB" % (r["max_wal"] / 2**20))
-    out = tmp_path / "restored.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "plain", s3.endpoint), timeout=600) == r["stop"]
-    assert_same_db(src, out, big=True)
+    assert_restores(ext, src, tmp_path / "restored.db", s3_url(bucket, "plain", s3.endpoint),
+                    r["stop"], big=True, timeout=600)
     assert r["max_wal"] < 200 << 20, "WAL reached %.1f MB" % (r["max_wal"] / 2**20)

@@ -1,4 +1,4 @@
-"""Compaction, level-9 snapshots, retention and point-in-time restore (issue 5), checked against
+"""Compaction, level-9 snapshots, retention and point-in-time restore, checked against
 the real Litestream 0.5.17.
 
 The whole L0 -> L1 -> L2 -> L9 -> retention cycle runs in seconds with sub-second intervals. Five
@@ -10,16 +10,13 @@ agree for every saved point, every object passes ltx_check.py, and `litestream l
 lists exactly the rows of our litestream_ltx table.
 """
 import json
-import re
-import subprocess
-import threading
-import time
 
-import pytest
-
-from harness import (LTX_NAME_RE, check_other_level, check_s3_replica, child_env, dump,
-                     list_keys, load_sql, reference_url, run_sqlite_shell, s3_config, s3_url,
-                     sql_literal, sqlite_shell)
+from pysupport.extension import config_sql, s3_config, s3_url, sql_literal
+from pysupport.ltx import LTX_NAME_RE, check_other_level, check_s3_replica
+from pysupport.reference import reference_url, run_reference
+from pysupport.s3client import list_keys
+from pysupport.shell import (dump, load_sql, replicate_shell, restore_shell, restored_txid,
+                             run_sqlite_shell, sqlite_shell)
 
 PATH = "db"
 # Short schedules: L1 every 500 ms, L2 every 2 s, a snapshot every 2 s kept 3 s (phase 1 lasts
@@ -31,24 +28,13 @@ CYCLE = dict(levels="500ms,2s", snapshot_interval="2s", snapshot_retention="3s")
 
 def our_restore(ext, out, url, **opts):
     """litestream_restore(out, {url, **opts}) in a sqlite3 process; (ok, txid or error text)."""
-    options = dict(url=url, **opts)
-    p = sqlite_shell(":memory:", load_sql(ext, marker=False) + "SELECT 'restored=' || litestream_restore(%s, %s);\n"
-                     % (sql_literal(str(out)), sql_literal(json.dumps(options))), check=False)
-    m = re.search(r"restored=([0-9a-f]{16})", p.stdout)
-    return (True, m.group(1)) if p.returncode == 0 and m else (False, p.stderr.strip())
-
-
-def ref(litestream_bin, *args, check=True, timeout=120):
-    p = subprocess.run([litestream_bin, *args], text=True, capture_output=True, timeout=timeout,
-                       env=child_env(drop_ca_bundle=True))
-    if check:
-        assert p.returncode == 0, "litestream %s exited %d\n%s\n%s" % (
-            " ".join(args), p.returncode, p.stdout, p.stderr)
-    return p
+    p = restore_shell(ext, out, url=url, options=opts, check=False)
+    txid = restored_txid(p)
+    return (True, txid) if p.returncode == 0 and txid else (False, p.stderr.strip())
 
 
 def ref_restore(litestream_bin, out, url, *flags):
-    p = ref(litestream_bin, "restore", *flags, "-o", str(out), url, check=False)
+    p = run_reference(litestream_bin, "restore", *flags, "-o", out, url, check=False)
     return p.returncode == 0, (p.stderr or p.stdout).strip()
 
 
@@ -61,7 +47,7 @@ def our_ltx_rows(ext, url):
 
 
 def ref_ltx_rows(litestream_bin, url):
-    rows = json.loads(ref(litestream_bin, "ltx", "-level", "all", "-json", url).stdout)
+    rows = json.loads(run_reference(litestream_bin, "ltx", "-level", "all", "-json", url).stdout)
     return [(r["level"], r["min_txid"], r["max_txid"], r["size"], r["timestamp"]) for r in rows]
 
 
@@ -109,10 +95,7 @@ def now_rfc3339():
     t = datetime.datetime.now(datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
 
-c = connect(P["db"])
-c.execute("PRAGMA journal_mode=WAL")
-configure(c, P["config"])
-one(c, "SELECT litestream_start()")
+c = start_replicating(P["db"], P["config"])
 # Python's SQLite has no generate_series: a temp view instead.
 c.execute("CREATE TEMP VIEW series(value) AS WITH RECURSIVE s(value) AS "
           "(SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 10000) SELECT value FROM s")
@@ -241,10 +224,9 @@ def test_ltx_table_surface(ext, s3, bucket, tmp_path):
     assert "litestream_ltx('s3://" in p.stderr
     # Configured replica, url argument, and hidden url column.
     cfg = s3_config(bucket, PATH, s3.endpoint, levels="off", snapshot_interval="0")
-    from harness import replicate_shell  # noqa: PLC0415 - local to keep the import list short
     r = replicate_shell(ext, db, cfg)
-    conf = "".join("SELECT litestream_configure(%s, %s);\n" % (sql_literal(k), sql_literal(v)) for k, v in cfg)
-    out = run_sqlite_shell(db, load_sql(ext, marker=False) + ".output /dev/null\n" + conf + ".output stdout\n"
+    out = run_sqlite_shell(db, load_sql(ext, marker=False) + ".output /dev/null\n" + config_sql(cfg)
+                           + "\n.output stdout\n"
                            "SELECT level || ' ' || min_txid || ' ' || max_txid || ' ' || (size > 100) || ' ' "
                            "|| (created_at GLOB '20[0-9][0-9]-*T*Z') || ' ' || key FROM litestream_ltx;\n"
                            "SELECT count(*), max(max_txid), min(url IS NULL) FROM litestream_ltx;\n"
@@ -281,10 +263,7 @@ def test_restore_progress_in_status(pyhost, ext, s3, bucket, tmp_path):
     cfg = s3_config(bucket, PATH, s3.endpoint, levels="off", snapshot_interval="0")
     r = pyhost.run("""
         import threading
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["config"])
         c.execute("CREATE TABLE t(b BLOB)")
         c.execute("INSERT INTO t SELECT randomblob(4000) FROM (WITH RECURSIVE s(v) AS "
                   "(SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 10000) SELECT v FROM s)")

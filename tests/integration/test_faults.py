@@ -4,9 +4,10 @@ import re
 
 import pytest
 
-from free_port import closed_port
-from harness import (check_s3_replica, ltx_decode, replicate_shell, restore_shell, s3_config,
-                     s3_url)
+from pysupport.extension import s3_config, s3_url
+from pysupport.ltx import check_s3_replica, ltx_decode
+from pysupport.ports import closed_port
+from pysupport.shell import replicate_shell, restore_shell
 
 
 def test_unreachable_endpoint(pyhost, tmp_path):
@@ -14,11 +15,8 @@ def test_unreachable_endpoint(pyhost, tmp_path):
     a second, and stop returns (it may report the failed final sync) instead of hanging."""
     endpoint = "http://127.0.0.1:%d" % closed_port()
     r = pyhost.run("""
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["config"])
-        started = one(c, "SELECT litestream_start()")
-        log("started:", started)
+        c = start_replicating(P["db"], P["config"])
+        log("started")
         c.execute("CREATE TABLE t(x)")
         c.execute("INSERT INTO t VALUES (1)")
         deadline = time.time() + 15

@@ -1,4 +1,4 @@
-"""Distributed lease (issue 4), against SeaweedFS (atomic conditional writes; never race-test on
+"""Distributed lease, against SeaweedFS (atomic conditional writes; never race-test on
 s3s-fs). Each instance is a /usr/bin/python3 process (lease_host.py) with its own database unless a
 test says otherwise, all replicating to one replica path, as several hosts would.
 
@@ -17,9 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import (HERE, HOST_PYTHON, assert_same_db, child_env, list_keys, restore_shell,
-                     s3_config, s3_url)
-from s3proxy import S3Proxy
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_config, s3_url
+from pysupport.paths import HOST_PYTHON
+from pysupport.s3client import key_names
+from pysupport.s3proxy import S3Proxy
+from pysupport.shell import assert_restores
+
+LEASE_HOST = Path(__file__).resolve().parent / "lease_host.py"
 
 TTL = 2.0                      # short lease, so takeovers happen within seconds
 RENEW = TTL / 3                # the holder renews every third of the TTL
@@ -35,7 +40,7 @@ class Host:
 
     def __init__(self, ext, db, config):
         self.db = str(db)
-        self.p = subprocess.Popen([HOST_PYTHON, str(HERE / "lease_host.py"), ext + ".so", self.db,
+        self.p = subprocess.Popen([HOST_PYTHON, str(LEASE_HOST), ext + ".so", self.db,
                                    json.dumps(config)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=child_env())
@@ -99,6 +104,17 @@ def hosts():
         h.close()
 
 
+def started(hosts, ext, db, config, writes):
+    """A Host on db (closed after the test) that called litestream_start(), then wrote `writes`
+    rows and synced them."""
+    h = Host(ext, db, config)
+    hosts.append(h)
+    h.ok("start")
+    h.ok("write", n=writes)
+    h.ok("sync", ms=10000)
+    return h
+
+
 def cfg(s3, bucket, **extra):
     extra.setdefault("lease_ttl", "%gs" % TTL)
     return s3_config(bucket, "db", s3.endpoint, **extra)
@@ -131,7 +147,7 @@ def tokens_by_txid(s3, bucket):
     """[(min_txid, max_txid, level, token)] of every LTX object, in TXID order; every object must
     carry the litestream-lease-token metadata."""
     out = []
-    for key, _ in list_keys(s3.client, bucket, "db/"):
+    for key in key_names(s3.client, bucket, "db/"):
         m = LTX_KEY_RE.search(key)
         if not m:
             continue
@@ -154,9 +170,7 @@ def assert_tokens_never_interleave(objs):
 
 
 def restore_equals(ext, s3, bucket, tmp_path, db, name="out.db"):
-    out = tmp_path / name
-    restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint))
-    assert_same_db(db, out)
+    assert_restores(ext, db, tmp_path / name, s3_url(bucket, "db", s3.endpoint))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,11 +267,7 @@ def test_racing_instances_exactly_one_holder(ext, s3, bucket, tmp_path, hosts):
 
 
 def test_sigstop_holder_is_fenced(ext, s3, bucket, tmp_path, hosts):
-    a = Host(ext, tmp_path / "a.db", cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=2)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, tmp_path / "a.db", cfg(s3, bucket), writes=2)
     b = Host(ext, tmp_path / "b.db", cfg(s3, bucket))
     hosts.append(b)
     b.ok("start")
@@ -354,11 +364,7 @@ def test_same_database_local_lock(ext, s3, bucket, tmp_path, hosts):
     handle the lease; kill -9 of the holder frees it at once, and the other takes over the
     replica (continuing the same database)."""
     db = tmp_path / "shared.db"
-    a = Host(ext, db, cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=3)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, db, cfg(s3, bucket), writes=3)
     b = Host(ext, db, cfg(s3, bucket))
     hosts.append(b)
     b.ok("start")
@@ -384,11 +390,7 @@ def test_forked_child_takes_over_after_parent_dies(ext, s3, bucket, tmp_path, ho
     the same database (a local standby), then dies. The child must not keep the parent's local
     lock alive through its inherited descriptor: it takes over within TTL + one renewal."""
     db = tmp_path / "fork.db"
-    a = Host(ext, db, cfg(s3, bucket))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=3)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, db, cfg(s3, bucket), writes=3)
     out = tmp_path / "child.json"
     child = a.ok("fork_child", out=str(out), wait=TTL * 5)
     time.sleep(1.0)                  # the child is up and waiting on the local lock
@@ -407,16 +409,12 @@ def test_forked_child_takes_over_after_parent_dies(ext, s3, bucket, tmp_path, ho
 
 
 def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
-    a = Host(ext, tmp_path / "a.db", cfg(s3, bucket, lease="off"))
-    hosts.append(a)
-    a.ok("start")
-    a.ok("write", n=1)
-    a.ok("sync", ms=10000)
+    a = started(hosts, ext, tmp_path / "a.db", cfg(s3, bucket, lease="off"), writes=1)
     st = a.status()
     assert st["state"] == "running" and st["lease"]["role"] == "off", st
     assert lock_json(s3, bucket) is None
     a.ok("stop")
-    for key, _ in list_keys(s3.client, bucket, "db/"):
+    for key in key_names(s3.client, bucket, "db/"):
         meta = s3.client.head_object(Bucket=bucket, Key=key)["Metadata"]
         assert "litestream-lease-token" not in meta, (key, meta)
     f = Host(ext, tmp_path / "f.db", [("type", "file"), ("path", str(tmp_path / "rep")), ("lease", "on")])

@@ -1,5 +1,5 @@
 """Multipart uploads, part-size and concurrency, exactly as the S3 advanced configuration guide says
-(../shared/docs/s3-advanced-configuration.md; issue 3), against SeaweedFS (enforces EntityTooSmall).
+(s3-advanced-configuration.md), against SeaweedFS (enforces EntityTooSmall).
 
 - the parser through SQL: every format in the guide, the limits, the guide's provider examples,
   and the exact error texts of 0, -5MB, 5XB, 4MB, 6GB, '', 1e9, 5 MB;
@@ -13,7 +13,7 @@
   ListMultipartUploads is empty afterwards;
 - skip-verify=true against an HTTPS endpoint with a self-signed certificate.
 
-The proxy (s3proxy.py) sits between the uploader and the server to record requests, inject faults,
+The proxy (pysupport/s3proxy.py) sits between the uploader and the server to record requests, inject faults,
 slow uploads down, or terminate TLS.
 """
 import base64
@@ -23,14 +23,18 @@ import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-import harness
-from harness import (AWS_ENV, S3Server, assert_same_db, check_s3_replica, child_env, list_keys,
-                     restore_shell, s3_client, s3_config, s3_url)
-from s3proxy import S3Proxy, self_signed_cert
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_config, s3_url
+from pysupport.ltx import check_s3_replica
+from pysupport.paths import REPO, UPLOADER
+from pysupport.pyhost import PyHostError, snippet
+from pysupport.s3client import list_keys, uploads_left
+from pysupport.s3proxy import S3Proxy, self_signed_cert
+from pysupport.s3server import S3Server
+from pysupport.shell import assert_restores
 
 MIB = 1 << 20
 PART = 5 * MIB
@@ -45,12 +49,11 @@ MAX_TEXT = "is above the S3 maximum of 5 GiB (5368709120 bytes)"
 @pytest.fixture(scope="session")
 def uploader():
     """target/release/examples/s3_upload (built here if missing: the lib is already built)."""
-    path = harness.REPO / "target" / "release" / "examples" / "s3_upload"
-    if not path.exists():
+    if not UPLOADER.exists():
         p = subprocess.run(["cargo", "build", "--release", "--example", "s3_upload"],
-                           cwd=harness.REPO, capture_output=True, text=True, timeout=900)
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
         assert p.returncode == 0, p.stderr[-4000:]
-    return str(path)
+    return str(UPLOADER)
 
 
 @pytest.fixture(scope="session")
@@ -69,12 +72,41 @@ def upload(uploader, endpoint, bucket, key, path, *settings, timeout=300):
     return json.loads(lines[-1])
 
 
+def upload_through(uploader, s3, bucket, key, path, *settings, timeout=300, **proxy_options):
+    """upload() through an S3Proxy(s3.port, **proxy_options) in front of the server; returns
+    (the uploader's result, the stopped proxy with its requests)."""
+    with S3Proxy(s3.port, **proxy_options) as proxy:
+        r = upload(uploader, proxy.url, bucket, key, path, *settings, timeout=timeout)
+    return r, proxy
+
+
+def nth(op, faults):
+    """A proxy rule: the n-th request (from 1) of kind `op` gets the fault faults(n) (a dict or a
+    function of n; None passes it); every other request passes."""
+    fault_of = faults.get if isinstance(faults, dict) else faults
+    count = {"n": 0}
+
+    def rule(req):
+        if req.op() != op:
+            return None
+        count["n"] += 1
+        return fault_of(count["n"])
+    return rule
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def uploads_left(client, bucket):
-    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+def assert_intact(s3, bucket, key, blob):
+    """The object at key holds exactly the bytes of blob, and no multipart upload is left open."""
+    assert sha256(s3.client.get_object(Bucket=bucket, Key=key)["Body"].read()) == \
+        sha256(blob.read_bytes()), "%s differs from what was uploaded" % key
+    assert uploads_left(s3.client, bucket) == []
+
+
+def part_number(req):
+    return int(dict(x.split("=", 1) for x in req.query.split("&"))["partNumber"])
 
 
 def assert_no_sdk_checksums(requests):
@@ -95,7 +127,7 @@ def assert_no_sdk_checksums(requests):
         assert not h.get("x-amz-content-sha256", "").startswith("STREAMING-"), (r.op(), h)
         name = r.path.rsplit("/", 1)[-1]
         if name == "lock.json" or name.startswith(".lease-"):
-            continue  # the lease's own objects (issue 4), not the uploader's
+            continue  # the lease's own objects, not the uploader's
         assert h.get("content-md5"), (r.op(), r.path, h)
         if r.sha256 is not None and r.action is None:
             assert h.get("x-amz-content-sha256") == r.sha256, (r.op(), h, r.sha256)
@@ -224,31 +256,23 @@ def test_guide_provider_examples_configure(pyhost, tmp_path):
 
 @pytest.mark.parametrize("concurrency", [1, 3, 10])
 def test_64mib_object_is_a_13_part_multipart_upload(uploader, blob64, s3, bucket, concurrency):
-    proxy = S3Proxy(s3.port, hash_bodies=True).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "big/obj", blob64, "part-size=5MB",
-                   "concurrency=%d" % concurrency)
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "big/obj", blob64, "part-size=5MB",
+                              "concurrency=%d" % concurrency, hash_bodies=True)
     assert r["ok"], r
-    data = blob64.read_bytes()
     head = s3.client.head_object(Bucket=bucket, Key="big/obj")
     assert head["ETag"].strip('"').endswith("-13"), head["ETag"]
-    assert head["ContentLength"] == len(data)
-    got = s3.client.get_object(Bucket=bucket, Key="big/obj")["Body"].read()
-    assert sha256(got) == sha256(data)
-    assert uploads_left(s3.client, bucket) == []
+    assert head["ContentLength"] == 64 * MIB
+    assert_intact(s3, bucket, "big/obj", blob64)
 
     parts = [q for q in proxy.requests if q.op() == "UploadPart"]
     assert [q.op() for q in proxy.requests].count("CreateMultipartUpload") == 1
     assert [q.op() for q in proxy.requests].count("CompleteMultipartUpload") == 1
-    sizes = sorted((int(dict(x.split("=", 1) for x in q.query.split("&"))["partNumber"]), q.body_len)
-                   for q in parts)
+    sizes = sorted((part_number(q), q.body_len) for q in parts)
     assert [n for n, _ in sizes] == list(range(1, 14))
     assert all(size == PART for _, size in sizes[:-1]), sizes
     # S3's multipart ETag, MD5 of the parts' MD5s (the uploader relies on it when a complete's
     # answer is lost): SeaweedFS computes it the same way
-    by_number = {int(dict(x.split("=", 1) for x in q.query.split("&"))["partNumber"]): q for q in parts}
+    by_number = {part_number(q): q for q in parts}
     md5s = b"".join(base64.b64decode(by_number[n].md5) for n in range(1, 14))
     assert head["ETag"].strip('"') == "%s-13" % hashlib.md5(md5s).hexdigest()
     assert sizes[-1][1] == 64 * MIB - 12 * PART < PART  # the final part is smaller
@@ -266,20 +290,8 @@ def test_64mib_object_is_a_13_part_multipart_upload(uploader, blob64, s3, bucket
 def test_object_below_part_size_is_one_streamed_put(uploader, blob64, s3, bucket):
     """part-size 100MB: the 64 MiB spool (spilled to disk) goes as one PutObject streamed from the
     file with its Content-MD5, not read into memory; a reset mid-body is retried."""
-    state = {"n": 0}
-
-    def rule(req):
-        if req.op() == "PutObject":
-            state["n"] += 1
-            if state["n"] == 1:
-                return ("reset", 3 * MIB)
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule, hash_bodies=True).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "one/obj", blob64, "part-size=100MB")
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "one/obj", blob64, "part-size=100MB",
+                              rule=nth("PutObject", {1: ("reset", 3 * MIB)}), hash_bodies=True)
     assert r["ok"], r
     puts = [q for q in proxy.requests if q.op() == "PutObject"]
     assert [q.action for q in puts] == [("reset", 3 * MIB), None]
@@ -288,8 +300,7 @@ def test_object_below_part_size_is_one_streamed_put(uploader, blob64, s3, bucket
     assert "UploadPart" not in [q.op() for q in proxy.requests]
     head = s3.client.head_object(Bucket=bucket, Key="one/obj")
     assert "-" not in head["ETag"]
-    assert sha256(s3.client.get_object(Bucket=bucket, Key="one/obj")["Body"].read()) == \
-        sha256(blob64.read_bytes())
+    assert_intact(s3, bucket, "one/obj", blob64)
     assert_no_sdk_checksums(proxy.requests)
     assert r["peak_rss_bytes"] - r["rss_before_upload_bytes"] < 24 * MIB, r
 
@@ -299,81 +310,37 @@ def test_part_faults_are_retried(uploader, blob64, s3, bucket):
     upload completes intact."""
     faults = {2: ("reset", MIB), 4: ("status", 503), 5: ("status", 500), 7: ("reset", 0),
               8: ("status", 503), 9: ("reset", PART - 1)}
-    state = {"n": 0}
-
-    def rule(req):
-        if req.op() == "UploadPart":
-            state["n"] += 1
-            return faults.get(state["n"])
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "faulty/obj", blob64, "part-size=5MB",
-                   "concurrency=3")
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "faulty/obj", blob64, "part-size=5MB",
+                              "concurrency=3", rule=nth("UploadPart", faults))
     assert r["ok"], r
     assert len([q for q in proxy.requests if q.op() == "UploadPart"]) == 13 + len(faults)
-    assert sha256(s3.client.get_object(Bucket=bucket, Key="faulty/obj")["Body"].read()) == \
-        sha256(blob64.read_bytes())
-    assert uploads_left(s3.client, bucket) == []
+    assert_intact(s3, bucket, "faulty/obj", blob64)
 
 
 def test_stalled_body_is_retried_within_seconds(uploader, blob64, s3, bucket):
     """A 20 MiB part whose connection stops moving (the server stops reading mid-body): the SDK's
     stalled-stream protection sees the body stop and retries long before the attempt deadline
     (30 s + 80 s for 20 MiB); the upload completes."""
-    state = {"n": 0}
-
-    def rule(req):
-        if req.op() == "UploadPart":
-            state["n"] += 1
-            if state["n"] == 1:
-                return ("stall",)
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "stall20/obj", blob64, "part-size=20MB",
-                   "concurrency=1", timeout=200)
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "stall20/obj", blob64, "part-size=20MB",
+                              "concurrency=1", timeout=200, rule=nth("UploadPart", {1: ("stall",)}))
     assert r["ok"], r
     parts = [q for q in proxy.requests if q.op() == "UploadPart"]
     assert parts[0].action == ("stall",) and len(parts) == 5, [(q.query, q.action) for q in parts]
     retry_after = parts[1].started - parts[0].started
     assert retry_after < 60, "stalled part retried after %.0f s: the attempt deadline, not the stall" % retry_after
-    assert sha256(s3.client.get_object(Bucket=bucket, Key="stall20/obj")["Body"].read()) == \
-        sha256(blob64.read_bytes())
-    assert uploads_left(s3.client, bucket) == []
+    assert_intact(s3, bucket, "stall20/obj", blob64)
 
 
 @pytest.mark.slow
 def test_stalled_part_is_retried(uploader, blob64, s3, bucket):
     """A part whose answer never comes (server accepted the body, then went silent) times out
     (attempt deadline scaled to the part) and is sent again; the upload completes."""
-    state = {"n": 0}
-
-    def rule(req):
-        if req.op() == "UploadPart":
-            state["n"] += 1
-            if state["n"] == 3:
-                return ("stall_response",)
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule).start()
     t0 = time.monotonic()
-    try:
-        r = upload(uploader, proxy.url, bucket, "stall/obj", blob64, "part-size=5MB",
-                   "concurrency=2", timeout=200)
-    finally:
-        proxy.stop()
+    r, _ = upload_through(uploader, s3, bucket, "stall/obj", blob64, "part-size=5MB",
+                          "concurrency=2", timeout=200, rule=nth("UploadPart", {3: ("stall_response",)}))
     assert r["ok"], r
     assert time.monotonic() - t0 < 150
-    assert sha256(s3.client.get_object(Bucket=bucket, Key="stall/obj")["Body"].read()) == \
-        sha256(blob64.read_bytes())
-    assert uploads_left(s3.client, bucket) == []
+    assert_intact(s3, bucket, "stall/obj", blob64)
 
 
 def test_lost_complete_answer_is_recognized(uploader, blob64, s3, bucket):
@@ -382,45 +349,23 @@ def test_lost_complete_answer_is_recognized(uploader, blob64, s3, bucket):
     with 200; a store that answers NoSuchUpload makes the uploader check the object's multipart
     ETag (the formula is checked against SeaweedFS in the 64 MiB test). Either way: no failure,
     no abort, no second upload."""
-    def rule(req):
-        if req.op() == "CompleteMultipartUpload" and not any(
-                q.op() == "CompleteMultipartUpload" for q in proxy.requests[:req.index]):
-            return ("drop_response",)
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "lost/obj", blob64, "part-size=5MB", "concurrency=3")
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "lost/obj", blob64, "part-size=5MB",
+                              "concurrency=3",
+                              rule=nth("CompleteMultipartUpload", {1: ("drop_response",)}))
     assert r["ok"], r
     ops = [q.op() for q in proxy.requests]
     assert ops.count("CompleteMultipartUpload") == 2, ops
     assert "AbortMultipartUpload" not in ops
     assert r["progress"]["multipart_uploads"] == 1
-    assert sha256(s3.client.get_object(Bucket=bucket, Key="lost/obj")["Body"].read()) == \
-        sha256(blob64.read_bytes())
-    assert uploads_left(s3.client, bucket) == []
+    assert_intact(s3, bucket, "lost/obj", blob64)
 
 
 def test_failed_upload_is_aborted(uploader, blob64, s3, bucket):
     """Every part after the second is reset: after its retries the upload fails, the parts in
     flight are cancelled, and AbortMultipartUpload leaves nothing behind."""
-    state = {"n": 0}
-
-    def rule(req):
-        if req.op() == "UploadPart":
-            state["n"] += 1
-            if state["n"] > 2:
-                return ("reset", 100)
-        return None
-
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
-        r = upload(uploader, proxy.url, bucket, "doomed/obj", blob64, "part-size=5MB",
-                   "concurrency=2", timeout=200)
-    finally:
-        proxy.stop()
+    r, proxy = upload_through(uploader, s3, bucket, "doomed/obj", blob64, "part-size=5MB",
+                              "concurrency=2", timeout=200,
+                              rule=nth("UploadPart", lambda n: ("reset", 100) if n > 2 else None))
     assert not r["ok"]
     assert r["error"].startswith("multipart upload aborted: uploading part "), r["error"]
     assert "rounds of retries" in r["error"], r["error"]
@@ -432,37 +377,37 @@ def test_failed_upload_is_aborted(uploader, blob64, s3, bucket):
 
 # ---------------------------------------------------------------- through the extension
 
+# A piece of the snippets below: they watch the snapshot's upload while it is in flight.
+UPLOAD_IN_FLIGHT = '''
+def upload_in_flight(c, timeout=60):
+    """litestream_status()'s `upload` once one of its parts is done; None after timeout s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        up = status(c).get("upload")
+        if up and up["parts_done"] >= 1:
+            return up
+        time.sleep(0.02)
+    return None
+'''
+
+
 def test_snapshot_larger_than_part_size_goes_multipart(pyhost, s3, bucket, tmp_path):
     """A full replication run: the first snapshot (~24 MB) is a multipart upload at part-size 5MB,
     litestream_status() shows it in flight, and the replica restores intact."""
     # ~8 MiB/s per connection, so status can see the upload in flight
-    proxy = S3Proxy(s3.port, rate=8 * MIB, hash_bodies=True).start()
     db = tmp_path / "big.db"
-    try:
-        r = pyhost.run("""
-            c = connect(P["db"])
-            c.execute("PRAGMA journal_mode=WAL")
-            c.executescript(P["fill"])
-            configure(c, P["config"])
-            one(c, "SELECT litestream_start()")
-            seen = None
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                up = status(c).get("upload")
-                if up and up["parts_done"] >= 1:
-                    seen = up
-                    break
-                time.sleep(0.05)
+    with S3Proxy(s3.port, rate=8 * MIB, hash_bodies=True) as proxy:
+        r = pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
+            c = start_replicating(P["db"], P["config"], P["fill"])
+            seen = upload_in_flight(c)
             one(c, "SELECT litestream_sync(120000)")
             c.execute("INSERT INTO t(b) VALUES (randomblob(10))")
             one(c, "SELECT litestream_sync(60000)")
             st = status(c)
             one(c, "SELECT litestream_stop()")
             result = {"seen": seen, "status": st}
-        """, timeout=200, db=str(db), fill=big_db_sql(24),
+        """), timeout=200, db=str(db), fill=big_db_sql(24),
             config=s3_config(bucket, "db", proxy.url, part_size="5MB", concurrency="3"))
-    finally:
-        proxy.stop()
     seen, st = r["seen"], r["status"]
     assert seen, "litestream_status() never showed the snapshot upload in flight"
     assert seen["part_size"] == PART and seen["part_size_raised_from"] is None
@@ -483,10 +428,7 @@ def test_snapshot_larger_than_part_size_goes_multipart(pyhost, s3, bucket, tmp_p
     assert uploads_left(s3.client, bucket) == []
     assert_no_sdk_checksums(proxy.requests)
     assert proxy.max_active_bodies <= 3
-
-    out = tmp_path / "restored.db"
-    restore_shell(pyhost.ext, out, url=s3_url(bucket, "db", s3.endpoint))
-    assert_same_db(db, out)
+    assert_restores(pyhost.ext, db, tmp_path / "restored.db", s3_url(bucket, "db", s3.endpoint))
 
 
 def _run_in_thread(fn):
@@ -513,11 +455,7 @@ def _wait_for(cond, timeout, what):
 
 
 REPLICATE_UNTIL_SYNCED = """
-    c = connect(P["db"])
-    c.execute("PRAGMA journal_mode=WAL")
-    c.executescript(P["fill"])
-    configure(c, P["config"])
-    one(c, "SELECT litestream_start()")
+    c = start_replicating(P["db"], P["config"], P["fill"])
     errors, status_errors = [], []
     deadline = time.time() + P["sync_for"]
     synced = None
@@ -545,8 +483,7 @@ def test_server_stopped_mid_upload(pyhost, tmp_path, outage):
     later. 10 s: the parts' retries outlast it and the upload completes. 45 s: the upload fails,
     its abort fails too (server down) and is retried once the server is back, then the snapshot is
     uploaded again. Either way ListMultipartUploads is empty and the replica restores intact."""
-    state = tmp_path / "s3"
-    server = S3Server(str(state), buckets=("mpbucket",)).start()
+    server = S3Server(tmp_path / "s3", buckets=("mpbucket",)).start()
     proxy = None
     try:
         proxy = S3Proxy(server.port, rate=4 * MIB).start()
@@ -558,8 +495,7 @@ def test_server_stopped_mid_upload(pyhost, tmp_path, outage):
                   "the snapshot's third part")
         server.stop()
         time.sleep(outage)
-        server.env["S3_FRESH"] = "0"  # same data: the multipart upload is still there
-        server.start()
+        server.start(fresh=False)  # same data: the multipart upload is still there
         t.join(290)
         ops = [q.op() for q in proxy.requests]
         print("outage %ds: %d CreateMultipartUpload, %d AbortMultipartUpload, %d UploadPart" % (
@@ -578,14 +514,12 @@ def test_server_stopped_mid_upload(pyhost, tmp_path, outage):
             # the first upload failed and was aborted once the server was back; then redone
             assert ops.count("CreateMultipartUpload") >= 2, ops
             assert "AbortMultipartUpload" in ops
-        client = s3_client(server.endpoint)
+        client = server.client()
         assert uploads_left(client, "mpbucket") == [], "multipart uploads left behind"
         infos = check_s3_replica(client, "mpbucket", "db")
         head = client.head_object(Bucket="mpbucket", Key=infos[0]["key"])
         assert head["ETag"].strip('"').endswith("-%d" % -(-head["ContentLength"] // PART))
-        out = tmp_path / "out.db"
-        restore_shell(pyhost.ext, out, url=s3_url("mpbucket", "db", server.endpoint))
-        assert_same_db(db, out)
+        assert_restores(pyhost.ext, db, tmp_path / "out.db", s3_url("mpbucket", "db", server.endpoint))
     finally:
         if proxy:
             proxy.stop()
@@ -595,69 +529,44 @@ def test_server_stopped_mid_upload(pyhost, tmp_path, outage):
 def test_stop_mid_upload_completes_it(pyhost, s3, bucket, tmp_path):
     """litestream_stop() while the snapshot is being uploaded: the upload completes (stop waits for
     it), nothing is left in ListMultipartUploads, and the replica restores."""
-    proxy = S3Proxy(s3.port, rate=6 * MIB).start()
     db = tmp_path / "db.db"
-    try:
-        r = pyhost.run("""
-            c = connect(P["db"])
-            c.execute("PRAGMA journal_mode=WAL")
-            c.executescript(P["fill"])
-            configure(c, P["config"])
-            one(c, "SELECT litestream_start()")
-            deadline = time.time() + 60
-            seen = None
-            while time.time() < deadline and not seen:
-                up = status(c).get("upload")
-                if up and up["parts_done"] >= 1:
-                    seen = up
-                time.sleep(0.02)
+    with S3Proxy(s3.port, rate=6 * MIB) as proxy:
+        r = pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
+            c = start_replicating(P["db"], P["config"], P["fill"])
+            seen = upload_in_flight(c)
             t0 = time.time()
             stop_err = error_of(c, "SELECT litestream_stop()")
             result = {"seen": seen, "stop_err": stop_err, "stop_s": time.time() - t0}
-        """, timeout=200, db=str(db), fill=big_db_sql(24),
+        """), timeout=200, db=str(db), fill=big_db_sql(24),
             config=s3_config(bucket, "db", proxy.url, part_size="5MB", concurrency="2"))
-    finally:
-        proxy.stop()
     assert r["seen"] and r["seen"]["parts_done"] < r["seen"]["parts_total"], r
     assert r["stop_err"] is None, r
     assert uploads_left(s3.client, bucket) == []
     check_s3_replica(s3.client, bucket, "db")
-    out = tmp_path / "out.db"
-    restore_shell(pyhost.ext, out, url=s3_url(bucket, "db", s3.endpoint))
-    assert_same_db(db, out)
+    assert_restores(pyhost.ext, db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
 
 
 def test_killed_mid_upload_is_swept_on_next_start(pyhost, s3, bucket, tmp_path):
     """The host process dies mid-upload (os._exit: nothing can run): its multipart upload is left
     behind. The next process replicating to that path aborts it before its own first upload."""
-    proxy = S3Proxy(s3.port, rate=4 * MIB).start()
     db = tmp_path / "db.db"
-    # The dead process still holds the lease (issue 4) until it expires: keep that short.
-    cfg = s3_config(bucket, "db", proxy.url, part_size="5MB", concurrency="2", lease_ttl="3s")
-    try:
-        with pytest.raises(harness.PyHostError, match="exited 7"):
-            pyhost.run("""
-                c = connect(P["db"])
-                c.execute("PRAGMA journal_mode=WAL")
-                c.executescript(P["fill"])
-                configure(c, P["config"])
-                one(c, "SELECT litestream_start()")
-                deadline = time.time() + 60
-                while time.time() < deadline:
-                    up = status(c).get("upload")
-                    if up and up["parts_done"] >= 1:
-                        log("dying during", up)
-                        os._exit(7)
-                    time.sleep(0.02)
-            """, timeout=120, db=str(db), fill=big_db_sql(24), config=cfg)
+    with S3Proxy(s3.port, rate=4 * MIB) as proxy:
+        # The dead process still holds the lease until it expires: keep that short.
+        cfg = s3_config(bucket, "db", proxy.url, part_size="5MB", concurrency="2", lease_ttl="3s")
+        with pytest.raises(PyHostError, match="exited 7"):
+            pyhost.run(snippet(UPLOAD_IN_FLIGHT, """
+                c = start_replicating(P["db"], P["config"], P["fill"])
+                up = upload_in_flight(c)
+                if up:
+                    log("dying during", up)
+                    os._exit(7)
+            """), timeout=120, db=str(db), fill=big_db_sql(24), config=cfg)
         left = uploads_left(s3.client, bucket)
         assert len(left) == 1 and left[0]["Key"].startswith("db/0000/"), left
         # a different, unrelated upload in the bucket is never touched
         other = s3.client.create_multipart_upload(Bucket=bucket, Key="unrelated/file.bin")
         r = pyhost.run("""
-            c = connect(P["db"])
-            configure(c, P["config"])
-            one(c, "SELECT litestream_start()")
+            c = start_replicating(P["db"], P["config"])
             deadline = time.time() + 120
             while True:  # a standby until the dead holder's lease expires, then the holder
                 err = error_of(c, "SELECT litestream_sync(5000)")
@@ -668,8 +577,6 @@ def test_killed_mid_upload_is_swept_on_next_start(pyhost, s3, bucket, tmp_path):
             result = err
         """, timeout=200, db=str(db), config=cfg)
         assert r is None, r
-    finally:
-        proxy.stop()
     left = uploads_left(s3.client, bucket)
     assert [u["UploadId"] for u in left] == [other["UploadId"]], left
     s3.client.abort_multipart_upload(Bucket=bucket, Key="unrelated/file.bin",
@@ -683,16 +590,10 @@ def test_skip_verify_with_a_self_signed_certificate(pyhost, s3, bucket, tmp_path
     """HTTPS with a self-signed certificate for another name: refused by default (with a hint),
     replicated and restored with skip-verify=true."""
     cert = self_signed_cert(tmp_path, cn="not-this-host.example")
-    proxy = S3Proxy(s3.port, tls=cert).start()
-    endpoint = "https://127.0.0.1:%d" % proxy.port
-    try:
+    with S3Proxy(s3.port, tls=cert) as proxy:
+        endpoint = "https://127.0.0.1:%d" % proxy.port
         refused = pyhost.run("""
-            c = connect(P["db"])
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("CREATE TABLE t(x)")
-            c.execute("INSERT INTO t VALUES (1)")
-            configure(c, P["config"])
-            one(c, "SELECT litestream_start()")
+            c = start_replicating(P["db"], P["config"], "CREATE TABLE t(x); INSERT INTO t VALUES (1)")
             deadline = time.time() + 30
             st = status(c)
             while not st.get("last_error") and time.time() < deadline:
@@ -704,23 +605,16 @@ def test_skip_verify_with_a_self_signed_certificate(pyhost, s3, bucket, tmp_path
 
         db = tmp_path / "ok.db"
         r = pyhost.run("""
-            c = connect(P["db"])
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("CREATE TABLE t(x)")
-            c.execute("INSERT INTO t VALUES (1), (2), (3)")
-            configure(c, P["config"])
-            one(c, "SELECT litestream_start()")
+            c = start_replicating(P["db"], P["config"],
+                                  "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)")
             c.execute("INSERT INTO t VALUES (4)")
             one(c, "SELECT litestream_sync(30000)")
             one(c, "SELECT litestream_stop()")
             result = True
         """, timeout=120, db=str(db), config=s3_config(bucket, "b", endpoint, skip_verify="true"))
         assert r
-        out = tmp_path / "out.db"
-        restore_shell(pyhost.ext, out, url="s3://%s/b?endpoint=%s&skip-verify=true" % (bucket, endpoint))
-        assert_same_db(db, out)
-    finally:
-        proxy.stop()
+        assert_restores(pyhost.ext, db, tmp_path / "out.db",
+                        "s3://%s/b?endpoint=%s&skip-verify=true" % (bucket, endpoint))
     # it really went through TLS on the proxy
     assert any(q.op() == "PutObject" for q in proxy.requests)
     check_s3_replica(s3.client, bucket, "b")

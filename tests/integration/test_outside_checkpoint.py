@@ -7,11 +7,11 @@ replicator learned to step aside, each one took its whole busy timeout and the w
 "database is locked". Now each completes (busy = 0) long before its timeout, the writer never
 fails, nothing needs a new snapshot, and the replica equals the source.
 """
-import subprocess
-import sys
 import textwrap
 
-from harness import HOST_PYTHON, assert_same_db, child_env, restore_shell, s3_config, s3_url
+from pysupport.extension import s3_config, s3_url
+from pysupport.paths import HOST_PYTHON
+from pysupport.shell import assert_restores
 
 CHECKPOINTER = textwrap.dedent("""
     import json, sqlite3, sys, time
@@ -34,11 +34,7 @@ def test_application_checkpoints_do_not_wait_for_the_replicator(pyhost, ext, s3,
     modes = ["FULL", "RESTART", "TRUNCATE"] * 2
     r = pyhost.run("""
         import subprocess
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["config"], "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         one(c, "SELECT litestream_sync(60000)")
         ckpt = subprocess.Popen([P["python"], "-c", P["checkpointer"], P["db"], P["modes"]],
                                 stdout=subprocess.PIPE, text=True)
@@ -69,6 +65,4 @@ def test_application_checkpoints_do_not_wait_for_the_replicator(pyhost, ext, s3,
         assert ck["seconds"] < 10, ck
     assert r["status"]["checkpoints_yielded"] >= 1, r["status"]
     assert r["status"]["snapshots"] == 1, r["status"]["last_snapshot_reason"]
-    out = tmp_path / "restored.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "app", s3.endpoint)) == r["stop"]
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "restored.db", s3_url(bucket, "app", s3.endpoint), r["stop"])

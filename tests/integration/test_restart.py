@@ -1,8 +1,10 @@
 """Restart: stopping and starting again with no writes in between uploads nothing new (above all,
 no new full snapshot), and replication then continues incrementally from the replica's TXID."""
-from harness import (SQL_DIR, assert_same_db, check_s3_replica, is_full_snapshot, list_keys,
-                     run_sqlite_shell,
-                     replicate_shell, restore_shell, s3_config, s3_url)
+from pysupport.extension import s3_config, s3_url
+from pysupport.ltx import check_s3_replica, is_full_snapshot
+from pysupport.paths import SQL_DIR
+from pysupport.s3client import key_names
+from pysupport.shell import assert_restores, replicate_shell, run_sqlite_shell
 
 SMALL_WRITE = "UPDATE items SET qty = qty + 1 WHERE id IN (1, 2, 3);"
 
@@ -24,24 +26,19 @@ def test_restart_in_new_processes(ext, s3, bucket, tmp_path):
     cfg = s3_config(bucket, "db", s3.endpoint)
     first = replicate_shell(ext, src, cfg)
     def l0_keys():  # compaction may run at start; what must not appear is a new L0 file
-        return [k for k in list_keys(s3.client, bucket) if k[0].startswith("db/0000/")]
+        return key_names(s3.client, bucket, "db/0000/")
     keys = l0_keys()
     idle = replicate_shell(ext, src, cfg, workload="")
     assert l0_keys() == keys, "L0 objects uploaded by a restart with no writes"
     more = replicate_shell(ext, src, cfg, workload=SMALL_WRITE)
     _check_after_restart(s3, bucket, first["stop"], idle["sync"], idle["stop"], more["stop"])
-    out = tmp_path / "out.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == more["stop"]
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), more["stop"])
 
 
 def test_restart_in_same_process(pyhost, ext, s3, bucket, tmp_path):
     src = tmp_path / "src.db"
     r = pyhost.run("""
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["config"])
         c.executescript(P["workload"])
         one(c, "SELECT litestream_sync(30000)")
         first_stop = one(c, "SELECT litestream_stop()")
@@ -56,9 +53,7 @@ def test_restart_in_same_process(pyhost, ext, s3, bucket, tmp_path):
     """, db=str(src), config=s3_config(bucket, "db", s3.endpoint), small=SMALL_WRITE,
         workload=(SQL_DIR / "workload.sql").read_text())
     _check_after_restart(s3, bucket, r["first_stop"], r["idle_sync"], r["idle_stop"], r["final_stop"])
-    out = tmp_path / "out.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == r["final_stop"]
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["final_stop"])
 
 
 def test_writes_while_stopped_are_not_lost(ext, s3, bucket, tmp_path):
@@ -72,9 +67,7 @@ def test_writes_while_stopped_are_not_lost(ext, s3, bucket, tmp_path):
     assert not (tmp_path / "src.db-wal").exists(), "the writer's close should checkpoint and delete the WAL"
     again = replicate_shell(ext, src, cfg, workload="")
     assert again["sync"] > first["stop"], "the writes made while stopped were not uploaded"
-    out = tmp_path / "out.db"
-    restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint))
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
 
 
 CRASHING_WRITER = """
@@ -122,6 +115,4 @@ def test_lost_state_directory_after_a_crash_needs_no_snapshot(pyhost, ext, s3, b
     """, db=str(src), config=cfg)
     assert r["status"]["snapshots"] == 0, r["status"]["last_snapshot_reason"]
     assert r["synced"] > crashed["synced"], (crashed, r["synced"])
-    out = tmp_path / "out.db"
-    assert restore_shell(ext, out, url=s3_url(bucket, "db", s3.endpoint)) == r["stop"]
-    assert_same_db(src, out)
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["stop"])

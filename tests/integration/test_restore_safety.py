@@ -11,17 +11,20 @@ at TXID 1 (the snapshot). TXID k (2..7) sets v = k in row k only, one L0 file pe
 file is the only one holding its row's page: applying a wrong file in its place leaves a database
 that passes integrity_check but is not the state of any TXID, which `state_txid` detects.
 """
-import json
 import os
 import re
 import subprocess
 
 import pytest
 
-from free_port import closed_port
-from harness import (HOST_PYTHON, child_env, integrity, reference_url, render_sql,
-                     replicate_shell, run_sqlite_shell, s3_config, s3_url, sql_literal,
-                     sqlite_shell)
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_config, s3_url
+from pysupport.paths import HOST_PYTHON
+from pysupport.ports import closed_port
+from pysupport.pyhost import snippet
+from pysupport.reference import reference_url, run_reference
+from pysupport.shell import (integrity, replicate_shell, restore_shell, restored_txid,
+                             run_sqlite_shell)
 
 ROWS = 8
 LAST_TXID = 7
@@ -35,13 +38,10 @@ def l0_key(path, txid):
 def make_chain(pyhost, db, config):
     """Replicates the chain described in the module docstring; returns the TXIDs the syncs gave."""
     return pyhost.run("""
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)")
-        for i in range(1, P["rows"] + 1):
-            c.execute("INSERT INTO t VALUES (?, 0, zeroblob(3000))", (i,))
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["config"],
+                              "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB);"
+                              + "".join("INSERT INTO t VALUES (%d, 0, zeroblob(3000));" % i
+                                        for i in range(1, P["rows"] + 1)))
         txids = [one(c, "SELECT litestream_sync()")]
         for k in range(2, P["last"] + 1):
             c.execute("UPDATE t SET v = ? WHERE id = ?", (k, k))
@@ -73,23 +73,19 @@ def state_txid(db):
     return next((k for k in CHAIN_TXIDS if st == expected_state(k)), None)
 
 
-def restore_opts(ext, out, opts, host_db=":memory:"):
+def restore_opts(ext, out, opts):
     """litestream_restore(out, opts) in a sqlite3 process; the CompletedProcess."""
-    script = render_sql("restore.sql", EXT=ext, CONFIG="",
-                        ARGS="%s, %s" % (sql_literal(str(out)), sql_literal(json.dumps(opts))))
-    p = sqlite_shell(host_db, script, check=False)
-    assert "loaded=" in p.stdout, p.stderr
-    return p
+    return restore_shell(ext, out, options=opts, check=False)
 
 
-def restored_txid(p):
-    m = re.search(r"^restored=([0-9a-f]{16})$", p.stdout, re.M)
-    return int(m.group(1), 16) if m else None
+def txid_of(p):
+    """The TXID a restore printed, as a number (None if it printed none)."""
+    txid = restored_txid(p)
+    return int(txid, 16) if txid else None
 
 
 def reference_restore(litestream_bin, out, url, *args):
-    return subprocess.run([litestream_bin, "restore", *args, "-o", str(out), url], text=True,
-                          capture_output=True, timeout=120, env=child_env(drop_ca_bundle=True))
+    return run_reference(litestream_bin, "restore", *args, "-o", out, url, check=False)
 
 
 def leftovers(directory, name):
@@ -147,7 +143,7 @@ def test_broken_object_is_refused_by_both(ext, litestream_bin, pyhost, s3, bucke
 
     p = restore_opts(ext, tmp_path / "at3.db", {"url": url, "txid": "%016x" % 3})
     assert p.returncode == 0, p.stderr
-    assert restored_txid(p) == 3 and state_txid(tmp_path / "at3.db") == 3
+    assert txid_of(p) == 3 and state_txid(tmp_path / "at3.db") == 3
 
 
 def test_txid_asked_is_txid_restored(ext, litestream_bin, pyhost, s3, bucket, tmp_path):
@@ -160,7 +156,7 @@ def test_txid_asked_is_txid_restored(ext, litestream_bin, pyhost, s3, bucket, tm
     assert re.search(r"not the file its name says", p.stderr) and l0_key("db", 5) in p.stderr, p.stderr
     assert not leftovers(tmp_path, "at5.db")
     p = restore_opts(ext, tmp_path / "at4.db", {"url": url, "txid": "%016x" % 4})
-    assert p.returncode == 0 and restored_txid(p) == 4 and state_txid(tmp_path / "at4.db") == 4, p.stderr
+    assert p.returncode == 0 and txid_of(p) == 4 and state_txid(tmp_path / "at4.db") == 4, p.stderr
 
     ref = tmp_path / "ref5.db"
     r = reference_restore(litestream_bin, ref, reference_url(bucket, "db", s3.endpoint), "-txid", "%016x" % 5)
@@ -179,19 +175,21 @@ def other_replica(ext, s3, bucket, tmp_path):
     return s3_url(bucket, "other", s3.endpoint), src
 
 
+# The start of the snippets below: `c` replicates P["live"], which holds one acknowledged row.
+REPLICATING_LIVE = """
+    c = start_replicating(P["live"], P["config"])
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES ('acknowledged')")
+    one(c, "SELECT litestream_sync()")
+"""
+
+
 def test_restore_over_a_database_this_process_replicates(ext, pyhost, s3, bucket, tmp_path):
     """The replicating connection and a second connection of the same process are both refused;
     the live database and its replica keep every acknowledged row."""
     url, _ = other_replica(ext, s3, bucket, tmp_path)
     live = tmp_path / "live.db"
-    r = pyhost.run("""
-        c = connect(P["live"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
-        c.execute("CREATE TABLE t(x)")
-        c.execute("INSERT INTO t VALUES ('acknowledged')")
-        one(c, "SELECT litestream_sync()")
+    r = pyhost.run(snippet(REPLICATING_LIVE, """
         opts = json.dumps({"url": P["url"], "overwrite": True})
         same = error_of(c, "SELECT litestream_restore(?, ?)", P["live"], opts)
         m = connect(":memory:")
@@ -200,7 +198,7 @@ def test_restore_over_a_database_this_process_replicates(ext, pyhost, s3, bucket
         one(c, "SELECT litestream_sync()")
         one(c, "SELECT litestream_stop()")
         result = {"same": same, "other": other, "rows": one(c, "SELECT count(*) FROM t")}
-    """, live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint))
+    """), live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint))
     for who in ("same", "other"):
         assert r[who] and "this process is replicating it" in r[who] and "litestream_stop()" in r[who], r
     assert r["rows"] == 2, r
@@ -216,14 +214,7 @@ def test_restore_over_a_database_another_process_replicates(ext, pyhost, s3, buc
     """With the lease its local lock names the other process; without, its connections do."""
     url, _ = other_replica(ext, s3, bucket, tmp_path)
     live = tmp_path / "live.db"
-    r = pyhost.run("""
-        c = connect(P["live"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["config"])
-        one(c, "SELECT litestream_start()")
-        c.execute("CREATE TABLE t(x)")
-        c.execute("INSERT INTO t VALUES ('acknowledged')")
-        one(c, "SELECT litestream_sync()")
+    r = pyhost.run(snippet(REPLICATING_LIVE, """
         script = '.load "%s"\\nSELECT litestream_restore(%s, %s);\\n' % (
             EXT, "'" + P["live"] + "'", "'" + json.dumps({"url": P["url"], "overwrite": True}) + "'")
         p = subprocess.run(["/usr/bin/sqlite3", ":memory:"], input=script, text=True, capture_output=True)
@@ -231,7 +222,7 @@ def test_restore_over_a_database_another_process_replicates(ext, pyhost, s3, buc
         one(c, "SELECT litestream_sync()")
         one(c, "SELECT litestream_stop()")
         result = {"rc": p.returncode, "err": p.stderr, "rows": one(c, "SELECT count(*) FROM t")}
-    """, live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint, lease=lease))
+    """), live=str(live), url=url, config=s3_config(bucket, "live", s3.endpoint, lease=lease))
     assert r["rc"] != 0, r
     want = "another process is replicating it" if lease == "on" else "it is in use"
     assert want in r["err"], r
@@ -322,7 +313,7 @@ def test_timestamps(ext, pyhost, s3, bucket, tmp_path):
     url = s3_url(bucket, "db", s3.endpoint)
     p = restore_opts(ext, tmp_path / "late.db", {"url": url, "timestamp": "2999-01-01T00:00:00Z"})
     assert p.returncode == 0, p.stderr
-    assert restored_txid(p) == LAST_TXID and state_txid(tmp_path / "late.db") == LAST_TXID
+    assert txid_of(p) == LAST_TXID and state_txid(tmp_path / "late.db") == LAST_TXID
 
     meta = s3.client.head_object(Bucket=bucket, Key=l0_key("db", 4))["Metadata"]["litestream-timestamp"]
     from datetime import datetime, timedelta, timezone
@@ -331,7 +322,7 @@ def test_timestamps(ext, pyhost, s3, bucket, tmp_path):
     ist = (t4 + timedelta(milliseconds=1)).astimezone(timezone(timedelta(hours=5, minutes=30)))
     p = restore_opts(ext, tmp_path / "t4.db", {"url": url, "timestamp": ist.isoformat(timespec="microseconds")})
     assert p.returncode == 0, p.stderr
-    assert restored_txid(p) == 4 and state_txid(tmp_path / "t4.db") == 4
+    assert txid_of(p) == 4 and state_txid(tmp_path / "t4.db") == 4
 
     for bad, why in [("2023-02-30T00:00:00Z", "day 30 is out of range"),
                      ("10000-01-01T00:00:00Z", "four digits")]:
@@ -375,10 +366,7 @@ def test_stop_fails_when_nothing_reached_the_replica(pyhost, s3, bucket, tmp_pat
     endpoint = s3.endpoint if fault == "wrong-secret" else "http://127.0.0.1:%d" % closed_port()
     bad = s3_config(bucket, "db", endpoint, secret_access_key="not-the-secret")
     r = pyhost.run("""
-        c = connect(P["db"])
-        c.execute("PRAGMA journal_mode=WAL")
-        configure(c, P["bad"])
-        one(c, "SELECT litestream_start()")
+        c = start_replicating(P["db"], P["bad"])
         c.execute("CREATE TABLE t(x)")
         c.execute("INSERT INTO t VALUES (1)")
         deadline = time.time() + 15

@@ -4,16 +4,12 @@ Each restore must equal its source (same `.dump`) and pass integrity_check; ever
 must pass tests/tools/ltx_check.py and sit at <path>/0000/<min>-<max>.ltx with metadata
 litestream-timestamp.
 """
-from harness import (SQL_DIR, TXID_RE, assert_same_db, check_file_replica, check_s3_replica,
-                     file_config, replicate_shell, restore_shell, s3_config, s3_url)
+from pysupport.extension import TXID_RE, file_config, s3_config, s3_url
+from pysupport.ltx import check_file_replica, check_s3_replica
+from pysupport.paths import SQL_DIR
+from pysupport.shell import assert_restores, assert_same_db, replicate_shell, restore_shell
 
 WORKLOAD = (SQL_DIR / "workload.sql").read_text()
-
-
-def _restore_equals(ext, src, out, url, txid):
-    got = restore_shell(ext, out, url=url)
-    assert got == txid, "restore returned TXID %s, the replica ends at %s" % (got, txid)
-    assert_same_db(src, out)
 
 
 def test_writes_from_loading_connection(ext, s3, bucket, tmp_path):
@@ -26,7 +22,7 @@ def test_writes_from_loading_connection(ext, s3, bucket, tmp_path):
     infos = check_s3_replica(s3.client, bucket, "app.db")
     assert len(infos) >= 2 and infos[-1]["max_txid"] == r["stop"]
 
-    _restore_equals(ext, src, tmp_path / "by-url.db", s3_url(bucket, "app.db", s3.endpoint), r["stop"])
+    assert_restores(ext, src, tmp_path / "by-url.db", s3_url(bucket, "app.db", s3.endpoint), r["stop"])
     # the same replica through the configured (not URL) form, from a connection to the source
     got = restore_shell(ext, tmp_path / "by-config.db", host_db=src,
                         config=s3_config(bucket, "app.db", s3.endpoint))
@@ -37,10 +33,7 @@ def test_writes_from_loading_connection(ext, s3, bucket, tmp_path):
 def test_writes_from_second_connection_same_process(pyhost, ext, s3, bucket, tmp_path):
     src = tmp_path / "src.db"
     r = pyhost.run("""
-        a = connect(P["db"])
-        a.execute("PRAGMA journal_mode=WAL")
-        configure(a, P["config"])
-        one(a, "SELECT litestream_start()")
+        a = start_replicating(P["db"], P["config"])
         b = connect(P["db"])                      # loads the extension too; never calls start
         seen_bucket = one(b, "SELECT litestream_configure('bucket')")
         b.executescript(P["workload"])
@@ -56,7 +49,7 @@ def test_writes_from_second_connection_same_process(pyhost, ext, s3, bucket, tmp
     assert r["sync_b"] > r["sync_a"] and r["stop"] >= r["sync_b"], r
     infos = check_s3_replica(s3.client, bucket, "db")
     assert infos[-1]["max_txid"] == r["stop"]
-    _restore_equals(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["stop"])
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["stop"])
 
 
 def test_writes_from_another_process(pyhost, ext, s3, bucket, tmp_path):
@@ -64,11 +57,7 @@ def test_writes_from_another_process(pyhost, ext, s3, bucket, tmp_path):
     the commits by polling (status txid advances without a sync call), then sync covers them."""
     src = tmp_path / "src.db"
     r = pyhost.run("""
-        a = connect(P["db"])
-        a.execute("PRAGMA journal_mode=WAL")
-        a.execute("CREATE TABLE IF NOT EXISTS marker(x)")
-        configure(a, P["config"])
-        one(a, "SELECT litestream_start()")
+        a = start_replicating(P["db"], P["config"], "CREATE TABLE IF NOT EXISTS marker(x)")
         first = one(a, "SELECT litestream_sync(30000)")
         cli(P["db"], P["workload"])               # another process commits
         deadline = time.time() + 10
@@ -85,7 +74,7 @@ def test_writes_from_another_process(pyhost, ext, s3, bucket, tmp_path):
     assert r["synced"] > r["polled"] > r["first"], r
     infos = check_s3_replica(s3.client, bucket, "db")
     assert infos[-1]["max_txid"] == r["stop"]
-    _restore_equals(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["stop"])
+    assert_restores(ext, src, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint), r["stop"])
 
 
 def test_file_replica(ext, tmp_path):
@@ -94,4 +83,4 @@ def test_file_replica(ext, tmp_path):
     r = replicate_shell(ext, src, file_config(replica))
     infos = check_file_replica(replica)
     assert infos[-1]["max_txid"] == r["stop"]
-    _restore_equals(ext, src, tmp_path / "out.db", "file://%s" % replica, r["stop"])
+    assert_restores(ext, src, tmp_path / "out.db", "file://%s" % replica, r["stop"])

@@ -3,7 +3,10 @@ loads the extension, commits from two connections on two threads, syncs, stops a
 The restore must equal the source and the replica must be well formed."""
 import subprocess
 
-from harness import REPO, assert_same_db, check_s3_replica, child_env, s3_client
+from pysupport.awsenv import child_env
+from pysupport.ltx import check_s3_replica
+from pysupport.paths import REPO
+from pysupport.shell import assert_same_db
 
 HOST_DIR = REPO / "tests" / "rust_host"
 HOST_BIN = HOST_DIR / "target" / "release" / "litestream-rust-host"
@@ -26,4 +29,4 @@ def test_rust_host_round_trip(ext, s3, bucket, tmp_path):
     assert lines["start"] == "started"
     assert lines["sync"] == lines["stop"] == lines["restore"]
     assert_same_db(src, out)
-    check_s3_replica(s3_client(s3.endpoint), bucket, "rusthost")
+    check_s3_replica(s3.client, bucket, "rusthost")

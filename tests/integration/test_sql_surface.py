@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from harness import (EXPECTED_FUNCTIONS, TXID_RE, assert_same_db, config_keys, config_sql,
-                     ext_error, labeled, load_sql, replicate_shell, restore_shell, run_sqlite_shell,
-                     s3_config, s3_url)
+from pysupport.extension import EXPECTED_FUNCTIONS, TXID_RE, config_sql, s3_config, s3_url
+from pysupport.shell import (assert_same_db, config_keys, ext_error, labeled, load_sql,
+                             replicate_shell, restore_shell, run_sqlite_shell)
 
 FUNCTIONS_SQL = "SELECT DISTINCT name FROM pragma_function_list WHERE name LIKE 'litestream%' ORDER BY name"
 

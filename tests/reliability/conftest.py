@@ -4,64 +4,36 @@ Every test here talks to SeaweedFS servers this suite starts itself (it kills an
 them, and enforces SigV4 with a distinctive secret key), on 127.0.0.1 only:
 - RELIABILITY_S3_PORT / RELIABILITY_S3_PORT2 pick their ports (default: free ports);
 - the extension is LITESTREAM_EXT (default target/release/liblitestream), hosted by
-  /usr/bin/python3 bench/crash_host.py.
+  /usr/bin/python3 pysupport/crash_host.py.
 
-Secrets: the servers' admin identity uses SECRET_KEY below, and every replica is configured with
+Secrets: the servers' admin identity uses SECRET_KEY (rel_common.py), and every replica is configured with
 it through litestream_configure('secret-access-key', ...). Child processes get a *different*
 AWS_SECRET_ACCESS_KEY in their environment (so the AWS SDK never falls back to EC2 metadata). Every
 test records what it saw — status JSON, SQL errors, stderr, state files — with `seen(...)`; at the
 end of the session all of it is scanned for the secret, and any hit fails the run.
 """
-import os
 import shutil
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-import benchlib as bl  # noqa: E402
+import rel_common
+from pysupport.fixtures import ext
+from rel_common import leaks, seen_files
+from rel_helpers import seaweedfs
 
-import rel_common  # noqa: E402
-from rel_common import ACCESS_KEY, SECRET_KEY, _port, leaks, seen, seen_files  # noqa: E402,F401
-
-
-@pytest.fixture(scope="session")
-def ext():
-    if not os.path.exists(bl.EXT + ".so"):
-        pytest.fail("the extension %s.so is missing: run `cargo build --release`" % bl.EXT,
-                    pytrace=False)
-    return bl.EXT
+__all__ = ["ext", "s3", "workdir"]
 
 
 @pytest.fixture(scope="session")
 def s3(ext):
     """The session's SeaweedFS (bucket 'crash'), SigV4 with ACCESS_KEY / SECRET_KEY."""
-    state = tempfile.mkdtemp(prefix="litestream-rel-s3-")
-    server = bl.S3Server(_port("RELIABILITY_S3_PORT", (20000, 32000)), state, buckets=("crash",),
-                         access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
+    server = seaweedfs("RELIABILITY_S3_PORT", "crash").start()
     try:
         yield server
     finally:
         server.stop()
-        seen_files("seaweedfs-log", state)  # not ours, but cheap to check nothing echoed it
-        shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.fixture
-def own_s3(ext):
-    """A dedicated SeaweedFS this test may kill and restart (bucket 'outage')."""
-    state = tempfile.mkdtemp(prefix="litestream-rel-own-s3-")
-    server = bl.S3Server(_port("RELIABILITY_S3_PORT2", (32000, 45000)), state, buckets=("outage",),
-                         access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
+        seen_files("seaweedfs-log", server.state)  # not ours, but cheap to check nothing echoed it
+        shutil.rmtree(server.state, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Shared by the reliability tests and conftest.py: the session's credentials and the record of
 every output that must never contain the secret (see conftest.py)."""
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -38,12 +37,3 @@ def leaks():
         if i >= 0:
             out.append("%s: ...%s..." % (where, text[max(0, i - 120):i + len(SECRET_KEY) + 40]))
     return out
-
-
-def _port(env, fallback_range):
-    if os.environ.get(env):
-        return int(os.environ[env])
-    from free_port import free_s3_port
-    return free_s3_port(*fallback_range)
-
-

@@ -1,89 +1,77 @@
-"""Helpers for the reliability tests: run crash_host.py, check replicas, mount tmpfs."""
+"""What the reliability tests share beyond pysupport: the crash writer driven with every output
+recorded for the secret scan (rel_common.seen), restores checked against the database, this
+suite's SeaweedFS servers, and tmpfs mounts for the file-replica faults (root only)."""
 import json
 import os
-import re
 import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
-import benchlib as bl
-import crash
-from rel_common import seen
-
-LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
-
-
-def start_writer(params):
-    """The writer as a background process; waits until it printed `started`."""
-    p = subprocess.Popen([bl.HOST_PYTHON, str(crash.CRASH_HOST), "write", json.dumps(params)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=bl.child_env())
-    line = p.stdout.readline()
-    if not line.startswith("started"):
-        out, err = p.communicate(timeout=30)
-        raise AssertionError("writer did not start: %s %s %s" % (line, out, err[-3000:]))
-    return p, time.time()
+from pysupport import crash_trials
+from pysupport.crash_trials import start_writer
+from pysupport.ports import port_from_env
+from pysupport.s3server import S3Server
+from rel_common import ACCESS_KEY, SECRET_KEY, seen
 
 
-def finish_writer(p, timeout=300):
-    out, err = p.communicate(timeout=timeout)
+__all__ = ["can_mount", "finish_writer", "inspect", "mount_tmpfs", "read_status_log", "remount",
+           "restore_and_compare", "restore_env", "same_rows", "seaweedfs", "start_writer", "umount"]
+
+
+def seaweedfs(port_variable, bucket):
+    """A SeaweedFS of this suite's own (SigV4 with ACCESS_KEY / SECRET_KEY) serving `bucket`, on
+    the port the environment variable names (else a free one), in a temporary state dir."""
+    return S3Server(buckets=(bucket,), port=port_from_env(port_variable), access_key=ACCESS_KEY,
+                    secret_key=SECRET_KEY)
+
+
+def finish_writer(writer, timeout=300):
+    """The writer's result once it ended by itself (its outputs recorded)."""
+    res, out, err = writer.finish(timeout=timeout)
     seen("writer stderr", err)
     seen("writer stdout", out)
-    res = None
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            res = json.loads(line[7:])
-    assert p.returncode == 0 and res is not None, "writer exited %s:\n%s" % (p.returncode, err[-4000:])
     return res
 
 
 def read_status_log(path):
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    seen("status log %s" % path, Path(path).read_text())
-    return rows
+    text = Path(path).read_text()
+    seen("status log %s" % path, text)
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def restore_env():
+    return crash_trials.restore_env(ACCESS_KEY, SECRET_KEY)
+
+
+def inspect(db):
+    """integrity_check, counter range and digest of a database (crash_host.py inspect)."""
+    return crash_trials.host("inspect", {"db": str(db)})[0]
+
+
+def same_rows(a, b):
+    return (a["digest"], a["max"], a["bulk"]) == (b["digest"], b["max"], b["bulk"])
 
 
 def restore_and_compare(ext, url, out, db, acked):
     """Restore (ours) equals the database and holds every acknowledged value."""
-    from rel_common import ACCESS_KEY, SECRET_KEY
-    res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out), "overwrite": True},
-                          env=crash.restore_env(ACCESS_KEY, SECRET_KEY))
+    res, err = crash_trials.host("restore", {"ext": ext, "url": url, "out": str(out),
+                                             "overwrite": True}, env=restore_env())
     seen("restore", res)
     seen("restore stderr", err)
     assert "error" not in res, res
     assert res["integrity"] == "ok", res
     assert res["max"] >= acked, "restored max %s < acknowledged %d" % (res["max"], acked)
     assert res["count"] == res["max"] and res["min"] == 1, "counter has holes: %s" % res
-    src, _ = crash.host("inspect", {"db": str(db)})
+    src = inspect(db)
     assert src["integrity"] == "ok", src
-    assert (res["digest"], res["max"], res["bulk"]) == (src["digest"], src["max"], src["bulk"]), (
-        "restore differs from the database: %s vs %s" % (res, src))
+    assert same_rows(res, src), "restore differs from the database: %s vs %s" % (res, src)
     return res
-
-
-def file_l0_txids(directory):
-    """TXIDs of a file replica's L0 files (ltx/0/<min>-<max>.ltx), checked 1..M without gaps;
-    every file decodes with ltx_check.py."""
-    sys.path.insert(0, str(bl.TOOLS))
-    import ltx_check
-    d = Path(directory) / "ltx" / "0"
-    txids = []
-    for f in sorted(d.iterdir()) if d.exists() else []:
-        m = LTX_NAME.match(f.name)
-        assert m, "unexpected file in the replica: %s" % f
-        assert m.group(1) == m.group(2), f
-        ltx_check.decode(f.read_bytes())
-        txids.append(int(m.group(1), 16))
-    assert txids == list(range(1, len(txids) + 1)), "gap in %s: %s" % (d, txids)
-    return txids
 
 
 def can_mount():
     if os.geteuid() != 0:
         return False
-    probe = Path("/tmp/litestream-rel-mount-probe-%d" % os.getpid())
-    probe.mkdir(exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="litestream-rel-mount-probe-"))
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
                         capture_output=True).returncode == 0
     if ok:

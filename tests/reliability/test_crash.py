@@ -1,36 +1,26 @@
 """SIGKILL a replicating writer at random moments: nothing acknowledged is lost, restores pass
-integrity_check, and the next start continues the TXIDs without a gap (bench/crash.py does the
-work; CRASH_TRIALS picks the number of trials, 20 by default, 200 in the documented run)."""
-import json
+integrity_check, and the next start continues the TXIDs without a gap (pysupport/crash_trials.py
+does the work, as for bench/crash.py; CRASH_TRIALS picks the number of trials, 20 by default, 200
+in the documented run)."""
 import os
-import time
 
-import pytest
-
-import crash
+from pysupport import crash_trials
+from pysupport.report import write_record
 from rel_common import ACCESS_KEY, SECRET_KEY, seen
-
-
-def save(summary, name):
-    """Keep the trial record (failures included) in bench/out/, as bench/crash.py does."""
-    out = crash.bl.REPO / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ("%s-%s.json" % (name, time.strftime("%Y%m%d-%H%M%S")))
-    path.write_text(json.dumps(summary, indent=1, default=str))
-    print("trial record:", path)
 
 
 def test_crash_trials(s3, ext):
     trials = int(os.environ.get("CRASH_TRIALS", "20"))
     kills = int(os.environ.get("CRASH_KILLS", "1"))
     lines = []
-    s = crash.run(trials=trials, kills=kills, endpoint=s3.endpoint, access_key=ACCESS_KEY,
-                  secret_key=SECRET_KEY, log=lines.append,
-                  seed=int(os.environ["CRASH_SEED"]) if os.environ.get("CRASH_SEED") else None)
+    s = crash_trials.run(trials=trials, kills=kills, endpoint=s3.endpoint, access_key=ACCESS_KEY,
+                         secret_key=SECRET_KEY, log=lines.append, ext=ext,
+                         seed=int(os.environ["CRASH_SEED"]) if os.environ.get("CRASH_SEED") else None)
     for tr in s["results"]:
         seen("crash trial %d" % tr["trial"], tr)
     seen("crash failures", s["failures"])
-    save(s, "crash-pytest")
+    # the trial record (failures included) in bench/out/, as bench/crash.py keeps it
+    print("trial record:", write_record("crash-pytest", s))
     print("\n".join(lines))
     print("%d/%d trials, %d kills (%d before start), %d restarts needed a snapshot, %d LTX files checked, %.0f s, seed %d" % (
         s["passed"], trials, s["kills"], s["kills_before_start"], s["restarts_with_snapshot"],
@@ -42,9 +32,10 @@ def test_crash_trials(s3, ext):
 def test_truncate_checkpoint_race(s3, ext):
     """Crash trials with TRUNCATE checkpoints every ~100 WAL pages (truncate-page-n=100)."""
     lines = []
-    s = crash.run(trials=int(os.environ.get("CRASH_TRUNCATE_TRIALS", "6")), endpoint=s3.endpoint,
-                  access_key=ACCESS_KEY, secret_key=SECRET_KEY, log=lines.append,
-                  force={"truncate-page-n": "100", "sync-interval": "100ms"})
+    s = crash_trials.run(trials=int(os.environ.get("CRASH_TRUNCATE_TRIALS", "6")),
+                         endpoint=s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                         log=lines.append, ext=ext,
+                         force={"truncate-page-n": "100", "sync-interval": "100ms"})
     for tr in s["results"]:
         seen("truncate trial %d" % tr["trial"], tr)
     seen("truncate failures", s["failures"])

@@ -7,16 +7,13 @@ import time
 
 import pytest
 
-import crash
-from rel_common import seen
-from rel_helpers import (can_mount, file_l0_txids, finish_writer, mount_tmpfs, read_status_log,
-                     remount, restore_and_compare, start_writer, umount)
+from pysupport.crash_trials import read_acked
+from pysupport.extension import file_config
+from pysupport.ltx import file_l0_txids
+from rel_helpers import (can_mount, finish_writer, mount_tmpfs, read_status_log, remount,
+                         restore_and_compare, start_writer, umount)
 
 MOUNT = can_mount()
-
-
-def file_config(directory):
-    return [("type", "file"), ("url", "file://%s" % directory), ("sync-interval", "100ms")]
 
 
 def run_fault(ext, workdir, replica, break_it, fix_it, reason_re, extra=None):
@@ -49,7 +46,7 @@ def run_fault(ext, workdir, replica, break_it, fix_it, reason_re, extra=None):
     assert final["state"] == "running" and final["last_error"] is None, final
     txids = file_l0_txids(replica)
     assert int(res["stopped_txid"], 16) == len(txids)
-    restore_and_compare(ext, "file://%s" % replica, workdir / "restored.db", db, crash.read_acked(ack))
+    restore_and_compare(ext, "file://%s" % replica, workdir / "restored.db", db, read_acked(ack))
     # Compaction writes other levels (ltx/<level>/); anything not named like an LTX file there
     # (a *.tmp left by a failed write) is a leftover.
     ltx_name = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{16}\.ltx$")

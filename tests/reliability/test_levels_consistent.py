@@ -10,39 +10,21 @@ kept; then it rebuilds the database at every TXID from L0 alone and compares eac
 file page by page (and commit size) against it.
 """
 import os
-import struct
-import sys
 
-import benchlib as bl
-import crash
+from pysupport.extension import s3_config
+from pysupport.ltx import lock_page, pages_of
+from pysupport.s3client import empty_prefix, key_names
 from rel_common import ACCESS_KEY, SECRET_KEY, seen
 from rel_helpers import finish_writer, restore_and_compare, start_writer
 
-sys.path.insert(0, str(bl.TOOLS))
-import ltx_check  # noqa: E402
-
 SECONDS = float(os.environ.get("RELIABILITY_LEVELS_SECONDS", "8"))
-
-
-def pages_of(blob):
-    """(header dict, {pgno: page bytes}) of an LTX file; raises on any format error."""
-    d = ltx_check.decode(blob)
-    out = {}
-    for pgno, (start, _) in d["pages"]:
-        i = start + 6
-        _, flags = struct.unpack(">IH", blob[start:start + 6])
-        assert flags & 1, "legacy page encoding in a file we wrote"
-        (n,) = struct.unpack(">I", blob[i:i + 4])
-        out[pgno] = ltx_check.lz4_block_decompress(blob[i + 4:i + 4 + n], d["page_size"])
-    return d, out
 
 
 def test_every_level_matches_the_l0_chain(s3, ext, workdir):
     client, bucket = s3.client(), "crash"
     prefix = "levels-%d" % os.getpid()
     db = workdir / "db.sqlite"
-    config = bl.ext_config(bucket, prefix, s3.endpoint, "100ms", access_key=ACCESS_KEY,
-                           secret_key=SECRET_KEY)
+    config = s3_config(bucket, prefix, s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     config += [("lease", "off"), ("min-checkpoint-page-count", "10"),
                ("levels", "300ms,1s"), ("snapshot-interval", "500ms"), ("l0-retention", "0"),
                ("retention", "off")]
@@ -53,7 +35,7 @@ def test_every_level_matches_the_l0_chain(s3, ext, workdir):
     seen("levels writer", res)
 
     files = {}
-    for key in bl.list_keys(client, bucket, prefix + "/"):
+    for key in key_names(client, bucket, prefix + "/"):
         level = int(key.split("/")[-2], 16)
         files.setdefault(level, []).append(
             pages_of(client.get_object(Bucket=bucket, Key=key)["Body"].read()) + (key,))
@@ -77,7 +59,7 @@ def test_every_level_matches_the_l0_chain(s3, ext, workdir):
             if level == 9:
                 assert lo == 1, key
                 bad = [pg for pg in range(1, commit + 1) if pages.get(pg) != want.get(pg)
-                       and pg != 1 + (1 << 30) // h["page_size"]]
+                       and pg != lock_page(h["page_size"])]
             else:
                 # A compacted file holds the newest version (as of `hi`) of each page it has.
                 bad = [pg for pg, v in pages.items() if pg <= commit and v != want.get(pg)]
@@ -89,4 +71,4 @@ def test_every_level_matches_the_l0_chain(s3, ext, workdir):
 
     url = "s3://%s/%s?endpoint=%s" % (bucket, prefix, s3.endpoint)
     restore_and_compare(ext, url, workdir / "restored.db", db, res["last"])
-    crash.bl.empty_prefix(client, bucket, prefix)
+    empty_prefix(client, bucket, prefix)

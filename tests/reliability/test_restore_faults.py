@@ -15,16 +15,17 @@ never is. The object is put back after each trial.
 RELIABILITY_RESTORE_FAULT_TRIALS (default 30) sets the number of trials, RELIABILITY_SEED the seed.
 """
 import hashlib
-import json
 import os
 import random
-import subprocess
 
-import benchlib as bl
-import crash
+from pysupport.awsenv import child_env
+from pysupport.extension import s3_config
+from pysupport.ltx import pages_of
+from pysupport.reference import litestream_bin, run_reference
+from pysupport.s3client import empty_prefix, key_names
+from pysupport.shell import restore_shell, restored_txid
 from rel_common import ACCESS_KEY, SECRET_KEY, seen
-from rel_helpers import finish_writer, start_writer
-from test_levels_consistent import pages_of
+from rel_helpers import finish_writer, restore_env, start_writer
 
 TRIALS = int(os.environ.get("RELIABILITY_RESTORE_FAULT_TRIALS", "30"))
 SEED = int(os.environ.get("RELIABILITY_SEED", "11"))
@@ -47,20 +48,16 @@ def images_by_txid(objects):
 
 def our_restore(ext, url, out, opts=None):
     """(returncode, TXID or None, stderr) of litestream_restore() in a sqlite3 process."""
-    script = '.load "%s"\nSELECT \'restored=\' || litestream_restore(\'%s\', \'%s\');\n' % (
-        ext, out, json.dumps(dict(opts or {}, url=url)))
-    p = subprocess.run(["/usr/bin/sqlite3", "-bail", ":memory:"], input=script, text=True,
-                       capture_output=True, timeout=300,
-                       env=bl.child_env(crash.restore_env(ACCESS_KEY, SECRET_KEY)))
+    p = restore_shell(ext, out, url=url, options=opts, check=False, timeout=300,
+                      env=child_env(restore_env()))
     seen("restore-faults ours", p.stdout + p.stderr)
-    txid = next((int(line[9:], 16) for line in p.stdout.splitlines() if line.startswith("restored=")), None)
-    return p.returncode, txid, p.stderr
+    txid = restored_txid(p)
+    return p.returncode, int(txid, 16) if txid else None, p.stderr
 
 
 def reference_restore(url, out):
-    p = subprocess.run([bl.litestream_bin(), "restore", "-o", str(out), url], text=True,
-                       capture_output=True, timeout=300,
-                       env=bl.child_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}))
+    p = run_reference(litestream_bin(), "restore", "-o", out, url, check=False, timeout=300,
+                      env={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     seen("restore-faults reference", p.stdout + p.stderr)
     return p.returncode, p.stderr
 
@@ -102,8 +99,7 @@ def damage(client, bucket, objects, rng):
 def test_damaged_replica_restores_an_exact_state_or_nothing(s3, ext, workdir):
     client, bucket = s3.client(), "crash"
     prefix = "restore-faults-%d" % os.getpid()
-    config = bl.ext_config(bucket, prefix, s3.endpoint, "100ms", access_key=ACCESS_KEY,
-                           secret_key=SECRET_KEY)
+    config = s3_config(bucket, prefix, s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     config += [("lease", "off"), ("levels", "300ms,1s"), ("snapshot-interval", "1s"),
                ("l0-retention", "0"), ("retention", "off")]
     p, _ = start_writer({"db": str(workdir / "db.sqlite"), "ext": ext, "config": config,
@@ -111,7 +107,7 @@ def test_damaged_replica_restores_an_exact_state_or_nothing(s3, ext, workdir):
                          "sync_every": [1, 4], "bulk_p": 0.1, "delete_p": 0.1})
     seen("restore-faults writer", finish_writer(p))
     objects = {}
-    for key in bl.list_keys(client, bucket, prefix + "/"):
+    for key in key_names(client, bucket, prefix + "/"):
         if key.endswith(".ltx"):
             obj = client.get_object(Bucket=bucket, Key=key)
             objects[key] = (obj["Body"].read(), obj["Metadata"])
@@ -163,4 +159,4 @@ def test_damaged_replica_restores_an_exact_state_or_nothing(s3, ext, workdir):
         len(objects), ",".join(levels), latest))
     for (fault, name), outcomes in sorted(tally.items()):
         print("  %-8s %-10s %s" % (fault, name, outcomes))
-    bl.empty_prefix(client, bucket, prefix)
+    empty_prefix(client, bucket, prefix)

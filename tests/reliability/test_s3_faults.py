@@ -1,9 +1,9 @@
-"""S3 faults: the extension replicates through a fault-injecting proxy (tests/integration/s3proxy.py)
+"""S3 faults: the extension replicates through a fault-injecting proxy (pysupport/s3proxy.py)
 in front of SeaweedFS. A seeded share of the requests gets a random fault: 500 InternalError,
 503 SlowDown, a connection reset part-way through the request body, a stalled request or answer,
 an answer dropped after the server did the work, an answer cut part-way through its body.
 
-Workload (bench/crash_host.py `write`): small commits with litestream_sync() every few (failures
+Workload (pysupport/crash_host.py `write`): small commits with litestream_sync() every few (failures
 tolerated and recorded), a few transactions larger than part-size (5 MB: multipart uploads, parts
 faulted too), compaction with short level intervals, short L0 and snapshot retention (compaction
 reads and writes and retention deletes are faulted), and the lease on with a short TTL (lock.json
@@ -32,18 +32,22 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-import benchlib as bl
-import crash
-from rel_common import ACCESS_KEY, SECRET_KEY, _port, seen, seen_files
-from rel_helpers import finish_writer, read_status_log, restore_and_compare, start_writer
-from s3proxy import S3Proxy, random_faults
+from pysupport import crash_trials
+from pysupport.crash_trials import read_acked
+from pysupport.extension import s3_config
+from pysupport.ltx import ltx_decode
+from pysupport.reference import litestream_bin, reference_url, run_reference
+from pysupport.s3client import key_names, uploads_left
+from pysupport.s3proxy import S3Proxy, random_faults
+from rel_common import ACCESS_KEY, SECRET_KEY, seen, seen_files
+from rel_helpers import (finish_writer, inspect, read_status_log, restore_and_compare,
+                         restore_env, same_rows, seaweedfs, start_writer)
 
 SECONDS = float(os.environ.get("RELIABILITY_FAULT_SECONDS", "35"))
 RATE = float(os.environ.get("RELIABILITY_FAULT_RATE", "0.15"))
@@ -70,18 +74,16 @@ def check(cond, msg):
 def faulty(ext):
     """Runs the scenario once; the tests below check its outcome."""
     print("\nS3 faults: seed %d, rate %.2f, %.0f s of writes" % (SEED, RATE, SECONDS))
-    state = tempfile.mkdtemp(prefix="litestream-rel-faults-s3-")
     work = Path(tempfile.mkdtemp(prefix="litestream-rel-faults-"))
-    server = bl.S3Server(_port("RELIABILITY_S3_PORT2", (32000, 45000)), state, buckets=(BUCKET,),
-                         access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
+    server = seaweedfs("RELIABILITY_S3_PORT2", BUCKET).start()
     rule = random_faults(SEED, RATE, max_stalls=MAX_STALLS)
     proxy = S3Proxy(server.port, rule=rule).start()
     try:
         db, ack, slog = work / "db.sqlite", work / "acked.txt", work / "status.jsonl"
-        config = bl.ext_config(BUCKET, PREFIX, proxy.url, "100ms", access_key=ACCESS_KEY,
-                               secret_key=SECRET_KEY, part_size="5MB", levels="2s,6s",
-                               l0_retention="3s", snapshot_interval="12s", snapshot_retention="15s",
-                               lease="on", lease_ttl=LEASE_TTL, min_checkpoint_page_count="500")
+        config = s3_config(BUCKET, PREFIX, proxy.url, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY, part_size="5MB", levels="2s,6s",
+                           l0_retention="3s", snapshot_interval="12s", snapshot_retention="15s",
+                           lease="on", lease_ttl=LEASE_TTL, min_checkpoint_page_count="500")
         rng = random.Random(SEED)
         big_at = sorted(rng.uniform(1.0, max(2.0, SECONDS - 3.0)) for _ in range(max(2, int(SECONDS // 12))))
         writer, t0 = start_writer({
@@ -103,8 +105,8 @@ def faulty(ext):
         t_done = time.time()
         rows = read_status_log(slog)
         client = server.client()
-        uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
-        keys = bl.list_keys(client, BUCKET, "")
+        uploads = uploads_left(client, BUCKET)
+        keys = key_names(client, BUCKET)
         seen("faults summary", faults)
         print("writes ended; faults off; the writer's final sync + stop took %.1f s (sync %.1f s)" % (
             t_done - t_off, res["final_sync_s"]))
@@ -116,9 +118,9 @@ def faulty(ext):
         server.stop()
         seen_files("faults workdir", work)
         if os.environ.get("RELIABILITY_FAULT_KEEP") == "1":  # for a post-mortem
-            print("kept: S3 state %s, work %s" % (state, work))
+            print("kept: S3 state %s, work %s" % (server.state, work))
         else:
-            shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(server.state, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -158,9 +160,6 @@ def test_replication_converges(faulty):
 
 
 def test_l0_contiguous_and_every_object_valid(faulty):
-    import sys
-    sys.path.insert(0, str(bl.TOOLS))
-    import ltx_check
     client, res = faulty["client"], faulty["res"]
     stopped = int(res["stopped_txid"], 16)
     l0, levels, other = [], {}, []
@@ -173,7 +172,7 @@ def test_l0_contiguous_and_every_object_valid(faulty):
         levels[level] = levels.get(level, 0) + 1
         data = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         try:
-            info = ltx_check.decode(data)
+            info = ltx_decode(data)
         except Exception as e:  # noqa: BLE001
             fail("%s fails ltx_check.py: %s" % (key, e))
         check((int(info["min_txid"], 16), int(info["max_txid"], 16)) == (lo, hi),
@@ -199,7 +198,7 @@ def test_restore_equals_source(faulty, ext):
     url = "s3://%s/%s?endpoint=%s" % (BUCKET, PREFIX, faulty["server"].endpoint)
     try:
         res = restore_and_compare(ext, url, faulty["work"] / "restored.db", faulty["db"],
-                                  crash.read_acked(faulty["ack"]))
+                                  read_acked(faulty["ack"]))
     except AssertionError as e:
         fail(str(e))
     print("\nour restore: TXID %s, %d counter rows, %d bulk rows" % (res["txid"], res["count"], res["bulk"]))
@@ -207,26 +206,24 @@ def test_restore_equals_source(faulty, ext):
 
 def test_reference_restore_equals_source(faulty):
     out = faulty["work"] / "ref-restored.db"
-    url = "s3://%s/%s?endpoint=%s&forcePathStyle=true&region=us-east-1" % (
-        BUCKET, PREFIX, faulty["server"].endpoint)
-    p = subprocess.run([bl.litestream_bin(), "restore", "-integrity-check", "full", "-o", str(out), url],
-                       text=True, capture_output=True, timeout=300,
-                       env=bl.child_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}))
+    url = reference_url(BUCKET, PREFIX, faulty["server"].endpoint)
+    p = run_reference(litestream_bin(), "restore", "-integrity-check", "full", "-o", out, url,
+                      check=False, timeout=300,
+                      env={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     seen("reference restore stdout", p.stdout)
     seen("reference restore stderr", p.stderr)
     check(p.returncode == 0, "litestream restore exited %d:\n%s" % (p.returncode, p.stderr[-3000:]))
-    got, _ = crash.host("inspect", {"db": str(out)})
-    src, _ = crash.host("inspect", {"db": str(faulty["db"])})
+    got, src = inspect(out), inspect(faulty["db"])
     check(got["integrity"] == "ok", "reference restore integrity: %s" % got)
-    check((got["digest"], got["max"], got["bulk"]) == (src["digest"], src["max"], src["bulk"]),
+    check(same_rows(got, src),
           "reference restore differs from the database: %s vs %s" % (got, src))
 
 
 def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
     """Restores through the proxy with faults on: each produces exactly the database, or fails and
     leaves no file behind (neither the output nor its temporary)."""
-    proxy, rule = faulty["proxy"], faulty["rule"]
-    src, _ = crash.host("inspect", {"db": str(faulty["db"])})
+    proxy = faulty["proxy"]
+    src = inspect(faulty["db"])
     url = "s3://%s/%s?endpoint=%s" % (BUCKET, PREFIX, proxy.url)
     outcomes = []
     rules = [random_faults(SEED * 7 + i, RATE, max_stalls=1 if i == 0 else 0)  # a stall costs 30 s
@@ -247,8 +244,8 @@ def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
         proxy.set_rule(r)
         out = faulty["work"] / ("through-faults-%d.db" % i)
         t0 = time.time()
-        res, err = crash.host("restore", {"ext": ext, "url": url, "out": str(out)},
-                              env=crash.restore_env(ACCESS_KEY, SECRET_KEY), timeout=400)
+        res, err = crash_trials.host("restore", {"ext": ext, "url": url, "out": str(out)},
+                                     env=restore_env(), timeout=400)
         proxy.set_rule(None)
         seen("restore through faults %d" % i, res)
         seen("restore through faults %d stderr" % i, err)
@@ -263,7 +260,7 @@ def test_restore_through_faults_is_exact_or_nothing(faulty, ext):
             continue
         check(i <= RESTORES, "restore %d succeeded although every download failed" % i)
         check(res["integrity"] == "ok", "restore %d through faults: integrity %s" % (i, res))
-        check((res["digest"], res["max"], res["bulk"]) == (src["digest"], src["max"], src["bulk"]),
+        check(same_rows(res, src),
               "restore %d through faults differs from the database: %s vs %s" % (i, res, src))
         outcomes.append("exact in %.1f s (%d/%d requests faulted: %s)" % (
             time.time() - t0, s["faulted"], s["requests"], s["kinds"]))
@@ -287,12 +284,11 @@ def test_lease_survives_a_lost_answer_to_its_own_renewal(s3, ext, workdir):
                 return ("status", 500)
         return None
 
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
+    with S3Proxy(s3.port, rule=rule) as proxy:
         db, ack, slog = workdir / "db.sqlite", workdir / "acked.txt", workdir / "status.jsonl"
         prefix = "lease-lost-answer-%d" % os.getpid()
-        config = bl.ext_config("crash", prefix, proxy.url, "100ms", access_key=ACCESS_KEY,
-                               secret_key=SECRET_KEY, lease="on", lease_ttl="3s")
+        config = s3_config("crash", prefix, proxy.url, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY, lease="on", lease_ttl="3s")
         writer, _ = start_writer({
             "db": str(db), "ext": ext, "config": config, "ack": str(ack), "seed": 1,
             "duration_s": 8, "pace_s": 0.02, "sync_every": [2, 6], "tolerate_sync_errors": True,
@@ -300,8 +296,6 @@ def test_lease_survives_a_lost_answer_to_its_own_renewal(s3, ext, workdir):
             "status_every_s": 0.1})
         res = finish_writer(writer)
         rows = read_status_log(slog)
-    finally:
-        proxy.stop()
     assert len(puts) >= 6, "too few lock.json writes to reach the fault: %d" % len(puts)
     lost = [r["status"]["lease"] for r in rows if "lost lease" in json.dumps(r["status"])]
     assert not lost, "the replicator lost its own lease: %s" % lost[0]
@@ -328,11 +322,10 @@ def test_commit_not_blocked_by_a_stalled_upload(s3, ext, workdir):
                 return ("stall_response",)
         return None
 
-    proxy = S3Proxy(s3.port, rule=rule).start()
-    try:
+    with S3Proxy(s3.port, rule=rule) as proxy:
         prefix = "lock-stall-%d" % os.getpid()
-        config = bl.ext_config("crash", prefix, proxy.url, "100ms", access_key=ACCESS_KEY,
-                               secret_key=SECRET_KEY, lease="off", levels="off",
+        config = s3_config("crash", prefix, proxy.url, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY, lease="off", levels="off",
                                min_checkpoint_page_count="20")
         writer, _ = start_writer({
             "db": str(workdir / "db.sqlite"), "ext": ext, "config": config,
@@ -340,8 +333,6 @@ def test_commit_not_blocked_by_a_stalled_upload(s3, ext, workdir):
             "sync_every": [50, 100], "tolerate_sync_errors": True, "sync_timeout_ms": 1000,
             "busy_timeout_s": 5})
         res = finish_writer(writer, timeout=300)
-    finally:
-        proxy.stop()
     print("\nslowest commit %.2f s" % res["commit_max_s"])
     # A writer may wait in backpressure (at most 5 s per commit, src/replicator.rs) while the
     # replica cannot keep up; it must never fail on the write lock.
@@ -361,19 +352,16 @@ def test_unheard_create_multipart_upload_is_aborted(s3, ext, workdir):
                 return ("drop_response",)
         return None
 
-    proxy = S3Proxy(s3.port, rule=rule).start()
     prefix = "unheard-create-%d" % os.getpid()
-    try:
-        config = bl.ext_config("crash", prefix, proxy.url, "100ms", access_key=ACCESS_KEY,
-                               secret_key=SECRET_KEY, part_size="5MB", levels="off")
+    with S3Proxy(s3.port, rule=rule) as proxy:
+        config = s3_config("crash", prefix, proxy.url, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY, part_size="5MB", levels="off")
         writer, _ = start_writer({
             "db": str(workdir / "db.sqlite"), "ext": ext, "config": config,
             "ack": str(workdir / "acked.txt"), "seed": 1, "duration_s": 3, "pace_s": 0.02,
             "big_at_s": [0.5], "big_bytes": 11 << 20})
         res = finish_writer(writer)
-    finally:
-        proxy.stop()
     assert len(creates) >= 2, "the fault was not reached: %s" % creates
     assert res["status"]["multipart_uploads"] >= 1, res["status"]
-    left = s3.client().list_multipart_uploads(Bucket="crash", Prefix=prefix + "/").get("Uploads", [])
+    left = uploads_left(s3.client(), "crash", prefix + "/")
     assert not left, "multipart uploads left open: %s" % [(u["Key"], u["UploadId"]) for u in left]

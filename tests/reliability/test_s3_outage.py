@@ -3,30 +3,31 @@ uploads in flight around the kill): the error shows in status, litestream_sync()
 meanwhile, and once the server is back replication converges with nothing lost (L0 TXIDs without
 a gap, every object valid, the restore equals the database, every acknowledged value present).
 Separately: no multipart upload may be left open on the server."""
-import tempfile
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-import benchlib as bl
-import crash
-from rel_common import ACCESS_KEY, SECRET_KEY, _port, seen_files
-from rel_helpers import finish_writer, read_status_log, restore_and_compare, start_writer
+from pysupport.crash_trials import read_acked
+from pysupport.extension import s3_config
+from pysupport.ltx import l0_txids, ltx_check_l0
+from pysupport.s3client import uploads_left
+from rel_common import ACCESS_KEY, SECRET_KEY, seen_files
+from rel_helpers import (finish_writer, read_status_log, restore_and_compare, seaweedfs,
+                         start_writer)
 
 
 @pytest.fixture(scope="module")
 def outage(ext):
     """Runs the scenario once; the tests below check its outcome."""
-    state = tempfile.mkdtemp(prefix="litestream-rel-outage-s3-")
     work = Path(tempfile.mkdtemp(prefix="litestream-rel-outage-"))
-    server = bl.S3Server(_port("RELIABILITY_S3_PORT2", (32000, 45000)), state, buckets=("outage",),
-                         access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
+    server = seaweedfs("RELIABILITY_S3_PORT2", "outage").start()
     try:
         db, ack, slog = work / "db.sqlite", work / "acked.txt", work / "status.jsonl"
-        config = bl.ext_config("outage", "db", server.endpoint, "100ms", access_key=ACCESS_KEY,
-                               secret_key=SECRET_KEY)
+        config = s3_config("outage", "db", server.endpoint, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY)
         writer, t0 = start_writer({
             "db": str(db), "ext": ext, "config": config, "ack": str(ack), "seed": 7,
             "duration_s": 10, "pace_s": 0.005, "sync_every": [2, 10], "tolerate_sync_errors": True,
@@ -45,11 +46,10 @@ def outage(ext):
         client = server.client()
         yield {"server": server, "client": client, "work": work, "db": db, "ack": ack, "res": res,
                "rows": rows, "t_kill": t_kill, "t_up": t_up,
-               "uploads": client.list_multipart_uploads(Bucket="outage").get("Uploads", [])}
+               "uploads": uploads_left(client, "outage")}
     finally:
-        server.stop()
+        server.stop(remove_state=True)
         seen_files("outage workdir", work)
-        shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -68,11 +68,11 @@ def test_s3_killed_and_restarted_converges(outage, ext):
     assert final["state"] == "running" and final["last_error"] is None, final
     assert final["multipart_uploads"] >= 1, "no multipart upload happened: %s" % final
     print("final sync after the restart took %.2f s" % res["final_sync_s"])
-    txids = crash.l0_txids(outage["client"], "outage", "db")
+    txids = l0_txids(outage["client"], "outage", "db")
     assert int(res["stopped_txid"], 16) == len(txids)
-    crash.ltx_check_all(outage["client"], "outage", "db")
+    ltx_check_l0(outage["client"], "outage", "db")
     url = "s3://outage/db?endpoint=%s" % outage["server"].endpoint
-    restore_and_compare(ext, url, outage["work"] / "restored.db", outage["db"], crash.read_acked(outage["ack"]))
+    restore_and_compare(ext, url, outage["work"] / "restored.db", outage["db"], read_acked(outage["ack"]))
 
 
 def test_s3_outage_leaves_no_open_multipart_upload(outage):

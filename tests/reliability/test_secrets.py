@@ -7,24 +7,20 @@ too; conftest.py scans all of them at the end of the session."""
 import json
 import secrets
 
-import benchlib as bl
-import crash
+from pysupport import crash_trials
+from pysupport.extension import s3_config
+from pysupport.ports import closed_port
 from rel_common import ACCESS_KEY, SECRET_KEY, leaks, seen, seen_files
-from free_port import closed_port
 
 WRONG_SECRET = "Wrong-%s-DoNotLeak" % secrets.token_hex(8)
 
 
 def run_script(ext, db, steps, env=None):
-    import subprocess
-    p = subprocess.run([bl.HOST_PYTHON, str(crash.CRASH_HOST), "script",
-                        json.dumps({"ext": ext, "db": str(db), "steps": steps})],
-                       text=True, capture_output=True, timeout=180, env=bl.child_env(env))
-    seen("script stderr", p.stderr)
-    seen("script stdout", p.stdout)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads([x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
-    return out["steps"], p.stdout + p.stderr
+    """crash_host.py `script`: (each step's result or error, everything the host printed)."""
+    res, err = crash_trials.host("script", {"ext": ext, "db": str(db), "steps": steps}, env=env)
+    printed = json.dumps(res) + "\n" + err
+    seen("script output", printed)
+    return res["steps"], printed
 
 
 def cfg_steps(pairs):
@@ -36,8 +32,7 @@ CONFIG = {"sql": "SELECT litestream_config()"}
 
 
 def test_secret_never_shown(s3, ext, workdir):
-    good = bl.ext_config("crash", "secrets", s3.endpoint, "100ms", access_key=ACCESS_KEY,
-                         secret_key=SECRET_KEY)
+    good = s3_config("crash", "secrets", s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     steps = cfg_steps(good) + [
         {"sql": "SELECT litestream_configure('secret-access-key')"},
         CONFIG, STATUS,
@@ -58,7 +53,6 @@ def test_secret_never_shown(s3, ext, workdir):
             {"url": "s3://crash/secrets?endpoint=%s" % s3.endpoint})]},
     ]
     out, raw = run_script(ext, workdir / "good.db", steps)
-    res = {s["sql"]: s for s in out}
     assert out[len(good)]["result"] == [["********"]], out[len(good)]
     synced = [s for s in out if s["sql"].startswith("SELECT litestream_sync")][0]
     assert "result" in synced, "replication with the configured secret failed: %s" % synced
@@ -70,8 +64,8 @@ def test_secret_never_shown(s3, ext, workdir):
     assert SECRET_KEY not in raw, "secret in the outputs:\n%s" % raw[:3000]
 
     # a wrong secret: SigV4 fails; status, sync and stop errors must not echo it either
-    wrong = bl.ext_config("crash", "secrets-wrong", s3.endpoint, "100ms", access_key=ACCESS_KEY,
-                          secret_key=WRONG_SECRET)
+    wrong = s3_config("crash", "secrets-wrong", s3.endpoint, access_key=ACCESS_KEY,
+                      secret_key=WRONG_SECRET)
     steps = cfg_steps(wrong) + [
         {"sql": "SELECT litestream_start()"},
         {"sql": "CREATE TABLE t(x)"}, {"sql": "INSERT INTO t VALUES (1)"},

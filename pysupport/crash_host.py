@@ -1,5 +1,6 @@
-"""Crash-suite host: `/usr/bin/python3 bench/crash_host.py MODE JSON` (stdlib only; Debian's
-python3 is the only one here that can load the extension).
+"""The crash writer host: `/usr/bin/python3 pysupport/crash_host.py MODE JSON` (standard library
+and pysupport.hostside only; Debian's python3 is the only one here that can load the extension).
+Driven by pysupport.crash_trials (bench/crash.py) and the reliability suite.
 
 Modes:
     write    the writer: opens the database, starts replication, commits a monotonic counter
@@ -25,21 +26,10 @@ import random
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
-
-def one(c, sql, *args):
-    row = c.execute(sql, args).fetchone()
-    return None if row is None else row[0]
-
-
-def load(c, ext):
-    c.enable_load_extension(True)
-    c.load_extension(ext)
-    c.enable_load_extension(False)
-
-
-def status(c):
-    return json.loads(one(c, "SELECT litestream_status()"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from pysupport.hostside import connect, load, one, run_modes, status  # noqa: E402
 
 
 def summary(c):
@@ -58,7 +48,7 @@ def summary(c):
 
 def mode_write(p):
     rng = random.Random(p.get("seed"))
-    c = sqlite3.connect(p["db"], isolation_level=None, timeout=p.get("busy_timeout_s", 30))
+    c = connect(p["db"], timeout=p.get("busy_timeout_s", 30))
     c.execute("PRAGMA journal_mode=WAL").fetchone()
     c.execute("PRAGMA synchronous=%s" % p.get("synchronous", "NORMAL"))
     c.execute("CREATE TABLE IF NOT EXISTS c(n INTEGER PRIMARY KEY, pad BLOB)")
@@ -143,8 +133,7 @@ def mode_write(p):
 
 
 def mode_restore(p):
-    c = sqlite3.connect(":memory:", isolation_level=None)
-    load(c, p["ext"])
+    c = connect(":memory:", p["ext"])
     opts = {"url": p["url"]}
     if p.get("overwrite"):
         opts["overwrite"] = True
@@ -152,8 +141,7 @@ def mode_restore(p):
         txid = one(c, "SELECT litestream_restore(?, ?)", p["out"], json.dumps(opts))
     except sqlite3.Error as e:
         return {"error": str(e), "exists": os.path.exists(p["out"])}
-    r = sqlite3.connect(p["out"], isolation_level=None)
-    res = summary(r)
+    res = summary(connect(p["out"]))
     res["txid"] = txid
     return res
 
@@ -161,7 +149,7 @@ def mode_restore(p):
 def mode_script(p):
     """Run SQL steps on one connection, recording each result or error (secrets probe).
     Steps: {"sql": ..., "args": [...]} or {"sleep": seconds}; `env` extends os.environ first."""
-    c = sqlite3.connect(p.get("db", ":memory:"), isolation_level=None, timeout=30)
+    c = connect(p.get("db", ":memory:"))
     c.execute("PRAGMA journal_mode=WAL").fetchone()
     load(c, p["ext"])
     out = []
@@ -178,13 +166,9 @@ def mode_script(p):
 
 
 def mode_inspect(p):
-    c = sqlite3.connect(p["db"], isolation_level=None, timeout=30)
-    return summary(c)
+    return summary(connect(p["db"]))
 
 
 if __name__ == "__main__":
-    mode = sys.argv[1]
-    params = json.loads(sys.argv[2])
-    res = {"write": mode_write, "restore": mode_restore, "inspect": mode_inspect,
-           "script": mode_script}[mode](params)
-    print("RESULT " + json.dumps(res), flush=True)
+    run_modes({"write": mode_write, "restore": mode_restore, "inspect": mode_inspect,
+               "script": mode_script})
