@@ -202,6 +202,21 @@ pub fn with_calling_connection<T>(
     Ok(f(&conn))
 }
 
+/// Run `handler` when the process exits normally (`exit()`, a return from `main`); false when
+/// the C library refused to register it.
+pub fn at_exit(handler: extern "C" fn()) -> bool {
+    // SAFETY: `handler` takes no arguments and returns nothing, as atexit requires; the library
+    // stays mapped until the process ends (the entry point loads it permanently), so the pointer
+    // stays valid.
+    unsafe { libc::atexit(handler) == 0 }
+}
+
+/// An identity of `conn` while it is open: the address of its handle.
+pub fn connection_id(conn: &Connection) -> usize {
+    // SAFETY: the handle is only turned into a number, never dereferenced.
+    unsafe { conn.handle() as usize }
+}
+
 /// Called after each commit with the database path and the number of frames now in the WAL.
 pub type CommitNotifier = fn(&str, u32);
 

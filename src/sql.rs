@@ -10,9 +10,17 @@
 //! - JSON results carry SQLite's JSON subtype, so `->` and `json_*` treat them as JSON.
 //! - rusqlite runs each function body under `catch_unwind`: no panic crosses into SQLite.
 //! - Secrets never leave through here: config and status output come pre-redacted.
+//! - A connection that called `litestream_start()` is counted until it closes: its
+//!   `litestream_start` function owns the count ([`StartedBy`]), and SQLite destroys the function
+//!   when the connection closes. Loading the extension again on the same connection shares the
+//!   count instead of ending it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use once_cell::sync::Lazy;
 
 use rusqlite::functions::{Context as FnContext, FunctionFlags, SubType};
 use rusqlite::types::ValueRef;
@@ -61,8 +69,9 @@ pub fn register(conn: Connection) -> rusqlite::Result<bool> {
     conn.create_scalar_function(c"litestream_config", 0, json, |ctx| {
         json_result("litestream_config", config_json(ctx))
     })?;
-    conn.create_scalar_function(c"litestream_start", 0, direct, |ctx| {
-        sql_result("litestream_start", start(ctx))
+    let started_by = StartedBy::of(&conn);
+    conn.create_scalar_function(c"litestream_start", 0, direct, move |ctx| {
+        sql_result("litestream_start", start(ctx, &started_by))
     })?;
     conn.create_scalar_function(c"litestream_stop", 0, direct, |ctx| {
         sql_result("litestream_stop", stop(ctx))
@@ -168,16 +177,76 @@ fn config_json(ctx: &FnContext<'_>) -> Result<serde_json::Value> {
     }))
 }
 
-fn start(ctx: &FnContext<'_>) -> Result<&'static str> {
+/// The `litestream_start()` of one connection: holds the count of that connection for the
+/// database it started, until SQLite destroys the function (the connection closes).
+#[derive(Debug)]
+struct StartedBy {
+    connection: usize,
+    guard: Mutex<Option<runtime::ConnectionGuard>>,
+}
+
+/// Each open connection's [`StartedBy`], by connection identity, so that a second load of the
+/// extension on a connection (which replaces, and so destroys, its functions) keeps the count.
+static STARTED_BY: Lazy<Mutex<HashMap<usize, Weak<StartedBy>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+impl StartedBy {
+    fn of(conn: &Connection) -> Arc<StartedBy> {
+        let connection = host::connection_id(conn);
+        let mut all = STARTED_BY.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = all.get(&connection).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let fresh = Arc::new(StartedBy {
+            connection,
+            guard: Mutex::new(None),
+        });
+        all.insert(connection, Arc::downgrade(&fresh));
+        fresh
+    }
+
+    fn hold(&self, guard: runtime::ConnectionGuard) {
+        let previous = self
+            .guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(guard);
+        // Dropped outside the lock: the new guard already counts this connection.
+        drop(previous);
+    }
+}
+
+impl Drop for StartedBy {
+    fn drop(&mut self) {
+        // Runs inside SQLite's close (xDestroy): never unwind into C, and never wait on the
+        // table (in a forked child a thread of the parent may have left it locked). An entry
+        // left behind is harmless: it no longer upgrades, and the next connection at this
+        // address replaces it.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Ok(mut all) = STARTED_BY.try_lock() {
+                if all
+                    .get(&self.connection)
+                    .is_some_and(|w| w.strong_count() == 0)
+                {
+                    all.remove(&self.connection);
+                }
+            }
+        }));
+        // Then `guard` drops: the connection is no longer counted.
+    }
+}
+
+fn start(ctx: &FnContext<'_>, started_by: &StartedBy) -> Result<&'static str> {
     let (path, vfs) = main_db(ctx)?;
     let path = require_file_db(path)?;
-    let (_replicator, started) = runtime::start(&path, vfs.as_deref())?;
+    let started = runtime::start(&path, vfs.as_deref())?;
+    started_by.hold(started.guard);
     // Every connection that calls start() wakes the replicator on its commits. The hook also
     // replaces this connection's auto-checkpoint: checkpoints are the replicator's job now.
     host::with_calling_connection(ctx, |conn| {
         host::install_wal_hook(conn, &path.display().to_string(), runtime::notify_commit)
     })?;
-    Ok(if started {
+    Ok(if started.started {
         "started"
     } else {
         "already running"

@@ -45,7 +45,7 @@ use crate::config::ResolvedConfig;
 use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, unix_ms, Progress, ReplicaClient};
-use crate::s3::lease::{Lease, LeaseSetup};
+use crate::s3::lease::{Lease, LeaseSetup, LeaseStatus, Role};
 use crate::state;
 use crate::wal;
 
@@ -361,6 +361,10 @@ impl Replicator {
     }
 
     /// Block until everything committed before this call is in the replica; returns that TXID.
+    ///
+    /// A standby waits too, within the same timeout: it may take the lease over meanwhile (a
+    /// process restarted after a crash waits for its predecessor's lease to expire), and then
+    /// its first upload covers the call. Only a lease that can never work fails at once.
     pub fn sync(&self, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         let mut g = self.shared.lock();
@@ -368,12 +372,6 @@ impl Replicator {
         let ticket = g.sync_requested;
         self.shared.cond.notify_all();
         loop {
-            // Lease (issue 4): a standby answers at once instead of timing out.
-            if let Some(l) = &self.lease {
-                if let Some(m) = l.view().standby_message(l.lock_url()) {
-                    return Err(Error::msg(m));
-                }
-            }
             if g.synced_gen >= ticket {
                 return Ok(g.txid);
             }
@@ -382,16 +380,26 @@ impl Replicator {
                     "replication is stopped; call litestream_start() first",
                 ));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let view = self.lease.as_ref().map(|l| l.view());
+            if let Some(v) = view.as_ref().filter(|v| v.fatal) {
+                return Err(Error::msg(v.error.clone().unwrap_or_default()));
+            }
+            if Instant::now() >= deadline {
+                let waited = format!("timed out after {} ms", timeout.as_millis());
+                if let (Some(l), Some(v)) = (&self.lease, view.filter(|v| v.role != Role::Holder)) {
+                    return Err(Error::msg(format!(
+                        "{waited} waiting for the lease: {}",
+                        v.standby_message(l.lock_url())
+                            .unwrap_or_else(|| v.undecided_message(l.lock_url()))
+                    )));
+                }
                 let why = g
                     .last_error
                     .as_deref()
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default();
                 return Err(Error::msg(format!(
-                    "timed out after {} ms waiting for the replica ({}) to catch up{why}",
-                    timeout.as_millis(),
+                    "{waited} waiting for the replica ({}) to catch up{why}",
                     self.shared.replica
                 )));
             }
@@ -413,7 +421,7 @@ impl Replicator {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        // Lease (issue 4): after the final sync, release so a standby takes over at once.
+        // After the final sync, release the lease so that a standby takes over at once.
         if let Some(l) = &self.lease {
             l.stop();
         }
@@ -439,9 +447,7 @@ impl Replicator {
         // Not holding the lease means not running, even before the worker has noticed.
         let lease = self.lease.as_ref().map(|l| l.view());
         let state = match (&lease, g.state) {
-            (Some(v), RunState::Running) if v.role != crate::s3::lease::Role::Holder => {
-                RunState::Standby
-            }
+            (Some(v), RunState::Running) if v.role != Role::Holder => RunState::Standby,
             (_, s) => s,
         };
         Status {
@@ -475,10 +481,8 @@ impl Replicator {
             last_error: g.last_error.clone().or(progress.retrying),
             compaction: Some(self.compactor.status_json()),
             lease: Some(match &lease {
-                Some(v) => v.to_json(),
-                None => serde_json::json!({
-                    "role": "off", "owner": null, "token": null, "expires_at": null,
-                }),
+                Some(v) => v.status(),
+                None => LeaseStatus::off(),
             }),
             restores: None,
         }

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::s3::lease::LeaseStatus;
+
 /// The status of one database: the same keys whether or not it is being replicated (what only a
 /// running replicator knows is `null` or zero otherwise).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -34,7 +36,7 @@ pub struct Status {
     pub concurrency: Option<usize>,
     pub last_error: Option<String>,
     pub compaction: Option<serde_json::Value>,
-    pub lease: Option<serde_json::Value>,
+    pub lease: Option<LeaseStatus>,
     /// Restores running in this process (every database's status shows them).
     pub restores: Option<serde_json::Value>,
 }

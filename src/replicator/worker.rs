@@ -45,6 +45,9 @@ const PROBE_ACTIVE_FOR: Duration = Duration::from_secs(5);
 /// in backpressure long before (16 MiB); this bounds writers in other processes: unbounded, a
 /// 91 MB/s writer grew the WAL to 596 MB.
 const OUTPACED_WAL_BYTES: u64 = 32 << 20;
+/// How long `litestream_stop()` waits for a lease that has not answered yet (a stop right after
+/// start) before it reports that nothing may have reached the replica.
+const LEASE_RESOLVE_AT_STOP: Duration = Duration::from_secs(5);
 /// `litestream_stop()` keeps retrying the final sync this long (Litestream's shutdown-sync-timeout).
 const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// A standby wakes at least this often (besides lease changes) to refresh status and to run the
@@ -259,6 +262,19 @@ impl Worker {
     pub(super) fn shutdown(&mut self) {
         // A level-9 snapshot was told to give up by `Replicator::stop`; it ends at its next page.
         self.join_level9();
+        if let Some(l) = self.lease.clone() {
+            // A stop right after start: let the lease say who holds it (its first request is
+            // normally a few milliseconds away) before deciding there is nothing to flush.
+            let deadline = Instant::now() + LEASE_RESOLVE_AT_STOP;
+            while !l.view().resolved && l.holding().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some((_, epoch)) = l.holding() {
+                if self.lease_epoch != Some(epoch) {
+                    self.take_over(epoch);
+                }
+            }
+        }
         if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
             // A standby has nothing to flush when another instance is known to hold the lease:
             // the holder owns the replica. One that never learnt who holds it (S3 unreachable,

@@ -20,11 +20,12 @@
 
 mod insecure_tls;
 pub mod lease;
+mod leftovers;
 pub mod upload;
 
 use std::io::Read;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::config::retry::RetryPartition;
@@ -132,14 +133,13 @@ pub struct S3Client {
     pub(crate) target: S3Target,
     pub(crate) progress: Arc<Progress>,
     /// When this client was made: multipart uploads under our prefix initiated before then and
-    /// not ours are leftovers of a process that died mid-upload (see `upload::sweep`).
+    /// not ours are leftovers of a writer that died mid-upload (see `leftovers`).
     pub(crate) created: SystemTime,
-    /// Whether this client has looked for such leftovers yet (once, before its first upload).
-    pub(crate) swept: AtomicBool,
-    /// Multipart uploads whose abort failed (server unreachable): (key, upload id). Retried before
-    /// every later upload and when the client is dropped.
-    pub(crate) pending_aborts: Mutex<Vec<(String, String)>>,
-    /// Lease (issue 4): closed fence = no mutating request leaves `client`; its token tags uploads.
+    /// The lease acquisition (+ 1) this client last looked for such leftovers in; 0 = never.
+    pub(crate) swept_for: AtomicU64,
+    /// Multipart uploads whose abort failed (server unreachable), retried later.
+    pub(crate) pending_aborts: Arc<leftovers::PendingAborts>,
+    /// Closed fence = no mutating request leaves `client`; its token tags uploads.
     pub(crate) fence: Arc<lease::Fence>,
     /// `client`'s configuration without the fence, for the lease's own requests.
     pub(crate) base_conf: aws_sdk_s3::Config,
@@ -205,8 +205,8 @@ impl S3Client {
             target: target.clone(),
             progress: Arc::new(Progress::default()),
             created: SystemTime::now(),
-            swept: AtomicBool::new(false),
-            pending_aborts: Mutex::new(Vec::new()),
+            swept_for: AtomicU64::new(0),
+            pending_aborts: Arc::default(),
             fence,
             base_conf,
         })
@@ -228,19 +228,8 @@ impl S3Client {
 
 impl Drop for S3Client {
     fn drop(&mut self) {
-        // Uploads whose abort failed: one last try, in the background (the runtime outlives us).
-        let pending = std::mem::take(
-            &mut *self
-                .pending_aborts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for (key, id) in pending {
-            let (client, bucket) = (self.client.clone(), self.target.bucket.clone());
-            self.rt.spawn(async move {
-                let _ = upload::abort(&client, &bucket, &key, &id).await;
-            });
-        }
+        // Uploads whose abort failed: retried in the background (the runtime outlives us).
+        leftovers::retry_in_background(self);
     }
 }
 
@@ -358,7 +347,7 @@ impl ReplicaClient for S3Client {
             "litestream-timestamp".to_string(),
             format_timestamp_ms(timestamp_ms),
         )];
-        // Lease (issue 4): refuse early when the lease is not held; tag the object with the token.
+        // Refuse early when the lease is not held; tag the object with the token.
         self.fence.check().map_err(Error::msg)?;
         if let Some(token) = self.fence.token() {
             meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));

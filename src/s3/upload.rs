@@ -20,14 +20,13 @@
 //!   then in further rounds here with growing pauses, because one lost part costs the whole upload.
 //!   Every attempt has a deadline scaled to the body size, so nothing waits forever.
 //! - No multipart upload is left behind: on failure the parts still in flight are cancelled and the
-//!   upload is aborted. If the abort itself fails (server unreachable), the upload is remembered
-//!   and aborted before the next upload (and when the client is dropped). Uploads under our prefix
-//!   left by a process that died mid-upload are aborted before this client's first upload.
+//!   upload is aborted; an abort that fails, and uploads a previous writer left under our prefix,
+//!   are `leftovers`' to clean up.
 //! - Status (`Progress::current`) lists the multipart uploads and large single PUTs in flight with
 //!   parts done / total, bytes per second and the part size in effect; the entry is removed however
 //!   the upload ends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fs::File;
 use std::future::Future;
@@ -35,9 +34,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef;
@@ -49,12 +48,11 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use once_cell::sync::Lazy;
 use sha2::Sha256;
 
+use super::leftovers::{self, ActiveUpload};
 use super::{run, sdk_error, timeouts, S3Client};
 use crate::error::{Error, Result};
-use crate::ltx;
 use crate::replica_client::{InFlight, Progress, Spool};
 
 /// S3's limit on parts per multipart upload.
@@ -120,7 +118,7 @@ pub fn put_object(
     metadata: Vec<(String, String)>,
     body: &mut Spool,
 ) -> Result<u64> {
-    housekeeping(c);
+    leftovers::before_upload(c);
     let size = body.len();
     if size < c.target.part_size {
         put_single(c, key, metadata, body)?;
@@ -191,171 +189,6 @@ impl Drop for Tracked<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|e| e.id != self.id);
     }
-}
-
-// ---- leftovers ----------------------------------------------------------------------------------
-
-/// Multipart uploads in progress in this process, whatever client runs them: the sweep never
-/// aborts one of these (another client of this process may replicate to the same prefix).
-static ACTIVE_UPLOADS: Lazy<Mutex<HashSet<String>>> = Lazy::new(|| Mutex::new(HashSet::new()));
-
-fn active_uploads() -> std::sync::MutexGuard<'static, HashSet<String>> {
-    ACTIVE_UPLOADS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Why an abort (or a listing) failed: `retry` when it may work later (network, 5xx), not when
-/// the store refused (say, no permission for AbortMultipartUpload).
-struct Failure {
-    message: String,
-    retry: bool,
-}
-
-/// Abort one multipart upload. An upload that no longer exists (completed, or aborted by someone
-/// else) counts as aborted.
-pub(crate) async fn abort(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-) -> std::result::Result<(), String> {
-    try_abort(client, bucket, key, upload_id)
-        .await
-        .map_err(|f| f.message)
-}
-
-async fn try_abort(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-) -> std::result::Result<(), Failure> {
-    match client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
-        Err(e) => Err(Failure {
-            retry: worth_another_round(&e),
-            message: sdk_error("aborting multipart upload of", key, e).to_string(),
-        }),
-    }
-}
-
-/// Before an upload: retry aborts that failed earlier, and (once per client) abort multipart
-/// uploads a dead process left under our prefix. Best effort: what failed for a reason that may
-/// pass (server unreachable) is tried again before the next upload; refusals are not.
-fn housekeeping(c: &S3Client) {
-    let pending = std::mem::take(&mut *c.pending_aborts.lock().unwrap_or_else(|p| p.into_inner()));
-    if !pending.is_empty() {
-        let tried = pending.len();
-        let (client, bucket) = (c.client.clone(), c.target.bucket.clone());
-        let again = run(&c.rt, async move {
-            let mut again = Vec::new();
-            for (key, id) in pending {
-                if let Err(f) = try_abort(&client, &bucket, &key, &id).await {
-                    if f.retry {
-                        again.push((key, id));
-                    }
-                }
-            }
-            again
-        });
-        c.progress
-            .uploads_aborted
-            .fetch_add((tried - again.len()) as u64, Ordering::Relaxed);
-        c.pending_aborts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(again);
-    }
-    if !c.swept.swap(true, Ordering::SeqCst) {
-        if let Err(f) = sweep(c) {
-            // Listing failed for a reason that may pass: look again before the next upload.
-            c.swept.store(!f.retry, Ordering::SeqCst);
-        }
-    }
-}
-
-/// `<path>/<%04x level>/<min>-<max>.ltx`: only keys of our own layout are ever swept.
-fn is_replica_key(prefix: &str, key: &str) -> bool {
-    let Some(rest) = key.strip_prefix(prefix) else {
-        return false;
-    };
-    let Some((level, name)) = rest.split_once('/') else {
-        return false;
-    };
-    level.len() == 4
-        && level.bytes().all(|b| b.is_ascii_hexdigit())
-        && ltx::parse_file_name(name).is_some()
-}
-
-/// Abort multipart uploads of replica files under our prefix that were started before this
-/// client existed and are not ours: a process replicating here died mid-upload. (Only one writer
-/// may replicate to a prefix at a time; Litestream's lease enforces that.) Returns how many.
-fn sweep(c: &S3Client) -> std::result::Result<u64, Failure> {
-    let prefix = format!("{}/", c.target.path);
-    let (client, bucket, created) = (c.client.clone(), c.target.bucket.clone(), c.created);
-    let n = run(&c.rt, async move {
-        let mut stale = Vec::new();
-        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let resp = client
-                .list_multipart_uploads()
-                .bucket(&bucket)
-                .prefix(&prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-                .map_err(|e| Failure {
-                    retry: worth_another_round(&e),
-                    message: sdk_error(
-                        "listing multipart uploads in",
-                        &format!("s3://{bucket}/{prefix}"),
-                        e,
-                    )
-                    .to_string(),
-                })?;
-            for u in resp.uploads() {
-                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
-                    continue;
-                };
-                let initiated = u
-                    .initiated()
-                    .and_then(|t| SystemTime::try_from(*t).ok())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                if is_replica_key(&prefix, key) && initiated < created {
-                    stale.push((key.to_string(), id.to_string()));
-                }
-            }
-            if resp.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = resp.next_key_marker().map(str::to_string);
-            id_marker = resp.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && id_marker.is_none() {
-                break;
-            }
-        }
-        let mut aborted = 0u64;
-        for (key, id) in stale {
-            // Checked at the last moment: an upload of this process is never swept.
-            if active_uploads().contains(&id) {
-                continue;
-            }
-            if try_abort(&client, &bucket, &key, &id).await.is_ok() {
-                aborted += 1;
-            }
-        }
-        Ok::<_, Failure>(aborted)
-    })?;
-    c.progress.uploads_aborted.fetch_add(n, Ordering::Relaxed);
-    Ok(n)
 }
 
 // ---- bodies -------------------------------------------------------------------------------------
@@ -637,7 +470,7 @@ fn put_multipart(
             })
         })?
     };
-    active_uploads().insert(upload_id.clone());
+    let active = ActiveUpload::new(&upload_id);
 
     let tracked = Tracked::start(&c.progress, key, size, part_size, configured);
     let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked)
@@ -653,72 +486,11 @@ fn put_multipart(
             c.progress.multipart_uploads.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
-        Err(e) => {
-            let client = c.client.clone();
-            let (bucket, key_owned, id) = (bucket.clone(), key.to_string(), upload_id.clone());
-            let aborted = run(&c.rt, async move {
-                try_abort(&client, &bucket, &key_owned, &id).await
-            });
-            Err(match aborted {
-                Ok(()) => e.context("multipart upload aborted"),
-                Err(a) if a.retry => {
-                    c.pending_aborts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((key.to_string(), upload_id.clone()));
-                    e.context(format!(
-                        "multipart upload failed, and aborting it failed too ({}); \
-                         the abort is retried before the next upload",
-                        a.message
-                    ))
-                }
-                Err(a) => e.context(format!(
-                    "multipart upload failed, and the store refused to abort it ({}); \
-                     a lifecycle rule (AbortIncompleteMultipartUpload) can clean it up",
-                    a.message
-                )),
-            })
-        }
+        Err(e) => Err(leftovers::abort_failed(c, key, &upload_id, e)),
     };
-    active_uploads().remove(&upload_id);
-    c.progress
-        .uploads_aborted
-        .fetch_add(abort_unheard_uploads(c, key), Ordering::Relaxed);
+    drop(active);
+    leftovers::abort_unheard_uploads(c, key);
     outcome
-}
-
-/// Abort the other multipart uploads of `key`: a CreateMultipartUpload whose answer was lost (a
-/// reset, a stalled or cut answer) is retried by the SDK, and the upload the server made for the
-/// lost attempt is then one we never heard of, left open forever unless aborted. One writer
-/// replicates to a prefix at a time, so an upload of this very key that no client of this
-/// process is running is such an orphan (or a dead process's). Best effort: the listing and the
-/// aborts have the SDK's retries; what still fails is left to the store's lifecycle rules.
-fn abort_unheard_uploads(c: &S3Client, key: &str) -> u64 {
-    let (client, bucket, key) = (c.client.clone(), c.target.bucket.clone(), key.to_string());
-    run(&c.rt, async move {
-        let Ok(resp) = client
-            .list_multipart_uploads()
-            .bucket(&bucket)
-            .prefix(&key)
-            .send()
-            .await
-        else {
-            return 0;
-        };
-        let mut aborted = 0;
-        for u in resp.uploads() {
-            let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
-                continue;
-            };
-            if k == key
-                && !active_uploads().contains(id)
-                && try_abort(&client, &bucket, k, id).await.is_ok()
-            {
-                aborted += 1;
-            }
-        }
-        aborted
-    })
 }
 
 /// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost
@@ -967,7 +739,7 @@ fn upload_parts(
 
 /// Whether a request that failed after the SDK's own retries deserves another round: failures
 /// of the network or the server, never a refusal (4xx other than timeouts and throttling).
-fn worth_another_round<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+pub(super) fn worth_another_round<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
@@ -1097,29 +869,6 @@ mod tests {
             attempt_timeout(5 * 1024 * MIB),
             ATTEMPT_BASE + Duration::from_secs(20480)
         );
-    }
-
-    #[test]
-    fn only_replica_keys_are_swept() {
-        let p = "db/";
-        assert!(is_replica_key(
-            p,
-            "db/0000/0000000000000001-0000000000000001.ltx"
-        ));
-        assert!(is_replica_key(
-            p,
-            "db/0009/0000000000000001-00000000000000ff.ltx"
-        ));
-        assert!(!is_replica_key(p, "db/0000/notes.txt"));
-        assert!(!is_replica_key(
-            p,
-            "db/sub/0000/0000000000000001-0000000000000001.ltx"
-        ));
-        assert!(!is_replica_key(
-            p,
-            "other/0000/0000000000000001-0000000000000001.ltx"
-        ));
-        assert!(!is_replica_key(p, "db/0000/"));
     }
 
     #[test]

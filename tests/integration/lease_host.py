@@ -7,14 +7,24 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "start"}                      -> {"ok": "started"} or {"error": "..."}
   {"op": "status"}                     -> {"ok": <litestream_status() as an object>}
   {"op": "write", "n": 3}              -> {"ok": <rows in t>}   (n small transactions)
+  {"op": "bulk", "mib": 12}            -> {"ok": <rows in t>}   (one transaction of `mib` MiB)
   {"op": "writer", "every": 0.05}      -> a background thread commits a row every `every` s
                                           (0 stops it); answers {"ok": true}
   {"op": "sync", "ms": 5000}           -> {"ok": txid, "s": seconds} or {"error": ..., "s": ...}
   {"op": "stop"}                       -> {"ok": txid} or {"error": ...}
   {"op": "pid"}                        -> {"ok": pid}
   {"op": "fork_child", "out": PATH}    -> {"ok": child pid}; see fork_child()
-  {"op": "exit"}                       -> exits
+  {"op": "fork_exit"}                  -> {"ok": {"status": ..., "s": ...}}: a forked child exits
+                                          normally at once (sys.exit: exit handlers run); waited for
+  {"op": "reload"}                     -> {"ok": true}: loads the extension again on the connection
+  {"op": "start_other"}                -> {"ok": <start's answer>}: another connection of this
+                                          process calls litestream_start() and is closed again
+  {"op": "close"}                      -> {"ok": true}: closes the connection that called start;
+                                          the process keeps running (only "pid" still works)
+  {"op": "exit"}                       -> exits normally (the connections close on the way out)
+  {"op": "exit_leak"}                  -> exits normally, but the connection is never closed
 Errors of one command never end the process."""
+import ctypes
 import json
 import os
 import sqlite3
@@ -107,6 +117,15 @@ def fork_child(out, wait):
     os._exit(0)
 
 
+def fork_exit():
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    return {"status": status, "s": time.monotonic() - t0}
+
+
 def handle(cmd):
     op = cmd["op"]
     if op == "start":
@@ -117,6 +136,10 @@ def handle(cmd):
         for _ in range(int(cmd.get("n", 1))):
             insert()
         return one("SELECT count(*) FROM t")
+    if op == "bulk":
+        one("INSERT INTO t(who, at, pad) VALUES (?, ?, randomblob(?))", tag, time.time(),
+            int(float(cmd["mib"]) * (1 << 20)))
+        return one("SELECT count(*) FROM t")
     if op == "writer":
         writer_every[0] = float(cmd.get("every", 0))
         return True
@@ -126,6 +149,24 @@ def handle(cmd):
         return one("SELECT litestream_stop()")
     if op == "pid":
         return os.getpid()
+    if op == "fork_exit":
+        return fork_exit()
+    if op == "reload":
+        with lock:
+            conn.enable_load_extension(True)
+            conn.load_extension(EXT)
+            conn.enable_load_extension(False)
+        return True
+    if op == "start_other":
+        other = connect(True)
+        try:
+            return other.execute("SELECT litestream_start()").fetchone()[0]
+        finally:
+            other.close()
+    if op == "close":
+        with lock:
+            conn.close()
+        return True
     if op == "fork_child":
         return fork_child(cmd["out"], float(cmd.get("wait", 30)))
     raise ValueError("unknown op %r" % op)
@@ -137,6 +178,9 @@ for line in sys.stdin:
     if not line:
         continue
     cmd = json.loads(line)
+    if cmd["op"] == "exit_leak":
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))   # never deallocated, never closed
+        break
     if cmd["op"] == "exit":
         break
     t0 = time.monotonic()

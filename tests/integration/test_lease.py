@@ -19,6 +19,7 @@ import pytest
 
 from harness import (HERE, HOST_PYTHON, assert_same_db, child_env, list_keys, restore_shell,
                      s3_config, s3_url)
+from s3proxy import S3Proxy
 
 TTL = 2.0                      # short lease, so takeovers happen within seconds
 RENEW = TTL / 3                # the holder renews every third of the TTL
@@ -176,10 +177,11 @@ def test_two_hosts_one_holder_kill9_failover(ext, s3, bucket, tmp_path, hosts):
     assert st["state"] == "standby" and st["lease"]["role"] == "standby", st
     assert st["lease"]["owner"] == a_me and st["lease"]["token"] == 1, st
     assert isinstance(st["lease"]["expires_at"], float)
-    # A standby's sync answers at once, naming the holder.
-    r = b.call("sync", timeout=30, ms=20000)
+    # A standby's sync waits for the lease within its timeout, then names the holder.
+    r = b.call("sync", timeout=30, ms=1000)
     assert "error" in r and "standby" in r["error"] and a_me in r["error"], r
-    assert r["s"] < 1.0, "standby sync took %.2fs" % r["s"]
+    assert "waiting for the lease" in r["error"] and "until" in r["error"], r
+    assert 0.9 < r["s"] < 3.0, "standby sync took %.2fs" % r["s"]
     b.ok("write", n=5)              # b's database differs from a's
     a.ok("write", n=2)
     a.ok("sync", ms=10000)
@@ -274,8 +276,8 @@ def test_sigstop_holder_is_fenced(ext, s3, bucket, tmp_path, hosts):
                                                  and s["last_error"] else None)(a.status()))
     assert st["state"] == "standby" and "lost lease" in st["last_error"], st
     uploaded = st["objects_uploaded"]
-    r = a.call("sync", ms=10000)
-    assert "error" in r and r["s"] < 1.0, r
+    r = a.call("sync", ms=1000)
+    assert "error" in r and 0.9 < r["s"] < 3.0, r
     assert "lost lease" in r["error"] and b.status()["lease"]["instance"] in r["error"], r
     time.sleep(1.5)                  # give a every chance to (wrongly) upload
     b.ok("writer", every=0)
@@ -327,11 +329,12 @@ def test_lock_json_format_and_go_leaser_lock(ext, s3, bucket, tmp_path, hosts):
     st = wait_until("a to read the Go lock", 10, lambda: (lambda s: s if s["lease"]["owner"] else None)(a.status()))
     assert st["lease"]["role"] == "standby" and st["lease"]["owner"] == "go-leaser:4242", st
     assert st["lease"]["token"] == 7 and abs(st["lease"]["expires_at"] - until.timestamp()) < 0.01, st
-    r = a.call("sync", ms=10000)
+    r = a.call("sync", ms=300)
     assert "error" in r and "go-leaser:4242" in r["error"], r
-    wait_until("a to take over after the Go lock expired", 10, lambda: role(a) == "holder")
-    assert time.time() > until.timestamp()
+    # A longer sync waits for the Go lock to expire, takes the lease over and uploads.
     a.ok("sync", ms=10000)
+    assert time.time() > until.timestamp()
+    assert role(a) == "holder"
     body = lock_json(s3, bucket)
     m = LOCK_RE.match(body)
     assert m, "lock.json is not in the guide's format: %r" % body
@@ -420,3 +423,38 @@ def test_lease_off_and_file_replica(ext, s3, bucket, tmp_path, hosts):
     hosts.append(f)
     r = f.call("start")
     assert "error" in r and "litestream_configure('lease', NULL)" in r["error"], r
+
+
+def test_takeover_aborts_the_dead_holders_multipart_upload(ext, s3, bucket, tmp_path, hosts):
+    """The holder dies mid multipart upload; the standby, started before that upload began,
+    takes over and aborts it before its own first (small, single PUT) upload: a new holder's
+    leftovers sweep covers what was begun before it acquired the lease, not only before its
+    client existed."""
+    proxy = S3Proxy(s3.port, rate=4 << 20).start()
+    try:
+        conf = s3_config(bucket, "db", proxy.url, lease_ttl="3s", part_size="5MB", concurrency="1")
+        a = Host(ext, tmp_path / "a.db", conf)
+        hosts.append(a)
+        a.ok("start")
+        a.ok("write", n=2)
+        a.ok("sync", ms=10000)
+        b = Host(ext, tmp_path / "b.db", conf)
+        hosts.append(b)
+        b.ok("start")
+        wait_until("b standby", 10, lambda: b.status()["lease"]["owner"])
+        b.ok("write", n=2)
+        time.sleep(1.5)                            # S3 reports upload start times in whole seconds
+        a.ok("bulk", mib=12)                       # a multipart upload of ~12 MiB at 4 MiB/s
+        wait_until("a's upload to be under way", 30,
+                   lambda: (a.status().get("upload") or {}).get("parts_done", 0) >= 1)
+        os.kill(a.p.pid, signal.SIGKILL)
+        a.p.wait()
+        open_uploads = lambda: s3.client.list_multipart_uploads(Bucket=bucket, Prefix="db/").get("Uploads", [])
+        assert len(open_uploads()) == 1, open_uploads()
+        b.ok("sync", ms=20000)                     # waits for the lease, then uploads b.db
+        assert role(b) == "holder"
+        assert open_uploads() == [], "the dead holder's upload was left open: %s" % open_uploads()
+        b.ok("stop")
+    finally:
+        proxy.stop()
+    restore_equals(ext, s3, bucket, tmp_path, tmp_path / "b.db")
