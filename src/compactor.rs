@@ -1124,8 +1124,8 @@ mod tests {
                                 at_ms(now_ms.saturating_sub(snap_retention)),
                             );
                             doomed.extend(d);
-                            for l in 1..=levels_n as usize {
-                                doomed.extend(select_txid_retention(&lv[l], floor));
+                            for files in lv.iter().skip(1).take(levels_n as usize) {
+                                doomed.extend(select_txid_retention(files, floor));
                             }
                         }
                         let before = lv.clone();
