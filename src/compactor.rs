@@ -28,10 +28,12 @@
 //!   next tick; the error shows in status.
 
 use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{format_duration, ResolvedConfig};
 use crate::error::{Context, Error, Result};
@@ -41,6 +43,7 @@ use crate::replica_client::{
     SPOOL_MEMORY_LIMIT,
 };
 use crate::restore::{plan_files, Target};
+use crate::scheduler::{Next, Scheduler, Task, TaskHandle};
 
 /// Inputs open at once in one merge. Every open input holds a download stream and a page, so
 /// this bounds connections and memory when a level has piled up thousands of files.
@@ -48,8 +51,20 @@ const MERGE_FAN_IN: usize = 32;
 /// How often level-0 retention is checked besides after each level-1 compaction (Litestream's
 /// `l0-retention-check-interval`).
 const L0_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(15);
-/// A failed task is tried again after at most this long.
+/// A failed job is tried again after at most this long.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+/// The manifest (what the replica holds) is reloaded at least this often even when nothing
+/// went wrong, so that a change made by something else (a lifecycle rule, an operator) is seen
+/// within hours; every other load is caused by a new lease or a failed job. Listing every level
+/// of every database on each tick is what makes LIST dominate Litestream users' S3 bills.
+const MANIFEST_MAX_AGE: Duration = Duration::from_secs(6 * 60 * 60);
+/// While a level-9 snapshot is being written, the compactor looks for the answer this often.
+const LEVEL9_POLL: Duration = Duration::from_secs(1);
+/// How long a stop waits for the answer of a snapshot in progress (it gives up at its next
+/// page, unless it is already uploading).
+const LEVEL9_STOP_WAIT: Duration = Duration::from_secs(30);
+/// When the process's snapshot slots are all taken, asked again after this long.
+const LEVEL9_BUSY_RETRY: Duration = Duration::from_secs(5);
 /// Seconds from Go's zero time (0001-01-01T00:00:00Z) to the Unix epoch: Litestream aligns its
 /// schedules with `time.Truncate`, which counts from Go's zero time.
 const GO_ZERO_TO_UNIX_SECS: u128 = 62_135_596_800;
@@ -64,9 +79,20 @@ pub type MayWrite = Arc<dyn Fn() -> bool + Send + Sync>;
 /// uses it), so level-0 files beyond this are not compacted yet.
 pub type Confirmed = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// Asks the replicator to stream a level-9 snapshot `1-<current TXID>` from the database unless
-/// its TXID is at most the given one; returns the TXID and size written, or None if it was not
-/// newer.
-pub type SnapshotFn = Arc<dyn Fn(u64) -> Result<Option<(u64, u64)>> + Send + Sync>;
+/// its TXID is at most the given one; returns at once with where the answer will arrive.
+pub type SnapshotFn = Arc<dyn Fn(u64) -> Result<Receiver<Level9Answer>> + Send + Sync>;
+/// The answer to a level-9 request.
+pub type Level9Answer = Result<Level9Outcome>;
+
+#[derive(Debug)]
+pub enum Level9Outcome {
+    /// The file written.
+    Written(LtxFileInfo),
+    /// The replica's TXID is not newer than the newest snapshot.
+    NotNewer,
+    /// Too many snapshots run in this process right now; ask again later.
+    Busy,
+}
 
 /// The compaction and retention settings (from `ResolvedConfig`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,10 +272,10 @@ pub fn guard_latest(
     }
 }
 
-// ---- the thread -----------------------------------------------------------------------------
+// ---- the task --------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Task {
+enum Job {
     /// Compaction into level `n` (1-based).
     Level(u8),
     Snapshot,
@@ -268,14 +294,17 @@ struct Status {
     snapshots: u64,
     last_snapshot: Option<(u64, u64, SystemTime)>,
     deleted: u64,
-    /// The current error of each task that failed on its last run (cleared when it succeeds).
-    errors: Vec<(Task, String)>,
+    /// Full listings of the replica (the manifest's loads).
+    listings: u64,
+    /// The current error of each job that failed on its last run (cleared when it succeeds).
+    errors: Vec<(Job, String)>,
 }
 
 struct Shared {
-    stop: Mutex<bool>,
-    cond: Condvar,
+    stop: AtomicBool,
     status: Mutex<Status>,
+    /// Level-0 files the replicator uploaded since the task last looked.
+    uploaded: Mutex<Vec<LtxFileInfo>>,
 }
 
 impl Shared {
@@ -284,14 +313,52 @@ impl Shared {
     }
 }
 
-/// Handle to one replicator's compaction thread.
+/// What the replica holds, per level (0..=9), each sorted by TXIDs: loaded with one listing
+/// per level, then kept up to date with what this process writes and deletes, so that a
+/// database that is not written costs no requests at all. Reloaded on every new lease, after any
+/// failed job, and every `MANIFEST_MAX_AGE`.
+struct Manifest {
+    levels: Vec<Vec<LtxFileInfo>>,
+    loaded_at: Instant,
+}
+
+impl Manifest {
+    fn load(client: &dyn ReplicaClient) -> Result<Manifest> {
+        Ok(Manifest {
+            levels: all_levels()
+                .map(|l| client.list(l))
+                .collect::<Result<_>>()?,
+            loaded_at: Instant::now(),
+        })
+    }
+
+    fn add(&mut self, f: LtxFileInfo) {
+        let Some(level) = self.levels.get_mut(f.level as usize) else {
+            return;
+        };
+        level.retain(|g| (g.min_txid, g.max_txid) != (f.min_txid, f.max_txid));
+        let at = level.partition_point(|g| (g.min_txid, g.max_txid) < (f.min_txid, f.max_txid));
+        level.insert(at, f);
+    }
+
+    fn remove(&mut self, gone: &[LtxFileInfo]) {
+        for f in gone {
+            if let Some(level) = self.levels.get_mut(f.level as usize) {
+                level.retain(|g| (g.min_txid, g.max_txid) != (f.min_txid, f.max_txid));
+            }
+        }
+    }
+}
+
+/// Handle to one replicator's compaction, a task on the background scheduler.
 pub struct Compactor {
     shared: Arc<Shared>,
     settings: Settings,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    task: Option<TaskHandle>,
 }
 
-struct Worker {
+/// The compaction of one replica, run step by step by the scheduler.
+struct CompactionTask {
     shared: Arc<Shared>,
     client: Arc<dyn ReplicaClient>,
     settings: Settings,
@@ -299,6 +366,13 @@ struct Worker {
     snapshot: SnapshotFn,
     may_write: MayWrite,
     confirmed: Confirmed,
+    /// When each job is next due.
+    due: Vec<(Job, SystemTime)>,
+    manifest: Option<Manifest>,
+    /// May write (holds the lease) as of the last step: a new lease means a new manifest.
+    was_writer: bool,
+    /// A level-9 snapshot asked for and not answered yet.
+    level9: Option<Receiver<Level9Answer>>,
 }
 
 impl Compactor {
@@ -309,10 +383,10 @@ impl Compactor {
         snapshot: SnapshotFn,
         may_write: MayWrite,
         confirmed: Confirmed,
+        scheduler: &Scheduler,
     ) -> Result<Compactor> {
         let shared = Arc::new(Shared {
-            stop: Mutex::new(false),
-            cond: Condvar::new(),
+            stop: AtomicBool::new(false),
             status: Mutex::new(Status {
                 levels: settings
                     .levels
@@ -321,34 +395,43 @@ impl Compactor {
                     .collect(),
                 ..Status::default()
             }),
+            uploaded: Mutex::new(Vec::new()),
         });
-        let worker = Worker {
-            shared: shared.clone(),
+        let task = CompactionTask::new(
+            shared.clone(),
             client,
-            settings: settings.clone(),
-            spill_dir: spill_dir.to_path_buf(),
+            settings.clone(),
+            spill_dir,
             snapshot,
             may_write,
             confirmed,
-        };
-        let thread = std::thread::Builder::new()
-            .name("litestream-compactor".into())
-            .spawn(move || worker.run())
-            .context("starting the compaction thread")?;
+        );
+        // Nothing to schedule (compaction, snapshots and retention all off): no task at all.
+        let handle = (!task.due.is_empty()).then(|| scheduler.spawn(Box::new(task)));
         Ok(Compactor {
             shared,
             settings,
-            thread: Mutex::new(Some(thread)),
+            task: handle,
         })
     }
 
-    /// Stop the thread after its current task.
+    /// A level-0 file the replicator uploaded (and knows it did).
+    pub fn record_upload(&self, file: LtxFileInfo) {
+        self.shared
+            .uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(file);
+    }
+
+    /// Stop after the current job (a merge in progress gives up at its next input).
     pub fn stop(&self) {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.shared.cond.notify_all();
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = &self.task {
+            task.poke();
+            while task.alive() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
@@ -380,6 +463,7 @@ impl Compactor {
             "l0_retention": self.settings.l0_retention.map(format_duration),
             "retention": if self.settings.retention { "on" } else { "off" },
             "deleted": s.deleted,
+            "listings": s.listings,
             "last_error": (!s.errors.is_empty()).then(|| {
                 s.errors.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
             }),
@@ -393,138 +477,199 @@ impl Drop for Compactor {
     }
 }
 
-impl Worker {
-    fn run(self) {
-        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
-        if let Err(panic) = body {
-            let msg = crate::error::panic_message(panic.as_ref());
-            self.shared.status().errors.push((
-                Task::L0Retention,
-                format!("internal error in compaction: {msg}"),
-            ));
+impl Task for CompactionTask {
+    fn run(&mut self) -> Next {
+        match catch_unwind(AssertUnwindSafe(|| self.step())) {
+            Ok(next) => next,
+            Err(panic) => {
+                let msg = crate::error::panic_message(panic.as_ref());
+                self.shared.status().errors.push((
+                    Job::L0Retention,
+                    format!("internal error in compaction: {msg}"),
+                ));
+                Next::Done
+            }
+        }
+    }
+}
+
+impl CompactionTask {
+    fn new(
+        shared: Arc<Shared>,
+        client: Arc<dyn ReplicaClient>,
+        settings: Settings,
+        spill_dir: &Path,
+        snapshot: SnapshotFn,
+        may_write: MayWrite,
+        confirmed: Confirmed,
+    ) -> CompactionTask {
+        // Every job runs once at start, then on its schedule.
+        let start = SystemTime::now();
+        let mut due: Vec<(Job, SystemTime)> = (1..=settings.levels.len() as u8)
+            .map(|n| (Job::Level(n), start))
+            .collect();
+        if settings.snapshot_interval.is_some() {
+            due.push((Job::Snapshot, start));
+        }
+        if settings.l0_retention.is_some() {
+            due.push((Job::L0Retention, start + L0_RETENTION_CHECK_INTERVAL));
+        }
+        CompactionTask {
+            shared,
+            client,
+            settings,
+            spill_dir: spill_dir.to_path_buf(),
+            snapshot,
+            may_write,
+            confirmed,
+            due,
+            manifest: None,
+            was_writer: false,
+            level9: None,
         }
     }
 
     fn stopping(&self) -> bool {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.stop.load(Ordering::Relaxed)
     }
 
-    fn run_loop(&self) {
-        // Every task runs once at start, then on its schedule.
-        let start = SystemTime::now();
-        let mut due: Vec<(Task, SystemTime)> = (1..=self.settings.levels.len() as u8)
-            .map(|n| (Task::Level(n), start))
-            .collect();
-        if self.settings.snapshot_interval.is_some() {
-            due.push((Task::Snapshot, start));
+    /// Run the earliest due job, if any is due; then say when the next one is.
+    fn step(&mut self) -> Next {
+        if self.stopping() {
+            self.collect_level9_at_stop();
+            return Next::Done;
         }
-        if self.settings.l0_retention.is_some() {
-            due.push((Task::L0Retention, start + L0_RETENTION_CHECK_INTERVAL));
+        if self.due.is_empty() {
+            return Next::Done;
         }
-        if due.is_empty() {
-            return;
+        let writer = (self.may_write)();
+        if writer && !self.was_writer {
+            // A new lease: another instance may have written to the replica meanwhile.
+            self.manifest = None;
         }
-        loop {
-            // The earliest task; ties in task order (levels upwards, then snapshot, retention).
-            let (idx, when) = due
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (task, at))| (*at, *task))
-                .map(|(i, (_, at))| (i, *at))
-                .expect("at least one task");
-            {
-                let mut stop = self.shared.stop.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
-                    if *stop {
-                        return;
-                    }
-                    let wait = match when.duration_since(SystemTime::now()) {
-                        Ok(d) if !d.is_zero() => d,
-                        _ => break,
-                    };
-                    stop = self
-                        .shared
-                        .cond
-                        .wait_timeout(stop, wait)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
-            }
-            let task = due[idx].0;
-            let result = self.run_task(task);
-            let failed = result.is_err();
-            {
-                let mut s = self.shared.status();
-                s.errors.retain(|(t, _)| *t != task);
-                if let Err(e) = result {
-                    let what = match task {
-                        Task::Level(n) => format!("compacting into level {n}"),
-                        Task::Snapshot => "level-9 snapshot".to_string(),
-                        Task::L0Retention => "level-0 retention".to_string(),
-                    };
-                    s.errors.push((task, format!("{what}: {e}")));
-                }
-            }
-            let now = SystemTime::now();
-            due[idx].1 = match task {
-                Task::Level(n) => next_boundary(now, self.settings.levels[n as usize - 1]),
-                Task::Snapshot => next_boundary(
-                    now,
-                    self.settings
-                        .snapshot_interval
-                        .unwrap_or(Duration::from_secs(86_400)),
-                ),
-                Task::L0Retention => now + L0_RETENTION_CHECK_INTERVAL,
-            };
-            if failed {
-                // Do not wait a whole interval (up to a day) to try again.
-                due[idx].1 = due[idx].1.min(now + RETRY_AFTER_ERROR);
+        self.was_writer = writer;
+        // The earliest job; ties in job order (levels upwards, then snapshot, retention).
+        let (idx, when) = self
+            .due
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (job, at))| (*at, *job))
+            .map(|(i, (_, at))| (i, *at))
+            .expect("at least one job");
+        let now = SystemTime::now();
+        if let Ok(wait) = when.duration_since(now) {
+            if !wait.is_zero() {
+                return Next::At(Instant::now() + wait);
             }
         }
+        let job = self.due[idx].0;
+        let result = self.run_job(job);
+        let failed = result.is_err();
+        {
+            let mut s = self.shared.status();
+            s.errors.retain(|(j, _)| *j != job);
+            if let Err(e) = &result {
+                let what = match job {
+                    Job::Level(n) => format!("compacting into level {n}"),
+                    Job::Snapshot => "level-9 snapshot".to_string(),
+                    Job::L0Retention => "level-0 retention".to_string(),
+                };
+                s.errors.push((job, format!("{what}: {e}")));
+            }
+        }
+        let now = SystemTime::now();
+        self.due[idx].1 = match (job, &self.level9) {
+            // Waiting for the replicator's answer: look again shortly.
+            (Job::Snapshot, Some(_)) => now + LEVEL9_POLL,
+            (Job::Level(n), _) => next_boundary(now, self.settings.levels[n as usize - 1]),
+            (Job::Snapshot, None) => next_boundary(
+                now,
+                self.settings
+                    .snapshot_interval
+                    .unwrap_or(Duration::from_secs(86_400)),
+            ),
+            (Job::L0Retention, _) => now + L0_RETENTION_CHECK_INTERVAL,
+        };
+        if failed {
+            // What we knew of the replica may be what went wrong; and do not wait a whole
+            // interval (up to a day) to try again.
+            self.manifest = None;
+            self.due[idx].1 = self.due[idx].1.min(now + RETRY_AFTER_ERROR);
+        }
+        // One job per step keeps steps short; the next due one runs in the next step.
+        Next::At(Instant::now())
     }
 
-    fn run_task(&self, task: Task) -> Result<()> {
+    fn run_job(&mut self, job: Job) -> Result<()> {
         if !(self.may_write)() {
             return Ok(());
         }
-        match task {
-            Task::Level(n) => {
+        match job {
+            Job::Level(n) => {
                 let interval = self.settings.levels[n as usize - 1];
                 if let Some(out) = self.compact_level(n, interval)? {
                     let mut s = self.shared.status();
                     let l = &mut s.levels[n as usize - 1];
                     l.compactions += 1;
                     l.last = Some((out.min_txid, out.max_txid, out.size, SystemTime::now()));
-                }
-                if n == 1 {
-                    self.enforce_l0_retention()?;
+                    drop(s);
+                    if n == 1 {
+                        self.enforce_l0_retention()?;
+                    }
                 }
                 Ok(())
             }
-            Task::Snapshot => {
+            Job::Snapshot => {
                 let interval = self
                     .settings
                     .snapshot_interval
                     .unwrap_or(Duration::from_secs(86_400));
-                let made = self.snapshot_tick(interval);
-                // Retention runs on every snapshot tick, whether or not a snapshot was made.
+                let ticked = self.snapshot_tick(interval);
+                // Retention runs on every snapshot tick, whether or not a snapshot was made (it
+                // needs no request unless something is due for deletion).
                 let kept = self.enforce_snapshot_retention();
-                made?;
+                ticked?;
                 kept
             }
-            Task::L0Retention => self.enforce_l0_retention(),
+            Job::L0Retention => self.enforce_l0_retention(),
         }
     }
 
+    /// The replica's files as far as this process knows, loading them when needed, with the
+    /// level-0 uploads the replicator reported since the last look.
+    fn manifest(&mut self) -> Result<&mut Manifest> {
+        let stale = self
+            .manifest
+            .as_ref()
+            .is_none_or(|m| m.loaded_at.elapsed() >= MANIFEST_MAX_AGE);
+        if stale {
+            self.manifest = Some(Manifest::load(self.client.as_ref())?);
+            self.shared.status().listings += 1;
+        }
+        let uploaded = std::mem::take(
+            &mut *self
+                .shared
+                .uploaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let m = self.manifest.as_mut().expect("just loaded");
+        for f in uploaded {
+            m.add(f);
+        }
+        Ok(m)
+    }
+
     /// One level-`dst` run. Returns the file written, if any.
-    fn compact_level(&self, dst: u8, interval: Duration) -> Result<Option<LtxFileInfo>> {
-        let dst_files = self.client.list(dst)?;
+    fn compact_level(&mut self, dst: u8, interval: Duration) -> Result<Option<LtxFileInfo>> {
+        let m = self.manifest()?;
+        let dst_files = &m.levels[dst as usize];
         let newest = dst_files.iter().max_by_key(|f| f.max_txid);
         if newest.is_some_and(|f| f.created_at > prev_boundary(SystemTime::now(), interval)) {
             return Ok(None); // too early: this interval already has its file
         }
         let dst_max = newest.map_or(0, |f| f.max_txid);
-        let mut inputs = compaction_inputs(&self.client.list(dst - 1)?, dst_max);
+        let mut inputs = compaction_inputs(&m.levels[dst as usize - 1], dst_max);
         if dst == 1 {
             let confirmed = (self.confirmed)();
             inputs.retain(|f| f.max_txid <= confirmed);
@@ -548,21 +693,15 @@ impl Worker {
         if !(self.may_write)() {
             return Ok(None);
         }
-        let size = self.client.put(
+        let out = self.client.put(
             dst,
             header.min_txid,
             header.max_txid,
             header.timestamp_ms,
             &mut spool,
         )?;
-        Ok(Some(LtxFileInfo {
-            level: dst,
-            min_txid: header.min_txid,
-            max_txid: header.max_txid,
-            size,
-            created_at: SystemTime::now(),
-            key: String::new(),
-        }))
+        self.manifest()?.add(out.clone());
+        Ok(Some(out))
     }
 
     /// Merge `inputs` (contiguous, in TXID order) into one spooled LTX file.
@@ -643,56 +782,102 @@ impl Worker {
         Ok((spool, header))
     }
 
-    /// A snapshot-level tick: ask the replicator for a snapshot unless this interval has one.
-    fn snapshot_tick(&self, interval: Duration) -> Result<()> {
-        let l9 = self.client.list(SNAPSHOT_LEVEL)?;
-        let newest = l9.iter().max_by_key(|f| f.max_txid);
-        if newest.is_some_and(|f| f.created_at > prev_boundary(SystemTime::now(), interval)) {
-            return Ok(());
+    /// A snapshot-level tick: ask the replicator for a snapshot unless this interval has one, or
+    /// collect the answer to the one asked for. Returns whether a round finished (a snapshot
+    /// written, or none needed).
+    fn snapshot_tick(&mut self, interval: Duration) -> Result<bool> {
+        if let Some(answer) = &self.level9 {
+            let outcome = match answer.try_recv() {
+                Ok(a) => a,
+                Err(TryRecvError::Empty) => return Ok(false),
+                Err(TryRecvError::Disconnected) => Err(Error::msg(
+                    "replication stopped before the snapshot was written",
+                )),
+            };
+            self.level9 = None;
+            return match outcome? {
+                Level9Outcome::Written(f) => {
+                    let mut s = self.shared.status();
+                    s.snapshots += 1;
+                    s.last_snapshot = Some((f.max_txid, f.size, SystemTime::now()));
+                    drop(s);
+                    self.manifest()?.add(f);
+                    Ok(true)
+                }
+                Level9Outcome::NotNewer => Ok(true),
+                Level9Outcome::Busy => {
+                    // Other databases' snapshots are running: ask again shortly.
+                    self.due_again(Job::Snapshot, SystemTime::now() + LEVEL9_BUSY_RETRY);
+                    Ok(false)
+                }
+            };
         }
-        if let Some((txid, size)) = (self.snapshot)(newest.map_or(0, |f| f.max_txid))? {
+        let m = self.manifest()?;
+        let newest = m.levels[SNAPSHOT_LEVEL as usize]
+            .iter()
+            .max_by_key(|f| f.max_txid);
+        if newest.is_some_and(|f| f.created_at > prev_boundary(SystemTime::now(), interval)) {
+            return Ok(true);
+        }
+        let newer_than = newest.map_or(0, |f| f.max_txid);
+        self.level9 = Some((self.snapshot)(newer_than)?);
+        Ok(false)
+    }
+
+    /// A snapshot asked for before the stop is told to give up, but it may already be uploading:
+    /// wait for its answer (as the stop waits for any job in progress), so that status counts
+    /// every snapshot that reached the replica.
+    fn collect_level9_at_stop(&mut self) {
+        let Some(answer) = self.level9.take() else {
+            return;
+        };
+        if let Ok(Ok(Level9Outcome::Written(f))) = answer.recv_timeout(LEVEL9_STOP_WAIT) {
             let mut s = self.shared.status();
             s.snapshots += 1;
-            s.last_snapshot = Some((txid, size, SystemTime::now()));
+            s.last_snapshot = Some((f.max_txid, f.size, SystemTime::now()));
         }
-        Ok(())
     }
 
-    fn list_all(&self) -> Result<Vec<Vec<LtxFileInfo>>> {
-        all_levels().map(|l| self.client.list(l)).collect()
+    /// Make `job` due at `at` (used from inside its own run; `step` keeps the earlier time).
+    fn due_again(&mut self, job: Job, at: SystemTime) {
+        if let Some(d) = self.due.iter_mut().find(|(j, _)| *j == job) {
+            d.1 = at;
+        }
     }
 
-    fn enforce_snapshot_retention(&self) -> Result<()> {
-        let levels = self.list_all()?;
+    fn enforce_snapshot_retention(&mut self) -> Result<()> {
         let threshold = SystemTime::now()
             .checked_sub(self.settings.snapshot_retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        let compaction_levels = self.settings.levels.len();
+        let m = self.manifest()?;
         let (mut doomed, floor) =
-            select_snapshot_retention(&levels[SNAPSHOT_LEVEL as usize], threshold);
-        for files in levels.iter().skip(1).take(self.settings.levels.len()) {
+            select_snapshot_retention(&m.levels[SNAPSHOT_LEVEL as usize], threshold);
+        for files in m.levels.iter().skip(1).take(compaction_levels) {
             doomed.extend(select_txid_retention(files, floor));
         }
-        self.delete(&levels, doomed)
+        self.delete(doomed)
     }
 
-    fn enforce_l0_retention(&self) -> Result<()> {
+    fn enforce_l0_retention(&mut self) -> Result<()> {
         let Some(retention) = self.settings.l0_retention else {
             return Ok(());
         };
-        let levels = self.list_all()?;
         let threshold = SystemTime::now()
             .checked_sub(retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let doomed = select_l0_retention(&levels[0], &levels[1], threshold);
-        self.delete(&levels, doomed)
+        let m = self.manifest()?;
+        let doomed = select_l0_retention(&m.levels[0], &m.levels[1], threshold);
+        self.delete(doomed)
     }
 
-    fn delete(&self, levels: &[Vec<LtxFileInfo>], doomed: Vec<LtxFileInfo>) -> Result<()> {
+    fn delete(&mut self, doomed: Vec<LtxFileInfo>) -> Result<()> {
         if doomed.is_empty() || !self.settings.retention || !(self.may_write)() {
             return Ok(());
         }
         let n = doomed.len();
-        let Some(doomed) = guard_latest(levels, doomed) else {
+        let m = self.manifest()?;
+        let Some(doomed) = guard_latest(&m.levels, doomed) else {
             return Err(Error::msg(format!(
                 "refusing to delete {n} expired files: the latest restore would no longer reach the same TXID"
             )));
@@ -701,6 +886,7 @@ impl Worker {
             return Ok(());
         }
         self.client.delete(&doomed)?;
+        self.manifest()?.remove(&doomed);
         self.shared.status().deleted += doomed.len() as u64;
         Ok(())
     }
@@ -938,8 +1124,8 @@ mod tests {
                                 at_ms(now_ms.saturating_sub(snap_retention)),
                             );
                             doomed.extend(d);
-                            for l in 1..=levels_n as usize {
-                                doomed.extend(select_txid_retention(&lv[l], floor));
+                            for files in lv.iter().skip(1).take(levels_n as usize) {
+                                doomed.extend(select_txid_retention(files, floor));
                             }
                         }
                         let before = lv.clone();
@@ -1021,7 +1207,12 @@ mod tests {
 
     // ---- compaction against a file replica ----------------------------------------------
 
-    fn put_file(client: &FileReplicaClient, level: u8, h: Header, pages: &[(u32, u8)]) {
+    fn put_file(
+        client: &FileReplicaClient,
+        level: u8,
+        h: Header,
+        pages: &[(u32, u8)],
+    ) -> LtxFileInfo {
         let mut spool = Spool::new(&std::env::temp_dir(), 1 << 20);
         let mut enc = Encoder::new(&mut spool, h).unwrap();
         for &(pgno, tag) in pages {
@@ -1030,7 +1221,7 @@ mod tests {
         enc.finish().unwrap();
         client
             .put(level, h.min_txid, h.max_txid, h.timestamp_ms, &mut spool)
-            .unwrap();
+            .unwrap()
     }
 
     fn hdr(min: u64, max: u64, commit: u32, ts: i64) -> Header {
@@ -1049,29 +1240,36 @@ mod tests {
         }
     }
 
-    fn worker(client: Arc<FileReplicaClient>, dir: &Path) -> Worker {
-        Worker {
-            shared: Arc::new(Shared {
-                stop: Mutex::new(false),
-                cond: Condvar::new(),
-                status: Mutex::new(Status {
-                    levels: vec![LevelStatus::default(), LevelStatus::default()],
-                    ..Status::default()
-                }),
+    fn worker(client: Arc<FileReplicaClient>, dir: &Path) -> CompactionTask {
+        let settings = Settings {
+            levels: vec![Duration::from_secs(30), Duration::from_secs(300)],
+            l0_retention: Some(Duration::from_secs(1)),
+            snapshot_interval: None,
+            snapshot_retention: Duration::from_secs(60),
+            retention: true,
+        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            status: Mutex::new(Status {
+                levels: vec![LevelStatus::default(), LevelStatus::default()],
+                ..Status::default()
             }),
+            uploaded: Mutex::new(Vec::new()),
+        });
+        CompactionTask::new(
+            shared,
             client,
-            settings: Settings {
-                levels: vec![Duration::from_secs(30), Duration::from_secs(300)],
-                l0_retention: Some(Duration::from_secs(1)),
-                snapshot_interval: None,
-                snapshot_retention: Duration::from_secs(60),
-                retention: true,
-            },
-            spill_dir: dir.join("tmp"),
-            snapshot: Arc::new(|_| Ok(None)),
-            may_write: Arc::new(|| true),
-            confirmed: Arc::new(|| u64::MAX),
-        }
+            settings,
+            &dir.join("tmp"),
+            Arc::new(|_| Err(Error::msg("no snapshots here"))),
+            Arc::new(|| true),
+            Arc::new(|| u64::MAX),
+        )
+    }
+
+    /// An upload the replicator made and told the compactor about.
+    fn uploaded(w: &CompactionTask, f: LtxFileInfo) {
+        w.shared.uploaded.lock().unwrap().push(f);
     }
 
     fn pages(client: &FileReplicaClient, f: &LtxFileInfo) -> (Header, Vec<(u32, u8)>) {
@@ -1096,7 +1294,7 @@ mod tests {
             };
             put_file(&client, 0, hdr(t, t, commit, t as i64), &pages);
         }
-        let w = worker(client.clone(), &dir);
+        let mut w = worker(client.clone(), &dir);
         // 80 inputs > MERGE_FAN_IN: merged in rounds.
         let out = w
             .compact_level(1, Duration::from_secs(30))
@@ -1112,7 +1310,7 @@ mod tests {
         assert_eq!((h.wal_offset, h.wal_size, h.wal_salt1), (0, 0, 0));
         assert_eq!(p, [(1, 1), (2, 80), (3, 51)]);
         // Only the new file is merged next time.
-        put_file(&client, 0, hdr(81, 81, 3, 81), &[(1, 81)]);
+        uploaded(&w, put_file(&client, 0, hdr(81, 81, 3, 81), &[(1, 81)]));
         let out = w
             .compact_level(1, Duration::from_millis(10))
             .unwrap()
@@ -1148,6 +1346,36 @@ mod tests {
                 .max_txid,
             81
         );
+        // All of that from one listing: what the task wrote, deleted and was told of is known.
+        assert_eq!(w.shared.status().listings, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_idle_replica_costs_no_listing() {
+        let dir =
+            std::env::temp_dir().join(format!("ls-compact-{}", crate::replica_client::rand_u64()));
+        let client = Arc::new(FileReplicaClient::new(&dir));
+        for t in 1..=3u64 {
+            put_file(&client, 0, hdr(t, t, 1, t as i64), &[(1, t as u8)]);
+        }
+        let mut w = worker(client.clone(), &dir);
+        w.compact_level(1, Duration::from_millis(1)).unwrap();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(2));
+            assert!(w
+                .compact_level(1, Duration::from_millis(1))
+                .unwrap()
+                .is_none());
+            // Level 2 takes the level-1 file once, then has nothing new either.
+            w.compact_level(2, Duration::from_millis(1)).unwrap();
+            w.enforce_l0_retention().unwrap();
+        }
+        assert_eq!(w.shared.status().listings, 1);
+        // A failed job (or a new lease) forgets it: the next one lists again.
+        w.manifest = None;
+        w.compact_level(1, Duration::from_millis(1)).unwrap();
+        assert_eq!(w.shared.status().listings, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1166,7 +1394,7 @@ mod tests {
             let l0 = client.list(0).unwrap();
             // Object 4 now holds the (valid) bytes of object 3.
             std::fs::copy(&l0[2].key, &l0[3].key).unwrap();
-            let w = worker(client.clone(), &dir);
+            let mut w = worker(client.clone(), &dir);
             let e = w.compact_level(1, Duration::from_millis(1)).unwrap_err();
             assert!(
                 e.message().contains("not the file its name says")
@@ -1174,8 +1402,10 @@ mod tests {
                 "{e}"
             );
             assert!(client.list(1).unwrap().is_empty());
-            // Deleted instead: compaction stops at the gap (restore refuses to cross it).
+            // Deleted instead: compaction stops at the gap (restore refuses to cross it). The
+            // failed run forgot what it knew of the replica.
             std::fs::remove_file(&l0[3].key).unwrap();
+            w.manifest = None;
             let out = w
                 .compact_level(1, Duration::from_millis(1))
                 .unwrap()
@@ -1198,7 +1428,7 @@ mod tests {
         w.compact_level(1, Duration::from_millis(1))
             .unwrap()
             .unwrap();
-        put_file(&client, 0, hdr(6, 6, 1, 6), &[(1, 6)]);
+        uploaded(&w, put_file(&client, 0, hdr(6, 6, 1, 6), &[(1, 6)]));
         w.enforce_l0_retention().unwrap();
         assert_eq!(client.list(0).unwrap().len(), 6);
         w.settings.retention = true;

@@ -19,6 +19,7 @@ mod replicator;
 pub mod restore;
 mod runtime;
 pub mod s3;
+pub mod scheduler;
 mod sql;
 pub mod state;
 pub mod wal;

@@ -51,7 +51,7 @@ pub trait ReplicaClient: Send + Sync {
         self.list(level)
     }
     /// Store a complete LTX file under `<level>/<min>-<max>.ltx`, tagged with its header timestamp.
-    /// Returns the number of bytes stored.
+    /// Returns what was stored, as a listing would show it.
     fn put(
         &self,
         level: u8,
@@ -59,7 +59,7 @@ pub trait ReplicaClient: Send + Sync {
         max_txid: u64,
         timestamp_ms: i64,
         body: &mut Spool,
-    ) -> Result<u64>;
+    ) -> Result<LtxFileInfo>;
     /// A reader over the whole file.
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>>;
     /// Remove files (retention). Missing files are not an error.
@@ -528,7 +528,7 @@ impl ReplicaClient for FileReplicaClient {
         max_txid: u64,
         timestamp_ms: i64,
         body: &mut Spool,
-    ) -> Result<u64> {
+    ) -> Result<LtxFileInfo> {
         let dir = self.level_dir(level);
         let path = dir.join(ltx::file_name(min_txid, max_txid));
         let tmp = path.with_extension("ltx.tmp");
@@ -565,7 +565,16 @@ impl ReplicaClient for FileReplicaClient {
         self.progress
             .objects_uploaded
             .fetch_add(1, Ordering::Relaxed);
-        Ok(body.len())
+        Ok(LtxFileInfo {
+            level,
+            min_txid,
+            max_txid,
+            size: body.len(),
+            // As the listing shows it: the mtime, set to the header timestamp.
+            created_at: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(timestamp_ms.max(0) as u64),
+            key: path.display().to_string(),
+        })
     }
 
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>> {

@@ -35,10 +35,15 @@ use crate::error::{Context, Error, Result};
 use crate::replica_client::{FileReplicaClient, ReplicaClient};
 use crate::replicator::Replicator;
 use crate::s3::S3Client;
+use crate::scheduler::Scheduler;
 
 /// Worker threads for S3 I/O. Uploads are network-bound; two threads keep a multipart upload's
 /// parts flowing without competing with the host for cores.
 const RUNTIME_THREADS: usize = 2;
+/// Threads of the background pool (compaction and retention of every database). Merges are
+/// network-bound and each database's jobs run one at a time; two threads keep one long merge
+/// from holding up every other database.
+const BACKGROUND_THREADS: usize = 2;
 /// How long a process exit waits for its replicators to stop (final sync, then the lease
 /// released). Long enough for the final upload of a healthy replica; short enough that an
 /// unreachable one delays the exit by no more than this.
@@ -47,6 +52,8 @@ const EXIT_BUDGET: Duration = Duration::from_secs(2);
 struct Process {
     pid: u32,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The pool that runs compaction, snapshots' scheduling and retention for every database.
+    background: Option<Scheduler>,
     replicators: HashMap<PathBuf, Arc<Replicator>>,
     /// Open connections that called `litestream_start()`, per database.
     connections: HashMap<PathBuf, usize>,
@@ -58,6 +65,7 @@ static PROCESS: Lazy<Mutex<Process>> = Lazy::new(|| {
     Mutex::new(Process {
         pid: std::process::id(),
         runtime: None,
+        background: None,
         replicators: HashMap::new(),
         connections: HashMap::new(),
         stopping: HashMap::new(),
@@ -82,6 +90,8 @@ fn process() -> MutexGuard<'static, Process> {
     if p.pid != pid {
         // Forked: the parent's threads are gone in this process. Leak their remains.
         std::mem::forget(p.runtime.take());
+        // The pool's threads did not come along either (and its lock may be held by one).
+        std::mem::forget(p.background.take());
         std::mem::forget(std::mem::take(&mut p.replicators));
         std::mem::forget(std::mem::take(&mut p.stopping));
         // The parent's connections are the parent's to count.
@@ -110,6 +120,14 @@ pub fn runtime_handle() -> Result<tokio::runtime::Handle> {
         .as_ref()
         .map(|r| r.handle().clone())
         .expect("runtime just created"))
+}
+
+/// The pool that runs every database's compaction, created on first use.
+pub fn background_scheduler() -> Scheduler {
+    process()
+        .background
+        .get_or_insert_with(|| Scheduler::new("background", BACKGROUND_THREADS))
+        .clone()
 }
 
 /// Run `f` with the settings of one database (created empty on first use).

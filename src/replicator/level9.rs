@@ -7,18 +7,20 @@
 //! - The WAL is sealed first (write lock held briefly, pending commits uploaded, the snapshot's
 //!   read transaction started there), so no checkpoint can copy frames beyond the position into
 //!   the file while it is read, and the WAL cannot restart over them.
-//! - At most one snapshot runs per database; `litestream_stop()` cancels it.
+//! - At most one snapshot runs per database, and `MAX_LEVEL9_AT_ONCE` per process;
+//!   `litestream_stop()` cancels a running one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::Connection;
 
 use super::capture::{empty_segment, wal_generation_unchanged, PageSource};
 use super::worker::{open_wal_file, Worker};
 use super::{RunState, Shared};
+use crate::compactor::{Level9Answer, Level9Outcome};
 use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx;
@@ -31,18 +33,44 @@ use crate::wal::{self, Resume, ScanOutcome, WalHeader};
 /// checkpoint our read mark forbids, so two attempts suffice and the third is a margin.
 const LEVEL9_ATTEMPTS: usize = 3;
 
-/// "Write a level-9 snapshot `1-<current TXID>` unless the TXID is at most `newer_than`"; the
-/// answer is the TXID and size written, or None.
-pub(super) type Level9Answer = Result<Option<(u64, u64)>>;
-pub(super) struct Level9Request {
-    pub(super) newer_than: u64,
-    pub(super) reply: std::sync::mpsc::SyncSender<Level9Answer>,
+/// Level-9 snapshots writing at once in this process, whatever the number of databases: each
+/// holds a thread, a connection and a read transaction (which keeps its WAL from being
+/// checkpointed past the snapshot) for as long as it streams. Litestream's schedule puts every
+/// database's snapshot on the same boundary (midnight UTC for 24 h); the others are told to ask
+/// again shortly.
+const MAX_LEVEL9_AT_ONCE: usize = 2;
+static LEVEL9_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds one of the process's snapshot slots until dropped.
+struct Level9Slot;
+
+impl Level9Slot {
+    fn take() -> Option<Level9Slot> {
+        LEVEL9_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LEVEL9_AT_ONCE).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Level9Slot)
+    }
 }
 
-/// Ask the worker thread for a level-9 snapshot and wait for its answer (the compactor's
-/// `SnapshotFn`).
-pub(super) fn request_level9(shared: &Shared, newer_than: u64) -> Level9Answer {
-    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+impl Drop for Level9Slot {
+    fn drop(&mut self) {
+        LEVEL9_RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// "Write a level-9 snapshot `1-<current TXID>` unless the TXID is at most `newer_than`".
+pub(super) struct Level9Request {
+    pub(super) newer_than: u64,
+    pub(super) reply: SyncSender<Level9Answer>,
+}
+
+/// Ask the worker for a level-9 snapshot (the compactor's `SnapshotFn`); the answer arrives on
+/// the receiver returned.
+pub(super) fn request_level9(shared: &Shared, newer_than: u64) -> Result<Receiver<Level9Answer>> {
+    let (reply, answer) = sync_channel(1);
     {
         let mut g = shared.lock();
         if g.stop_requested || g.state == RunState::Stopped {
@@ -51,44 +79,30 @@ pub(super) fn request_level9(shared: &Shared, newer_than: u64) -> Level9Answer {
         g.level9 = Some(Level9Request { newer_than, reply });
     }
     shared.cond.notify_all();
-    loop {
-        match answer.recv_timeout(Duration::from_millis(200)) {
-            Ok(r) => return r,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Error::msg(
-                    "replication stopped before the snapshot was written",
-                ))
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if shared.lock().state == RunState::Stopped {
-                    return Err(Error::msg(
-                        "replication stopped before the snapshot was written",
-                    ));
-                }
-            }
-        }
-    }
+    Ok(answer)
 }
 
 impl Worker {
     /// Start a level-9 snapshot: a full image of the database at the replica's current TXID,
     /// streamed from the database (Litestream builds its snapshots from the database, not from
     /// the replica) on a thread of its own, so that L0 uploads go on meanwhile. The position does
-    /// not move. The answer (TXID and size written, or None when the TXID is at most
-    /// `newer_than` or there is nothing to snapshot yet) goes to `req.reply`.
+    /// not move. The answer (the file written, not newer, or busy) goes to `req.reply`.
     pub(super) fn start_level9_snapshot(&mut self, req: Level9Request) {
         if self.level9_running() {
-            let _ = req.reply.send(Err(Error::msg(
-                "a level-9 snapshot is still being written; it will be retried",
-            )));
+            let _ = req.reply.send(Ok(Level9Outcome::Busy));
             return;
         }
+        let Some(slot) = Level9Slot::take() else {
+            let _ = req.reply.send(Ok(Level9Outcome::Busy));
+            return;
+        };
         match self.seal_for_level9(req.newer_than) {
             Ok(Some(job)) => {
                 let reply = req.reply;
                 let thread = std::thread::Builder::new()
                     .name("litestream-snapshot".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let answer =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
                                 .unwrap_or_else(|p| {
@@ -106,7 +120,7 @@ impl Worker {
                 }
             }
             Ok(None) => {
-                let _ = req.reply.send(Ok(None));
+                let _ = req.reply.send(Ok(Level9Outcome::NotNewer));
             }
             Err(e) => {
                 let _ = req.reply.send(Err(e));
@@ -208,11 +222,14 @@ impl Level9Job {
                     if let Some(lease) = &self.lease {
                         lease.check()?;
                     }
-                    let txid = self.pos.txid;
-                    let size =
-                        self.client
-                            .put(SNAPSHOT_LEVEL, 1, txid, timestamp_ms, &mut spool)?;
-                    return Ok(Some((txid, size)));
+                    let file = self.client.put(
+                        SNAPSHOT_LEVEL,
+                        1,
+                        self.pos.txid,
+                        timestamp_ms,
+                        &mut spool,
+                    )?;
+                    return Ok(Level9Outcome::Written(file));
                 }
             }
             Err(Error::msg(

@@ -173,7 +173,7 @@ pub struct Replicator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     lease: Option<Arc<Lease>>,
-    compactor: Compactor,
+    compactor: Arc<Compactor>,
 }
 
 impl Replicator {
@@ -254,7 +254,39 @@ impl Replicator {
         };
         let compaction = compactor::Settings::from_config(&shared.cfg);
         let spill_dir = meta.join("tmp");
-        let compactor_client = client.clone();
+        // Level-9 snapshots are sealed by the worker, which owns the connections.
+        let snapshot_shared = shared.clone();
+        let snapshot: compactor::SnapshotFn =
+            Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
+        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
+        // writes of a non-holder anyway; this keeps a standby from even trying).
+        let may_write: compactor::MayWrite = match &lease {
+            Some(l) => {
+                let l = l.clone();
+                Arc::new(move || l.holding().is_some())
+            }
+            None => Arc::new(|| true),
+        };
+        // Level 1 takes only level-0 files the worker knows are uploaded (see `Confirmed`).
+        let confirmed_shared = shared.clone();
+        let confirmed: compactor::Confirmed = Arc::new(move || confirmed_shared.lock().txid);
+        let compactor = match Compactor::start(
+            client.clone(),
+            compaction,
+            &spill_dir,
+            snapshot,
+            may_write,
+            confirmed,
+            &crate::runtime::background_scheduler(),
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if let Some(l) = &lease {
+                    l.stop();
+                }
+                return Err(e);
+            }
+        };
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
@@ -278,48 +310,13 @@ impl Replicator {
             standby_wal_len: 0,
             vfs: vfs.map(str::to_string),
             level9_thread: None,
+            compactor: compactor.clone(),
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
             .name("litestream-replicator".into())
             .spawn(move || worker.run())
             .context("starting the replicator thread")?;
-        // ---- compactor (issue 5) ----
-        // Level-9 snapshots are streamed by the worker thread, which owns the connections.
-        let snapshot_shared = shared.clone();
-        let snapshot: compactor::SnapshotFn =
-            Arc::new(move |newer_than| request_level9(&snapshot_shared, newer_than));
-        // Only the lease holder compacts, snapshots and deletes (the S3 client's fence refuses
-        // writes of a non-holder anyway; this keeps a standby from even trying).
-        let may_write: compactor::MayWrite = match &lease {
-            Some(l) => {
-                let l = l.clone();
-                Arc::new(move || l.holding().is_some())
-            }
-            None => Arc::new(|| true),
-        };
-        // Level 1 takes only level-0 files the worker knows are uploaded (see `Confirmed`).
-        let confirmed_shared = shared.clone();
-        let confirmed: compactor::Confirmed = Arc::new(move || confirmed_shared.lock().txid);
-        let compactor = match Compactor::start(
-            compactor_client,
-            compaction,
-            &spill_dir,
-            snapshot,
-            may_write,
-            confirmed,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                shared.lock().stop_requested = true;
-                shared.cond.notify_all();
-                let _ = thread.join();
-                if let Some(l) = &lease {
-                    l.stop();
-                }
-                return Err(e);
-            }
-        };
         Ok(Replicator {
             shared,
             thread: Mutex::new(Some(thread)),

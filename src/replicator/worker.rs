@@ -18,6 +18,7 @@ use rusqlite::Connection;
 
 use super::decide::{self, CheckpointMode, Plan, PlanFacts, Wake};
 use super::{RunState, Shared};
+use crate::compactor::Compactor;
 use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, ReplicaClient, Spool};
@@ -94,6 +95,8 @@ pub(super) struct Worker {
     pub(super) vfs: Option<String>,
     /// The level-9 snapshot running on its own thread, if any.
     pub(super) level9_thread: Option<std::thread::JoinHandle<()>>,
+    /// Told of every level-0 file uploaded, so it knows the replica without listing it.
+    pub(super) compactor: Arc<Compactor>,
 }
 
 impl Worker {
@@ -532,7 +535,8 @@ impl Worker {
         )
         .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         let txid = new_pos.txid;
-        self.client.put(0, txid, txid, timestamp_ms, spool)?;
+        let file = self.client.put(0, txid, txid, timestamp_ms, spool)?;
+        self.compactor.record_upload(file);
         self.remote_max = Some(txid);
         self.pos = Some(*new_pos);
         // Uploads happen inside a cycle, with the read transaction held.

@@ -341,7 +341,7 @@ impl ReplicaClient for S3Client {
         max_txid: u64,
         timestamp_ms: i64,
         body: &mut Spool,
-    ) -> Result<u64> {
+    ) -> Result<LtxFileInfo> {
         let key = self.key(level, min_txid, max_txid);
         let mut meta = vec![(
             "litestream-timestamp".to_string(),
@@ -352,7 +352,15 @@ impl ReplicaClient for S3Client {
         if let Some(token) = self.fence.token() {
             meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));
         }
-        upload::put_object(self, &key, meta, body)
+        let size = upload::put_object(self, &key, meta, body)?;
+        Ok(LtxFileInfo {
+            level,
+            min_txid,
+            max_txid,
+            size,
+            created_at: std::time::SystemTime::now(),
+            key,
+        })
     }
 
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>> {
