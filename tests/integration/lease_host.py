@@ -147,7 +147,7 @@ def handle(cmd):
             conn.enable_load_extension(False)
         return True
     if op == "start_other":
-        other = connect(True)
+        other = hostside.connect(DB, EXT)
         try:
             return other.execute("SELECT litestream_start()").fetchone()[0]
         finally:
