@@ -303,7 +303,7 @@ struct Status {
 struct Shared {
     stop: AtomicBool,
     status: Mutex<Status>,
-    /// Level-0 files the replicator uploaded since the task last looked.
+    /// Files the replicator uploaded since the task last looked.
     uploaded: Mutex<Vec<LtxFileInfo>>,
 }
 
@@ -415,13 +415,24 @@ impl Compactor {
         })
     }
 
-    /// A level-0 file the replicator uploaded (and knows it did).
+    /// A file the replicator uploaded (level 0, or a level-9 snapshot), and knows it did.
     pub fn record_upload(&self, file: LtxFileInfo) {
         self.shared
             .uploaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(file);
+    }
+
+    /// A level-9 snapshot reached the replica. Counted by the thread that wrote it, at once, so
+    /// that status agrees with the replica even when the answer to the request is never read
+    /// (a stop that gave up waiting for it).
+    pub fn record_snapshot(&self, file: LtxFileInfo) {
+        let mut s = self.shared.status();
+        s.snapshots += 1;
+        s.last_snapshot = Some((file.max_txid, file.size, SystemTime::now()));
+        drop(s);
+        self.record_upload(file);
     }
 
     /// Stop after the current job (a merge in progress gives up at its next input).
@@ -796,14 +807,8 @@ impl CompactionTask {
             };
             self.level9 = None;
             return match outcome? {
-                Level9Outcome::Written(f) => {
-                    let mut s = self.shared.status();
-                    s.snapshots += 1;
-                    s.last_snapshot = Some((f.max_txid, f.size, SystemTime::now()));
-                    drop(s);
-                    self.manifest()?.add(f);
-                    Ok(true)
-                }
+                // Counted and added to the manifest by `Compactor::record_snapshot`.
+                Level9Outcome::Written(_) => Ok(true),
                 Level9Outcome::NotNewer => Ok(true),
                 Level9Outcome::Busy => {
                     // Other databases' snapshots are running: ask again shortly.
@@ -825,16 +830,11 @@ impl CompactionTask {
     }
 
     /// A snapshot asked for before the stop is told to give up, but it may already be uploading:
-    /// wait for its answer (as the stop waits for any job in progress), so that status counts
-    /// every snapshot that reached the replica.
+    /// wait for its answer (as the stop waits for any job in progress). The thread that wrote it
+    /// has counted it (`Compactor::record_snapshot`).
     fn collect_level9_at_stop(&mut self) {
-        let Some(answer) = self.level9.take() else {
-            return;
-        };
-        if let Ok(Ok(Level9Outcome::Written(f))) = answer.recv_timeout(LEVEL9_STOP_WAIT) {
-            let mut s = self.shared.status();
-            s.snapshots += 1;
-            s.last_snapshot = Some((f.max_txid, f.size, SystemTime::now()));
+        if let Some(answer) = self.level9.take() {
+            let _ = answer.recv_timeout(LEVEL9_STOP_WAIT);
         }
     }
 

@@ -20,7 +20,7 @@ use rusqlite::Connection;
 use super::capture::{empty_segment, wal_generation_unchanged, PageSource};
 use super::worker::{open_wal_file, Worker};
 use super::{RunState, Shared};
-use crate::compactor::{Level9Answer, Level9Outcome};
+use crate::compactor::{Compactor, Level9Answer, Level9Outcome};
 use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx;
@@ -184,6 +184,7 @@ impl Worker {
             client: self.client.clone(),
             lease: self.lease.clone(),
             cancel: self.shared.level9_cancel.clone(),
+            compactor: self.compactor.clone(),
         }))
     }
 }
@@ -210,6 +211,8 @@ pub(super) struct Level9Job {
     client: Arc<dyn ReplicaClient>,
     lease: Option<Arc<Lease>>,
     cancel: Arc<AtomicBool>,
+    /// Told of the file as soon as it is written.
+    compactor: Arc<Compactor>,
 }
 
 impl Level9Job {
@@ -229,6 +232,7 @@ impl Level9Job {
                         timestamp_ms,
                         &mut spool,
                     )?;
+                    self.compactor.record_snapshot(file.clone());
                     return Ok(Level9Outcome::Written(file));
                 }
             }
