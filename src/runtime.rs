@@ -44,6 +44,13 @@ const RUNTIME_THREADS: usize = 2;
 /// network-bound and each database's jobs run one at a time; two threads keep one long merge
 /// from holding up every other database.
 const BACKGROUND_THREADS: usize = 2;
+/// Threads of the replicator pool, shared by every database's replicator. A step blocks for
+/// the time of its uploads; four let a slow upload of one database leave the others going,
+/// and stay four whether the process replicates one database or a thousand.
+const REPLICATOR_THREADS: usize = 4;
+/// Threads of the lease pool: renewals are single small requests, kept apart from uploads and
+/// merges so that a busy replicator pool never delays one past the lease's TTL.
+const LEASE_THREADS: usize = 2;
 /// How long a process exit waits for its replicators to stop (final sync, then the lease
 /// released). Long enough for the final upload of a healthy replica; short enough that an
 /// unreachable one delays the exit by no more than this.
@@ -54,6 +61,10 @@ struct Process {
     runtime: Option<tokio::runtime::Runtime>,
     /// The pool that runs compaction, snapshots' scheduling and retention for every database.
     background: Option<Scheduler>,
+    /// The pool that runs every database's replicator.
+    replicator_pool: Option<Scheduler>,
+    /// The pool that runs every database's lease.
+    lease_pool: Option<Scheduler>,
     replicators: HashMap<PathBuf, Arc<Replicator>>,
     /// Open connections that called `litestream_start()`, per database.
     connections: HashMap<PathBuf, usize>,
@@ -66,6 +77,8 @@ static PROCESS: Lazy<Mutex<Process>> = Lazy::new(|| {
         pid: std::process::id(),
         runtime: None,
         background: None,
+        replicator_pool: None,
+        lease_pool: None,
         replicators: HashMap::new(),
         connections: HashMap::new(),
         stopping: HashMap::new(),
@@ -92,6 +105,8 @@ fn process() -> MutexGuard<'static, Process> {
         std::mem::forget(p.runtime.take());
         // The pool's threads did not come along either (and its lock may be held by one).
         std::mem::forget(p.background.take());
+        std::mem::forget(p.replicator_pool.take());
+        std::mem::forget(p.lease_pool.take());
         std::mem::forget(std::mem::take(&mut p.replicators));
         std::mem::forget(std::mem::take(&mut p.stopping));
         // The parent's connections are the parent's to count.
@@ -127,6 +142,22 @@ pub fn background_scheduler() -> Scheduler {
     process()
         .background
         .get_or_insert_with(|| Scheduler::new("background", BACKGROUND_THREADS))
+        .clone()
+}
+
+/// The pool that runs every database's replicator, created on first use.
+pub fn replicator_scheduler() -> Scheduler {
+    process()
+        .replicator_pool
+        .get_or_insert_with(|| Scheduler::new("replicator", REPLICATOR_THREADS))
+        .clone()
+}
+
+/// The pool that runs every database's lease, created on first use.
+pub fn lease_scheduler() -> Scheduler {
+    process()
+        .lease_pool
+        .get_or_insert_with(|| Scheduler::new("lease", LEASE_THREADS))
         .clone()
 }
 

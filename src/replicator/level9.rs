@@ -78,7 +78,7 @@ pub(super) fn request_level9(shared: &Shared, newer_than: u64) -> Result<Receive
         }
         g.level9 = Some(Level9Request { newer_than, reply });
     }
-    shared.cond.notify_all();
+    shared.wake();
     Ok(answer)
 }
 

@@ -1,12 +1,14 @@
 //! One database's replicator: commit → WAL reader → LTX encoder → uploader → replica, and the
 //! checkpoints that keep the WAL bounded.
 //!
-//! Each replicated database has one background thread that owns two connections of its own,
-//! opened through the host's SQLite: `conn` holds a long read transaction that pins the WAL (no
-//! other connection can restart or truncate it while we have not read it), and `barrier` takes the
-//! write lock around our own checkpoints so no commit can slip between "read everything" and
-//! "checkpoint". The thread wakes on commits of hooked connections, on `litestream_sync()`, and
-//! polls at `sync-interval` for commits of other connections and processes.
+//! Each replicated database has one task on the replicator pool (a fixed number of threads
+//! for every database of the process, `runtime::replicator_scheduler`). It owns two connections
+//! of its own, opened through the host's SQLite: `conn` holds a long read transaction that pins
+//! the WAL (no other connection can restart or truncate it while we have not read it), and
+//! `barrier` takes the write lock around our own checkpoints so no commit can slip between "read
+//! everything" and "checkpoint". The task is poked by commits of hooked connections, by
+//! `litestream_sync()`, stops and lease changes, and polls at `sync-interval` for commits of
+//! other connections and processes.
 //!
 //! Invariants:
 //! - Nothing committed is lost: a checkpoint runs only after every frame it can backfill is in the
@@ -34,8 +36,7 @@ mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
@@ -46,6 +47,7 @@ use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, unix_ms, Progress, ReplicaClient};
 use crate::s3::lease::{Lease, LeaseSetup, LeaseStatus, Role};
+use crate::scheduler::TaskHandle;
 use crate::state;
 use crate::wal;
 
@@ -62,6 +64,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
 /// A writer never waits longer than this per commit, whatever the replica does.
 const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
+/// How often `litestream_stop()` looks whether the worker's final step has finished.
+const STOP_POLL: Duration = Duration::from_millis(2);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     Running,
@@ -138,12 +142,23 @@ pub struct Shared {
     cond: Condvar,
     /// Tells a running level-9 snapshot to give up (set by `litestream_stop()`).
     level9_cancel: Arc<AtomicBool>,
+    /// The worker's task on the replicator pool (set once it is spawned).
+    task: OnceLock<TaskHandle>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock is caught at the thread boundary; the data stays usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something the worker acts on changed (a commit, a sync request, a stop, the lease): poke
+    /// its task, and wake the waiters of `cond`.
+    fn wake(&self) {
+        self.cond.notify_all();
+        if let Some(t) = self.task.get() {
+            t.poke();
+        }
     }
 
     /// Wait on the condition variable until `until` at the latest (or a notification).
@@ -171,13 +186,12 @@ fn open_connection(db_path: &Path, vfs: Option<&str>) -> Result<Connection> {
 /// Handle to a running replicator, shared by every connection of the process.
 pub struct Replicator {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
     lease: Option<Arc<Lease>>,
     compactor: Arc<Compactor>,
 }
 
 impl Replicator {
-    /// Open the replicator's connections, put the database in WAL mode and start the thread.
+    /// Open the replicator's connections, put the database in WAL mode and start its task.
     /// Everything that can be checked without the network is checked here, so that mistakes are
     /// SQL errors of `litestream_start()`; network problems show up in status instead.
     pub fn start(
@@ -238,6 +252,7 @@ impl Replicator {
             }),
             cond: Condvar::new(),
             level9_cancel: Arc::new(AtomicBool::new(false)),
+            task: OnceLock::new(),
         });
         let lease = match lease {
             Some(setup) => {
@@ -245,10 +260,15 @@ impl Replicator {
                 let waker = Box::new(move || {
                     if let Some(s) = weak.upgrade() {
                         s.lock().lease_changed = true;
-                        s.cond.notify_all();
+                        s.wake();
                     }
                 });
-                Some(Arc::new(Lease::start(setup, &meta, waker)?))
+                Some(Arc::new(Lease::start(
+                    setup,
+                    &meta,
+                    waker,
+                    &crate::runtime::lease_scheduler(),
+                )?))
             }
             None => None,
         };
@@ -311,15 +331,13 @@ impl Replicator {
             vfs: vfs.map(str::to_string),
             level9_thread: None,
             compactor: compactor.clone(),
+            pace: worker::Pace::new(),
         };
         worker.begin_read()?;
-        let thread = std::thread::Builder::new()
-            .name("litestream-replicator".into())
-            .spawn(move || worker.run())
-            .context("starting the replicator thread")?;
+        let task = crate::runtime::replicator_scheduler().spawn(Box::new(worker));
+        let _ = shared.task.set(task);
         Ok(Replicator {
             shared,
-            thread: Mutex::new(Some(thread)),
             lease,
             compactor,
         })
@@ -340,7 +358,7 @@ impl Replicator {
         let pressured = wal_frames as u64 * self.shared.frame_size >= BACKPRESSURE_WAL_BYTES;
         if pressured && g.state == RunState::Running && !g.stop_requested {
             g.pressure = true;
-            self.shared.cond.notify_all();
+            self.shared.wake();
             let seen = g.checkpoint_attempts;
             let deadline = Instant::now() + BACKPRESSURE_MAX_WAIT;
             while g.checkpoint_attempts == seen && g.state == RunState::Running && !g.stop_requested
@@ -354,7 +372,7 @@ impl Replicator {
             return;
         }
         drop(g);
-        self.shared.cond.notify_all();
+        self.shared.wake();
     }
 
     /// Block until everything committed before this call is in the replica; returns that TXID.
@@ -367,7 +385,7 @@ impl Replicator {
         let mut g = self.shared.lock();
         g.sync_requested += 1;
         let ticket = g.sync_requested;
-        self.shared.cond.notify_all();
+        self.shared.wake();
         loop {
             if g.synced_gen >= ticket {
                 return Ok(g.txid);
@@ -404,7 +422,7 @@ impl Replicator {
         }
     }
 
-    /// Final sync, final checkpoint, then stop the thread. Returns the last TXID in the replica.
+    /// Final sync, final checkpoint, then end the task. Returns the last TXID in the replica.
     pub fn stop(&self) -> Result<u64> {
         // The compactor first: it may be waiting on a level-9 snapshot, which is told to give up.
         self.shared.level9_cancel.store(true, Ordering::Relaxed);
@@ -413,10 +431,12 @@ impl Replicator {
             let mut g = self.shared.lock();
             g.stop_requested = true;
         }
-        self.shared.cond.notify_all();
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        self.shared.wake();
+        // The worker's last step runs the final sync and drops the task.
+        if let Some(task) = self.shared.task.get() {
+            while task.alive() {
+                std::thread::sleep(STOP_POLL);
+            }
         }
         // After the final sync, release the lease so that a standby takes over at once.
         if let Some(l) = &self.lease {

@@ -1,9 +1,11 @@
-//! The replicator thread: the loop that waits for a reason to sync, runs a cycle (upload every
-//! committed frame, then checkpoint if due), and follows the lease.
+//! The replicator of one database, a task on the replicator pool: each step looks for a reason
+//! to sync, runs at most one cycle (upload every committed frame, then checkpoint if due), follows
+//! the lease, and says when it wants to look again.
 //!
 //! Invariants:
-//! - Only this thread touches the `Worker` (its connections, position and WAL handle); the SQL
-//!   side talks to it through `Shared`.
+//! - Only the replicator's task touches the `Worker` (its connections, position and WAL handle),
+//!   one step at a time; the SQL side talks to it through `Shared` and pokes it
+//!   (`Shared::wake`).
 //! - `synced_gen` advances only after a cycle that started after the request it covers.
 //! - While the lease is held by someone else the worker holds no read transaction (it must not pin
 //!   a WAL it does not replicate) and on every new acquisition re-reads the replica's position.
@@ -23,6 +25,7 @@ use crate::error::{Context, Error, Result};
 use crate::ltx;
 use crate::replica_client::{self, ReplicaClient, Spool};
 use crate::s3::lease::Lease;
+use crate::scheduler::{Next, Task};
 use crate::state::{self, Position};
 use crate::wal::{self, WalHeader};
 
@@ -97,42 +100,69 @@ pub(super) struct Worker {
     pub(super) level9_thread: Option<std::thread::JoinHandle<()>>,
     /// Told of every level-0 file uploaded, so it knows the replica without listing it.
     pub(super) compactor: Arc<Compactor>,
+    pub(super) pace: Pace,
+}
+
+/// When the loop of one replicator looks again: the pacing it carries from step to step.
+pub(super) struct Pace {
+    /// The next poll of the WAL for commits of connections without the hook.
+    next_poll: Instant,
+    /// The next look for a checkpointer waiting on our read transaction.
+    next_probe: Instant,
+    /// The last time something was uploaded or a checkpointer was let through.
+    active_at: Instant,
+    /// After a failed cycle: the current delay and when to try again.
+    backoff: Option<(Duration, Instant)>,
+    /// Sync requests up to this number have had a cycle started for them. A request bypasses
+    /// the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
+    attempted: u64,
+}
+
+impl Pace {
+    pub(super) fn new() -> Pace {
+        let now = Instant::now();
+        Pace {
+            next_poll: now,
+            next_probe: now + CHECKPOINTER_PROBE,
+            active_at: now,
+            backoff: None,
+            attempted: 0,
+        }
+    }
+}
+
+impl Task for Worker {
+    /// One step of the replicator on the replicator pool: at most one cycle, then the time of
+    /// the next look (commits, sync requests, stops and lease changes poke it sooner).
+    fn run(&mut self) -> Next {
+        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+        match body {
+            Ok(next) => next,
+            Err(panic) => {
+                let msg = crate::error::panic_message(panic.as_ref());
+                let mut g = self.shared.lock();
+                g.last_error = Some(format!("internal error in the replicator: {msg}"));
+                g.state = RunState::Stopped;
+                drop(g);
+                // A dead replicator must not keep the lease from a standby.
+                if let Some(l) = &self.lease {
+                    l.stop();
+                }
+                self.shared.cond.notify_all();
+                Next::Done
+            }
+        }
+    }
 }
 
 impl Worker {
-    pub(super) fn run(mut self) {
-        let shared = self.shared.clone();
-        let lease = self.lease.clone();
-        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
-        if let Err(panic) = body {
-            let msg = crate::error::panic_message(panic.as_ref());
-            let mut g = shared.lock();
-            g.last_error = Some(format!("internal error in the replicator: {msg}"));
-            g.state = RunState::Stopped;
-            drop(g);
-            // A dead replicator must not keep the lease from a standby.
-            if let Some(l) = &lease {
-                l.stop();
-            }
-        }
-        shared.cond.notify_all();
-    }
-
-    pub(super) fn run_loop(&mut self) {
+    fn step(&mut self) -> Next {
         let interval = self.shared.cfg.sync_interval;
         let poll = if interval.is_zero() {
             MIN_POLL
         } else {
             interval
         };
-        let mut next_poll = Instant::now();
-        let mut next_probe = Instant::now() + CHECKPOINTER_PROBE;
-        // The last time something was uploaded or a checkpointer was let through.
-        let mut active_at = Instant::now();
-        let mut backoff: Option<(Duration, Instant)> = None;
-        // Sync requests up to this number have had a cycle started for them. A request bypasses
-        // the error backoff once, not on every loop, or a waiter would hammer a dead endpoint.
-        let mut attempted = 0u64;
         loop {
             // ---- lease gate: replicate only while holding the lease ----
             if let Some(lease) = self.lease.clone() {
@@ -140,124 +170,137 @@ impl Worker {
                     Some((_, epoch)) => {
                         if self.lease_epoch != Some(epoch) {
                             self.take_over(epoch);
-                            backoff = None;
-                            next_poll = Instant::now();
+                            self.pace.backoff = None;
+                            self.pace.next_poll = Instant::now();
                         }
                     }
                     None => {
                         // Not the holder: a pending level-9 request is refused (dropped).
                         self.shared.lock().level9 = None;
-                        if self.standby_wait(&lease) {
-                            self.shutdown();
-                            return;
-                        }
-                        continue;
+                        return match self.standby_wait(&lease) {
+                            Some(at) => Next::At(at),
+                            None => {
+                                self.shutdown();
+                                Next::Done
+                            }
+                        };
                     }
                 }
             }
-            // Wait for a reason to run a cycle.
+            // Is there a reason to run a cycle?
             let (wake, stopping, ticket) = {
                 let mut g = self.shared.lock();
-                let wake = loop {
-                    let wake = decide::wake(&decide::WaitFacts {
-                        now: Instant::now(),
-                        stop_requested: g.stop_requested,
-                        lease_changed: g.lease_changed && self.lease.is_some(),
-                        sync_wanted: g.sync_requested > attempted.max(g.synced_gen) || g.pressure,
-                        level9_wanted: g.level9.is_some(),
-                        dirty_since: g.dirty_since,
-                        sync_interval: interval,
-                        next_poll,
-                        retry_at: backoff.map(|(_, at)| at),
-                        probe_at: (self.in_read_txn && backoff.is_none()).then_some(next_probe),
-                    });
-                    match wake {
-                        Wake::SleepUntil(due) => g = self.shared.wait(g, due),
-                        Wake::LeaseChanged => {
-                            g.lease_changed = false;
-                            break wake;
-                        }
-                        _ => break wake,
-                    }
-                };
+                let pace = &self.pace;
+                let wake = decide::wake(&decide::WaitFacts {
+                    now: Instant::now(),
+                    stop_requested: g.stop_requested,
+                    lease_changed: g.lease_changed && self.lease.is_some(),
+                    sync_wanted: g.sync_requested > pace.attempted.max(g.synced_gen) || g.pressure,
+                    level9_wanted: g.level9.is_some(),
+                    dirty_since: g.dirty_since,
+                    sync_interval: interval,
+                    next_poll: pace.next_poll,
+                    retry_at: pace.backoff.map(|(_, at)| at),
+                    probe_at: (self.in_read_txn && pace.backoff.is_none())
+                        .then_some(pace.next_probe),
+                });
+                match wake {
+                    // Pokes (commits, sync requests, stops, lease changes) come sooner.
+                    Wake::SleepUntil(due) => return Next::At(due),
+                    Wake::LeaseChanged => g.lease_changed = false,
+                    _ => {}
+                }
                 (wake, g.stop_requested, g.sync_requested)
             };
             match wake {
                 Wake::LeaseChanged if !stopping => continue, // back to the lease gate
                 Wake::Probe => {
-                    let result = self.yield_to_checkpointer();
-                    if matches!(result, Ok(true)) {
-                        active_at = Instant::now();
-                    }
-                    // Commits of connections without the hook are otherwise only seen at the
-                    // next poll: a WAL past the backpressure size is a reason to cycle now.
-                    if self.wal_bytes_in_use().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
-                        self.shared.lock().pressure = true;
-                        active_at = Instant::now();
-                    }
-                    next_probe = Instant::now()
-                        + if active_at.elapsed() < PROBE_ACTIVE_FOR {
-                            CHECKPOINTER_PROBE
-                        } else {
-                            CHECKPOINTER_PROBE_IDLE
-                        };
-                    if let Err(e) = result {
-                        let mut g = self.shared.lock();
-                        g.state = RunState::Error;
-                        g.last_error = Some(e.to_string());
-                        let delay = decide::next_backoff(backoff.map(|(d, _)| d));
-                        backoff = Some((delay, Instant::now() + delay));
-                    }
+                    self.probe();
                     continue;
                 }
                 _ => {}
             }
-            attempted = ticket;
-            next_poll = Instant::now() + poll;
-            {
-                let mut g = self.shared.lock();
-                g.covering_since = g.dirty_since.take();
-            }
-            let txid_before = self.pos.map(|p| p.txid);
-            let result = self.cycle(ticket);
-            if self.pos.map(|p| p.txid) != txid_before {
-                active_at = Instant::now();
-            }
-            // A level-9 snapshot requested by the compactor (which reports its errors itself).
-            let level9 = self.shared.lock().level9.take();
-            if let Some(req) = level9 {
-                self.start_level9_snapshot(req);
-            }
-            let mut g = self.shared.lock();
-            if g.pressure {
-                // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
-                // release backpressure waiters anyway rather than spin on the flag.
-                g.pressure = false;
-                g.checkpoint_attempts += 1;
-            }
-            match result {
-                Ok(()) => {
-                    g.state = RunState::Running;
-                    g.last_error = None;
-                    g.covering_since = None;
-                    backoff = None;
-                }
-                Err(e) => {
-                    g.state = RunState::Error;
-                    g.last_error = Some(e.to_string());
-                    g.dirty_since = g.oldest_pending();
-                    g.covering_since = None;
-                    let delay = decide::next_backoff(backoff.map(|(d, _)| d));
-                    backoff = Some((delay, Instant::now() + delay));
-                }
-            }
-            drop(g);
-            self.shared.cond.notify_all();
+            self.pace.attempted = ticket;
+            self.pace.next_poll = Instant::now() + poll;
+            self.run_cycle(ticket);
             if stopping {
                 self.shutdown();
-                return;
+                return Next::Done;
+            }
+            // Let the other databases of the pool have the thread before looking again.
+            return Next::At(Instant::now());
+        }
+    }
+
+    /// A probe between cycles: let a waiting checkpointer through, and notice a WAL grown by
+    /// writers without the hook.
+    fn probe(&mut self) {
+        let result = self.yield_to_checkpointer();
+        if matches!(result, Ok(true)) {
+            self.pace.active_at = Instant::now();
+        }
+        // Commits of connections without the hook are otherwise only seen at the next poll: a
+        // WAL past the backpressure size is a reason to cycle now.
+        if self.wal_bytes_in_use().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
+            self.shared.lock().pressure = true;
+            self.pace.active_at = Instant::now();
+        }
+        self.pace.next_probe = Instant::now()
+            + if self.pace.active_at.elapsed() < PROBE_ACTIVE_FOR {
+                CHECKPOINTER_PROBE
+            } else {
+                CHECKPOINTER_PROBE_IDLE
+            };
+        if let Err(e) = result {
+            let mut g = self.shared.lock();
+            g.state = RunState::Error;
+            g.last_error = Some(e.to_string());
+            let delay = decide::next_backoff(self.pace.backoff.map(|(d, _)| d));
+            self.pace.backoff = Some((delay, Instant::now() + delay));
+        }
+    }
+
+    /// One cycle and what it tells status, waiters and the pace.
+    fn run_cycle(&mut self, ticket: u64) {
+        {
+            let mut g = self.shared.lock();
+            g.covering_since = g.dirty_since.take();
+        }
+        let txid_before = self.pos.map(|p| p.txid);
+        let result = self.cycle(ticket);
+        if self.pos.map(|p| p.txid) != txid_before {
+            self.pace.active_at = Instant::now();
+        }
+        // A level-9 snapshot requested by the compactor (which reports its errors itself).
+        let level9 = self.shared.lock().level9.take();
+        if let Some(req) = level9 {
+            self.start_level9_snapshot(req);
+        }
+        let mut g = self.shared.lock();
+        if g.pressure {
+            // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
+            // release backpressure waiters anyway rather than spin on the flag.
+            g.pressure = false;
+            g.checkpoint_attempts += 1;
+        }
+        match result {
+            Ok(()) => {
+                g.state = RunState::Running;
+                g.last_error = None;
+                g.covering_since = None;
+                self.pace.backoff = None;
+            }
+            Err(e) => {
+                g.state = RunState::Error;
+                g.last_error = Some(e.to_string());
+                g.dirty_since = g.oldest_pending();
+                g.covering_since = None;
+                let delay = decide::next_backoff(self.pace.backoff.map(|(d, _)| d));
+                self.pace.backoff = Some((delay, Instant::now() + delay));
             }
         }
+        drop(g);
+        self.shared.cond.notify_all();
     }
 
     /// The final sync on `litestream_stop()`: retried for a while if the replica is unreachable,
@@ -574,9 +617,10 @@ impl Worker {
         g.last_error = None;
     }
 
-    /// One standby period: no read transaction, status from the lease, checkpoints if this
-    /// process is the one responsible for the database on this host. Returns true on stop.
-    pub(super) fn standby_wait(&mut self, lease: &Lease) -> bool {
+    /// One standby step: no read transaction, status from the lease, checkpoints if this
+    /// process is the one responsible for the database on this host. Returns when to look
+    /// again (lease changes poke sooner), or None on stop.
+    pub(super) fn standby_wait(&mut self, lease: &Lease) -> Option<Instant> {
         if self.lease_epoch.take().is_some() {
             // Lost the lease: keep our position only as a hint for the next acquisition.
             if let Some(p) = self.pos.take() {
@@ -608,21 +652,14 @@ impl Worker {
         g.covering_since = None;
         drop(g);
         self.shared.cond.notify_all();
-        let deadline = Instant::now() + STANDBY_TICK;
         let mut g = self.shared.lock();
-        loop {
-            if g.stop_requested {
-                return true;
-            }
-            if std::mem::take(&mut g.lease_changed) {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self.shared.wait(g, deadline);
+        if g.stop_requested {
+            return None;
         }
+        if std::mem::take(&mut g.lease_changed) {
+            return Some(Instant::now());
+        }
+        Some(Instant::now() + STANDBY_TICK)
     }
 
     /// The `-wal` file (None when there is none) and its header (None when it has no valid one).

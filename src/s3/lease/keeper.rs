@@ -1,5 +1,5 @@
-//! The lease keeper: one thread per replicated database that acquires, renews and finally
-//! releases lock.json through a [`LeaseStore`], and the [`Lease`] handle the replicator reads.
+//! The lease keeper: one task per replicated database, on the lease pool, that acquires, renews
+//! and finally releases lock.json through a [`LeaseStore`], and the [`Lease`] handle the replicator reads.
 //!
 //! Each step is one conditional write: acquire (`If-None-Match: *`, or `If-Match` on an expired
 //! lock with token + 1), renew (`If-Match` on our last ETag, same token) and release (conditional
@@ -17,8 +17,7 @@
 //!   never calls the replicator's waker while holding its own.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -29,10 +28,16 @@ use super::record::{format_rfc3339, unix_now, LeaseRecord, LockFormat, Timing};
 use super::store::{ignored_message, Cond, LeaseStore, ProbeError, StoreError};
 use super::LeaseSetup;
 use crate::error::{Error, Result};
+use crate::scheduler::{Next, Scheduler, Task, TaskHandle};
 
 /// Pause before retrying after a 409 ConditionalRequestConflict (another conditional write to the
 /// same key was in flight); jittered so that racers do not collide again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+/// A keeper whose provider ignores conditional writes never acquires; it only looks for the stop
+/// (which pokes it) this often.
+const PARKED_WAIT: Duration = Duration::from_secs(3600);
+/// How often `Lease::stop` looks whether the keeper's last step (the release) has finished.
+const STOP_POLL: Duration = Duration::from_millis(2);
 /// Our own recent lock.json writes remembered (body, when sent): enough to recognise a write of
 /// ours that landed although we never heard its answer (see `Keeper::own_write`).
 const OWN_WRITES_KEPT: usize = 8;
@@ -213,23 +218,33 @@ struct Keeper {
     lock_url: String,
     local: LocalLock,
     state: Mutex<KState>,
-    cond: Condvar,
     waker: Box<dyn Fn() + Send + Sync>,
 }
 
-/// A running lease: a thread that acquires, renews and finally releases lock.json.
+/// A running lease: a task that acquires, renews and finally releases lock.json.
 pub struct Lease {
     keeper: Arc<Keeper>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    task: TaskHandle,
+}
+
+/// The keeper's loop, one step at a time on the lease pool.
+struct KeeperTask {
+    keeper: Arc<Keeper>,
+    /// This process holds the local lock.
+    local: bool,
+    last_note: Option<LocalNote>,
+    /// The provider ignores conditional writes: never acquire, only wait for the stop.
+    parked: bool,
 }
 
 impl Lease {
-    /// Start the lease thread. `meta_dir` holds the local lock file; `waker` is called (without
-    /// any lease lock held) whenever the role changes.
+    /// Start the lease's task on `pool`. `meta_dir` holds the local lock file; `waker` is called
+    /// (without any lease lock held) whenever the role changes.
     pub fn start(
         setup: LeaseSetup,
         meta_dir: &Path,
         waker: Box<dyn Fn() + Send + Sync>,
+        pool: &Scheduler,
     ) -> Result<Lease> {
         std::fs::create_dir_all(meta_dir)
             .map_err(|e| Error::msg(format!("creating {}: {e}", meta_dir.display())))?;
@@ -256,30 +271,15 @@ impl Lease {
                 lost: None,
                 written: Vec::new(),
             }),
-            cond: Condvar::new(),
             waker,
         });
-        let k = keeper.clone();
-        let thread = std::thread::Builder::new()
-            .name("litestream-lease".into())
-            .spawn(move || {
-                let k2 = k.clone();
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k.run())) {
-                    let msg = crate::error::panic_message(p.as_ref());
-                    k2.fence.revoke();
-                    let mut s = k2.lock();
-                    s.held = None;
-                    s.fatal = true;
-                    s.error = Some(format!("internal error in the lease thread: {msg}"));
-                    drop(s);
-                    (k2.waker)();
-                }
-            })
-            .map_err(|e| Error::msg(format!("starting the lease thread: {e}")))?;
-        Ok(Lease {
-            keeper,
-            thread: Mutex::new(Some(thread)),
-        })
+        let task = pool.spawn(Box::new(KeeperTask {
+            keeper: keeper.clone(),
+            local: false,
+            last_note: None,
+            parked: false,
+        }));
+        Ok(Lease { keeper, task })
     }
 
     /// `Some((token, epoch))` while this instance holds the lease and may upload. The epoch
@@ -322,50 +322,140 @@ impl Lease {
         }
     }
 
-    /// Release the lease (if held) so a standby takes over at once, and end the thread.
+    /// Release the lease (if held) so a standby takes over at once, and end the task.
     pub fn stop(&self) {
-        {
-            let mut s = self.keeper.lock();
-            s.stop = true;
-        }
-        self.keeper.cond.notify_all();
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        self.keeper.lock().stop = true;
+        self.task.poke();
+        while self.task.alive() {
+            std::thread::sleep(STOP_POLL);
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        // Normally stopped by the replicator; never leave the thread renewing for nobody.
+        // Normally stopped by the replicator; never leave the task renewing for nobody.
         self.stop();
+    }
+}
+
+impl Task for KeeperTask {
+    fn run(&mut self) -> Next {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
+            Ok(Some(wait)) => Next::At(Instant::now() + wait),
+            Ok(None) => {
+                let k = &self.keeper;
+                k.release();
+                k.local.release();
+                k.update(|s| s.local_claim = false);
+                Next::Done
+            }
+            Err(p) => {
+                let k = &self.keeper;
+                let msg = crate::error::panic_message(p.as_ref());
+                k.fence.revoke();
+                let mut s = k.lock();
+                s.held = None;
+                s.fatal = true;
+                s.error = Some(format!("internal error in the lease keeper: {msg}"));
+                drop(s);
+                (k.waker)();
+                Next::Done
+            }
+        }
+    }
+}
+
+impl KeeperTask {
+    /// One step of the keeper; returns how long to wait before the next one, or None to stop
+    /// (a stop pokes the task, so it never waits the whole pause).
+    fn step(&mut self) -> Option<Duration> {
+        let k = self.keeper.clone();
+        if k.lock().stop {
+            return None;
+        }
+        if self.parked {
+            return Some(PARKED_WAIT);
+        }
+        // 1. The local lock: only its holder talks to S3 about the lease.
+        if !self.local {
+            match k.local.try_claim() {
+                Ok(true) => {
+                    self.local = true;
+                    k.update(|s| {
+                        s.local_claim = true;
+                        s.local_waiting = false;
+                        s.resolved = false;
+                    });
+                }
+                Ok(false) => {
+                    let note = k.local.read_note();
+                    k.update(|s| {
+                        s.local_waiting = true;
+                        s.resolved = true;
+                        s.error = None;
+                        if let Some(n) = note {
+                            s.seen = match (n.token, n.expires_at) {
+                                (Some(token), Some(expires_at)) => Some(LeaseRecord {
+                                    token,
+                                    expires_at,
+                                    owner: n.owner.unwrap_or_default(),
+                                    format: LockFormat::Token,
+                                }),
+                                _ => None,
+                            };
+                        }
+                    });
+                    return Some(LOCAL_POLL);
+                }
+                Err(e) => {
+                    k.set_error(format!(
+                        "taking the local lease lock {}: {e}",
+                        k.local.path().display()
+                    ));
+                    return Some(k.timing.standby_poll());
+                }
+            }
+        }
+        // 2. The provider must honour conditional writes (when start could not tell).
+        if !k.lock().probed {
+            match k.store.probe() {
+                Ok(()) => k.update(|s| s.probed = true),
+                Err(ProbeError::Ignored(detail)) => {
+                    let m = ignored_message(&k.lock_url, &detail);
+                    k.update(|s| {
+                        s.fatal = true;
+                        s.error = Some(m);
+                    });
+                    // Never acquire; wait for stop.
+                    self.parked = true;
+                    return Some(PARKED_WAIT);
+                }
+                Err(ProbeError::Inconclusive(e)) => {
+                    k.set_error(e);
+                    return Some(k.timing.standby_poll());
+                }
+            }
+        }
+        // 3. Acquire or renew.
+        let held = k.lock().held.clone();
+        let wait = match held {
+            None => k.acquire_step(),
+            Some(h) => k.renew_step(h),
+        };
+        if self.local {
+            let note = k.local_note();
+            if self.last_note.as_ref() != Some(&note) && k.local.write_note(&note).is_ok() {
+                self.last_note = Some(note);
+            }
+        }
+        Some(wait)
     }
 }
 
 impl Keeper {
     fn lock(&self) -> MutexGuard<'_, KState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sleep up to `d`, or until stop. Returns true when stopping.
-    fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut s = self.lock();
-        loop {
-            if s.stop {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            s = self
-                .cond
-                .wait_timeout(s, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
     }
 
     /// Apply `f` to the state; wake the replicator if the role or the error changed.
@@ -419,103 +509,6 @@ impl Keeper {
             .rev()
             .find(|(b, _)| b.as_bytes() == body)
             .map(|(_, sent)| *sent)
-    }
-
-    fn run(&self) {
-        let mut local = false;
-        let mut last_note: Option<LocalNote> = None;
-        loop {
-            if self.lock().stop {
-                break;
-            }
-            // 1. The local lock: only its holder talks to S3 about the lease.
-            if !local {
-                match self.local.try_claim() {
-                    Ok(true) => {
-                        local = true;
-                        self.update(|s| {
-                            s.local_claim = true;
-                            s.local_waiting = false;
-                            s.resolved = false;
-                        });
-                    }
-                    Ok(false) => {
-                        let note = self.local.read_note();
-                        self.update(|s| {
-                            s.local_waiting = true;
-                            s.resolved = true;
-                            s.error = None;
-                            if let Some(n) = note {
-                                s.seen = match (n.token, n.expires_at) {
-                                    (Some(token), Some(expires_at)) => Some(LeaseRecord {
-                                        token,
-                                        expires_at,
-                                        owner: n.owner.unwrap_or_default(),
-                                        format: LockFormat::Token,
-                                    }),
-                                    _ => None,
-                                };
-                            }
-                        });
-                        if self.sleep(LOCAL_POLL) {
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        self.set_error(format!(
-                            "taking the local lease lock {}: {e}",
-                            self.local.path().display()
-                        ));
-                        if self.sleep(self.timing.standby_poll()) {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            // 2. The provider must honour conditional writes (when start could not tell).
-            if !self.lock().probed {
-                match self.store.probe() {
-                    Ok(()) => self.update(|s| s.probed = true),
-                    Err(ProbeError::Ignored(detail)) => {
-                        let m = ignored_message(&self.lock_url, &detail);
-                        self.update(|s| {
-                            s.fatal = true;
-                            s.error = Some(m);
-                        });
-                        // Never acquire; wait for stop.
-                        while !self.sleep(Duration::from_secs(3600)) {}
-                        break;
-                    }
-                    Err(ProbeError::Inconclusive(e)) => {
-                        self.set_error(e);
-                        if self.sleep(self.timing.standby_poll()) {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            // 3. Acquire or renew.
-            let held = self.lock().held.clone();
-            let wait = match held {
-                None => self.acquire_step(),
-                Some(h) => self.renew_step(h),
-            };
-            if local {
-                let note = self.local_note();
-                if last_note.as_ref() != Some(&note) && self.local.write_note(&note).is_ok() {
-                    last_note = Some(note);
-                }
-            }
-            if self.sleep(wait) {
-                break;
-            }
-        }
-        self.release();
-        self.local.release();
-        self.update(|s| s.local_claim = false);
     }
 
     fn local_note(&self) -> LocalNote {

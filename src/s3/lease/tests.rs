@@ -122,6 +122,7 @@ fn start(store: &Arc<MemStore>, owner: &str, dir: &Path, ttl_ms: u64) -> Lease {
         },
         dir,
         Box::new(|| {}),
+        &crate::scheduler::Scheduler::new("test-lease", 2),
     )
     .unwrap()
 }
