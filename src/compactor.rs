@@ -305,6 +305,9 @@ struct Shared {
     status: Mutex<Status>,
     /// Files the replicator uploaded since the task last looked.
     uploaded: Mutex<Vec<LtxFileInfo>>,
+    /// A listing of every level the replicator made (it lists the replica to find its position
+    /// on each new lease), and when: the manifest starts from it instead of listing again.
+    offered: Mutex<Option<(Vec<Vec<LtxFileInfo>>, Instant)>>,
 }
 
 impl Shared {
@@ -371,6 +374,9 @@ struct CompactionTask {
     manifest: Option<Manifest>,
     /// May write (holds the lease) as of the last step: a new lease means a new manifest.
     was_writer: bool,
+    /// When this task last saw that this instance may not write (or started): a listing offered
+    /// before that may be from an earlier lease.
+    not_writer_at: Instant,
     /// A level-9 snapshot asked for and not answered yet.
     level9: Option<Receiver<Level9Answer>>,
 }
@@ -396,6 +402,7 @@ impl Compactor {
                 ..Status::default()
             }),
             uploaded: Mutex::new(Vec::new()),
+            offered: Mutex::new(None),
         });
         let task = CompactionTask::new(
             shared.clone(),
@@ -422,6 +429,16 @@ impl Compactor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(file);
+    }
+
+    /// The replicator listed every level of the replica (`levels[l]` = level l, sorted), before
+    /// uploading anything on its current lease.
+    pub fn offer_listing(&self, levels: Vec<Vec<LtxFileInfo>>) {
+        *self
+            .shared
+            .offered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((levels, Instant::now()));
     }
 
     /// A level-9 snapshot reached the replica. Counted by the thread that wrote it, at once, so
@@ -536,6 +553,7 @@ impl CompactionTask {
             due,
             manifest: None,
             was_writer: false,
+            not_writer_at: Instant::now(),
             level9: None,
         }
     }
@@ -557,6 +575,9 @@ impl CompactionTask {
         if writer && !self.was_writer {
             // A new lease: another instance may have written to the replica meanwhile.
             self.manifest = None;
+        }
+        if !writer {
+            self.not_writer_at = Instant::now();
         }
         self.was_writer = writer;
         // The earliest job; ties in job order (levels upwards, then snapshot, retention).
@@ -654,8 +675,29 @@ impl CompactionTask {
             .as_ref()
             .is_none_or(|m| m.loaded_at.elapsed() >= MANIFEST_MAX_AGE);
         if stale {
-            self.manifest = Some(Manifest::load(self.client.as_ref())?);
-            self.shared.status().listings += 1;
+            // The replicator's listing will do if it was taken on this lease (after this task
+            // last saw the lease not held) and is not old; otherwise list.
+            let offered = self
+                .shared
+                .offered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .filter(|(levels, at)| {
+                    *at >= self.not_writer_at
+                        && at.elapsed() < MANIFEST_MAX_AGE
+                        && levels.len() == all_levels().count()
+                });
+            self.manifest = Some(match offered {
+                Some((levels, at)) => Manifest {
+                    levels,
+                    loaded_at: at,
+                },
+                None => {
+                    self.shared.status().listings += 1;
+                    Manifest::load(self.client.as_ref())?
+                }
+            });
         }
         let uploaded = std::mem::take(
             &mut *self
@@ -1255,6 +1297,7 @@ mod tests {
                 ..Status::default()
             }),
             uploaded: Mutex::new(Vec::new()),
+            offered: Mutex::new(None),
         });
         CompactionTask::new(
             shared,

@@ -157,13 +157,22 @@ pub fn all_levels() -> impl Iterator<Item = u8> {
 
 /// Highest MaxTXID found in any level (0 for an empty replica).
 pub fn replica_max_txid(client: &dyn ReplicaClient) -> Result<u64> {
-    let mut max = 0;
-    for level in all_levels() {
-        if let Some(f) = client.list(level)?.last() {
-            max = max.max(f.max_txid);
-        }
-    }
-    Ok(max)
+    Ok(max_txid_of(&list_all_levels(client)?))
+}
+
+/// Every level's files (`[l]` = level l), one listing each.
+pub fn list_all_levels(client: &dyn ReplicaClient) -> Result<Vec<Vec<LtxFileInfo>>> {
+    all_levels().map(|l| client.list(l)).collect()
+}
+
+/// The highest TXID in a listing of every level (0 for an empty replica).
+pub fn max_txid_of(levels: &[Vec<LtxFileInfo>]) -> u64 {
+    levels
+        .iter()
+        .filter_map(|l| l.last())
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

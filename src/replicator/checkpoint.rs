@@ -60,7 +60,18 @@ impl Worker {
     }
 
     pub(super) fn checkpoint_if_needed(&mut self) -> Result<()> {
-        let Some(pos) = self.pos else { return Ok(()) };
+        let Some(mode) = self.checkpoint_due() else {
+            return Ok(());
+        };
+        // Below the backpressure size, commits that slip in defer the checkpoint; above it an
+        // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
+        let in_use = self.wal_bytes_in_use()?;
+        self.checkpoint(mode, false, in_use < MAX_DEFERRED_WAL_BYTES)
+    }
+
+    /// The checkpoint the policy asks for at the current position, if any.
+    pub(super) fn checkpoint_due(&self) -> Option<CheckpointMode> {
+        let pos = self.pos?;
         let facts = CheckpointFacts {
             frames: pos.wal.end.saturating_sub(32) / wal::frame_size(self.page_size),
             backfilled: pos.backfilled,
@@ -69,13 +80,7 @@ impl Worker {
             synced_since: self.synced_since_checkpoint,
         };
         let policy = CheckpointPolicy::from_config(&self.shared.cfg);
-        let Some(mode) = decide::checkpoint_mode(&policy, &facts) else {
-            return Ok(());
-        };
-        // Below the backpressure size, commits that slip in defer the checkpoint; above it an
-        // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
-        let in_use = self.wal_bytes_in_use()?;
-        self.checkpoint(mode, false, in_use < MAX_DEFERRED_WAL_BYTES)
+        decide::checkpoint_mode(&policy, &facts)
     }
 
     /// Checkpoint with writers held off: take the write lock on the barrier connection, upload

@@ -332,6 +332,7 @@ impl Replicator {
             level9_thread: None,
             compactor: compactor.clone(),
             pace: worker::Pace::new(),
+            idle_mark: None,
         };
         worker.begin_read()?;
         let task = crate::runtime::replicator_scheduler().spawn(Box::new(worker));

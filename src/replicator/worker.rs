@@ -101,6 +101,8 @@ pub(super) struct Worker {
     /// Told of every level-0 file uploaded, so it knows the replica without listing it.
     pub(super) compactor: Arc<Compactor>,
     pub(super) pace: Pace,
+    /// The wal-index header as the last successful cycle left it (see `idle_poll`).
+    pub(super) idle_mark: Option<crate::wal_index::WalIndexHeader>,
 }
 
 /// When the loop of one replicator looks again: the pacing it carries from step to step.
@@ -188,10 +190,10 @@ impl Worker {
                 }
             }
             // Is there a reason to run a cycle?
-            let (wake, stopping, ticket) = {
+            let (wake, facts, stopping, ticket) = {
                 let mut g = self.shared.lock();
                 let pace = &self.pace;
-                let wake = decide::wake(&decide::WaitFacts {
+                let facts = decide::WaitFacts {
                     now: Instant::now(),
                     stop_requested: g.stop_requested,
                     lease_changed: g.lease_changed && self.lease.is_some(),
@@ -203,19 +205,25 @@ impl Worker {
                     retry_at: pace.backoff.map(|(_, at)| at),
                     probe_at: (self.in_read_txn && pace.backoff.is_none())
                         .then_some(pace.next_probe),
-                });
+                };
+                let wake = decide::wake(&facts);
                 match wake {
                     // Pokes (commits, sync requests, stops, lease changes) come sooner.
                     Wake::SleepUntil(due) => return Next::At(due),
                     Wake::LeaseChanged => g.lease_changed = false,
                     _ => {}
                 }
-                (wake, g.stop_requested, g.sync_requested)
+                (wake, facts, g.stop_requested, g.sync_requested)
             };
             match wake {
                 Wake::LeaseChanged if !stopping => continue, // back to the lease gate
                 Wake::Probe => {
                     self.probe();
+                    continue;
+                }
+                Wake::Cycle if self.idle_poll(&facts) => {
+                    self.pace.next_poll = Instant::now() + poll;
+                    self.shared.lock().last_sync_at = Some(SystemTime::now());
                     continue;
                 }
                 _ => {}
@@ -230,6 +238,20 @@ impl Worker {
             // Let the other databases of the pool have the thread before looking again.
             return Next::At(Instant::now());
         }
+    }
+
+    /// This poll finds nothing new: the wal-index header is the one the last successful cycle
+    /// ended on and no checkpoint is due (see `decide::skip_idle_poll`).
+    fn idle_poll(&self, facts: &decide::WaitFacts) -> bool {
+        let Some(mark) = self.idle_mark else {
+            return false;
+        };
+        let unchanged = matches!(self.wal_index(), Ok(Some(h)) if h == mark);
+        decide::skip_idle_poll(
+            facts,
+            unchanged,
+            unchanged && self.checkpoint_due().is_some(),
+        )
     }
 
     /// A probe between cycles: let a waiting checkpointer through, and notice a WAL grown by
@@ -267,7 +289,11 @@ impl Worker {
             g.covering_since = g.dirty_since.take();
         }
         let txid_before = self.pos.map(|p| p.txid);
+        // Read before the cycle: everything committed up to this header is in what the cycle
+        // reads, and anything later (or the cycle's own checkpoint) changes the header again.
+        let mark = self.wal_index().ok().flatten();
         let result = self.cycle(ticket);
+        self.idle_mark = mark.filter(|_| result.is_ok());
         if self.pos.map(|p| p.txid) != txid_before {
             self.pace.active_at = Instant::now();
         }
@@ -424,12 +450,15 @@ impl Worker {
         if let Some(max) = self.remote_max {
             return Ok(max);
         }
-        let max = replica_client::replica_max_txid(self.client.as_ref()).with_context(|| {
+        let levels = replica_client::list_all_levels(self.client.as_ref()).with_context(|| {
             format!(
                 "reading the replica position from {}",
                 self.client.describe()
             )
         })?;
+        let max = replica_client::max_txid_of(&levels);
+        // The compactor's manifest starts from this listing rather than making its own.
+        self.compactor.offer_listing(levels);
         self.remote_max = Some(max);
         // The saved position counts only if the replica still ends exactly where we left it.
         self.pos = std::mem::take(&mut self.saved)
