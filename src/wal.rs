@@ -42,11 +42,9 @@ pub fn frame_size(page_size: u32) -> u64 {
     FRAME_HEADER_SIZE + u64::from(page_size)
 }
 
-/// Whether `page_size` is one SQLite can use: a power of two in 512..=65536. (The WAL header stores
-/// 65536 literally, unlike the database header's special value 1.)
-pub fn is_valid_page_size(page_size: u32) -> bool {
-    (512..=65536).contains(&page_size) && page_size.is_power_of_two()
-}
+/// Whether `page_size` is one SQLite can use (the WAL header stores 65536 literally, unlike the
+/// database header's special value 1, so the LTX rule applies as it is).
+pub use crate::ltx::is_valid_page_size;
 
 /// Errors from reading a WAL. Malformed or torn WAL *content* is normally not an error (it simply ends
 /// the valid WAL); these cover I/O failures and headers that are checksummed yet unusable.

@@ -22,13 +22,13 @@
 //! of these, so valid Litestream files are not rejected; in exchange, corruption is caught
 //! wherever the format makes that possible (every single-byte change to the test fixtures is).
 
-mod compactor;
 mod decoder;
 mod encoder;
+mod merge;
 
-pub use compactor::compact;
 pub use decoder::{check_follows, check_named, verify, Decoder};
 pub use encoder::Encoder;
+pub use merge::compact;
 
 use std::fmt;
 use std::io;
