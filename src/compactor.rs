@@ -956,7 +956,8 @@ impl Read for SpoolReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ltx::{Encoder, Header, HEADER_FLAG_NO_CHECKSUM};
+    use crate::ltx::testutil::hdr;
+    use crate::ltx::{Encoder, Header};
     use crate::replica_client::FileReplicaClient;
     use crate::restore::tests::{info, levels_of};
 
@@ -1264,22 +1265,6 @@ mod tests {
         client
             .put(level, h.min_txid, h.max_txid, h.timestamp_ms, &mut spool)
             .unwrap()
-    }
-
-    fn hdr(min: u64, max: u64, commit: u32, ts: i64) -> Header {
-        Header {
-            flags: HEADER_FLAG_NO_CHECKSUM,
-            page_size: 512,
-            commit,
-            min_txid: min,
-            max_txid: max,
-            timestamp_ms: ts,
-            wal_offset: 32,
-            wal_size: 1000,
-            wal_salt1: 1,
-            wal_salt2: 2,
-            ..Default::default()
-        }
     }
 
     fn worker(client: Arc<FileReplicaClient>, dir: &Path) -> CompactionTask {

@@ -119,25 +119,9 @@ pub fn compact<R: Read, W: Write>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{build_file, fixture, FrameOpts, PageEnc};
+    use super::super::testutil::{build_file, fixture, hdr, FrameOpts, PageEnc};
     use super::super::verify;
     use super::*;
-
-    fn hdr(min: u64, max: u64, commit: u32, ts: i64) -> Header {
-        Header {
-            flags: HEADER_FLAG_NO_CHECKSUM,
-            page_size: 512,
-            commit,
-            min_txid: min,
-            max_txid: max,
-            timestamp_ms: ts,
-            wal_offset: 32,
-            wal_size: 1000,
-            wal_salt1: 1,
-            wal_salt2: 2,
-            ..Default::default()
-        }
-    }
 
     fn page(tag: u8) -> Vec<u8> {
         vec![tag; 512]

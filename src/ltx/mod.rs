@@ -752,6 +752,24 @@ mod tests {
 pub(crate) mod testutil {
     use super::*;
 
+    /// A NoChecksum header of 512-byte pages for TXIDs `min..=max` (WAL offset 32, size 1000,
+    /// salts 1 and 2), as the merge and compaction tests build their inputs.
+    pub fn hdr(min: u64, max: u64, commit: u32, ts: i64) -> Header {
+        Header {
+            flags: HEADER_FLAG_NO_CHECKSUM,
+            page_size: 512,
+            commit,
+            min_txid: min,
+            max_txid: max,
+            timestamp_ms: ts,
+            wal_offset: 32,
+            wal_size: 1000,
+            wal_salt1: 1,
+            wal_salt2: 2,
+            ..Default::default()
+        }
+    }
+
     /// The bytes of a fixture: `<manifest>/tests/fixtures/ltx/NAME`.
     pub fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/tests/fixtures/ltx/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -460,24 +460,21 @@ impl Keeper {
 
     /// Apply `f` to the state; wake the replicator if the role or the error changed.
     fn update(&self, f: impl FnOnce(&mut KState)) {
+        // What the replicator reacts to.
+        let seen = |s: &KState| {
+            (
+                s.held.is_some(),
+                s.lapsed,
+                s.epoch,
+                s.resolved,
+                s.error.clone(),
+                s.lost.clone(),
+            )
+        };
         let mut s = self.lock();
-        let before = (
-            s.held.is_some(),
-            s.lapsed,
-            s.epoch,
-            s.resolved,
-            s.error.clone(),
-            s.lost.clone(),
-        );
+        let before = seen(&s);
         f(&mut s);
-        let after = (
-            s.held.is_some(),
-            s.lapsed,
-            s.epoch,
-            s.resolved,
-            s.error.clone(),
-            s.lost.clone(),
-        );
+        let after = seen(&s);
         drop(s);
         if before != after {
             (self.waker)();
