@@ -45,7 +45,8 @@ BUCKET = "many"
 
 
 def settle_seconds(n):
-    """Time given to every run's start-up (opening, initial snapshots) before its window."""
+    """Time given to the sidecar's start-up (opening, initial snapshots) before its window; ours
+    also waits for every database's first sync."""
     return min(30, 2 + n / 50)
 
 
@@ -165,7 +166,8 @@ def summarize(kind, res, proxy, prefix, n, written):
             "cpu_s": res["cpu_s"], "commits": res["commits"],
             "lag_p50_ms": pct(res["lags_ms"], 50), "lag_p99_ms": pct(res["lags_ms"], 99),
             "requests": dict(kinds), "per_db_hour": per_db_hour(per_db, n, written, seconds),
-            "errors": res["errors"]}
+            "errors": res["errors"], "start_s": res.get("start_s"),
+            "settled_s": res.get("settled_s")}
 
 
 def fmt(v, f="%.0f"):
