@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - `ReplicaUrl::canonical` is a fixed point: parsing it gives the same value back.
-//! - A URL that may carry credentials (`@` in it) is never echoed in an error.
+//! - A URL that may carry credentials (`@` in it, or `%40`) is never echoed in an error, nor is
+//!   any part of it that contains `@` (`quote_part`).
 //! - Errors are reasons only; `url_error` adds the URL (or withholds it).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -124,6 +125,17 @@ pub(super) fn is_local_host(host: &str) -> bool {
     false
 }
 
+/// A url part as an error quotes it: `'text'` (bounded, see `echo`), or a note that it is not
+/// shown when it contains `@`: such a part may carry credentials (`user:secret@host`), and
+/// `url_error` withholding the whole url is no help if the reason quotes the part.
+fn quote_part(part: &str) -> String {
+    if part.contains('@') {
+        "(not shown: it may hold credentials)".to_string()
+    } else {
+        format!("'{}'", echo(part))
+    }
+}
+
 /// Splits `host[:port]` (IPv6 in brackets) and validates both parts.
 fn split_host_port(hp: &str) -> Result<(&str, Option<&str>), String> {
     let (host, port) = if hp.starts_with('[') {
@@ -175,7 +187,7 @@ pub(super) fn endpoint_value(raw: &str, local_http: bool) -> Result<String, Stri
         None => (None, t),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('@') {
+    if t.contains('@') {
         return Err(
             "credentials in the endpoint are not supported; use access-key-id and secret-access-key"
                 .to_string(),
@@ -477,8 +489,8 @@ pub(super) fn parse_replica_url(raw: &str) -> Result<ReplicaUrl, String> {
         "s3" => parse_s3_url(rest).map(ReplicaUrl::S3),
         "file" => parse_file_url(rest).map(ReplicaUrl::File),
         other => Err(format!(
-            "unsupported scheme '{}://'; {URL_EXPECTED}",
-            echo(other)
+            "unsupported scheme {}; {URL_EXPECTED}",
+            quote_part(&format!("{other}://"))
         )),
     }
 }
@@ -585,8 +597,8 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
             "concurrency" => "concurrency",
             _ => {
                 return Err(format!(
-                    "unknown query parameter '{}' (accepted: {QUERY_PARAMS})",
-                    echo(&name)
+                    "unknown query parameter {} (accepted: {QUERY_PARAMS})",
+                    quote_part(&name)
                 ))
             }
         };
@@ -603,13 +615,21 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
                 "query parameter '{canonical}' has no value: give one or leave the parameter out"
             ));
         }
-        let bad =
-            |reason: String| format!("query parameter {canonical}='{}': {reason}", echo(&value));
+        let bad = |reason: String| {
+            format!(
+                "query parameter {canonical}={}: {reason}",
+                quote_part(&value)
+            )
+        };
         match canonical {
             "endpoint" => url.endpoint = Some(endpoint_value(&value, true).map_err(bad)?),
             "region" => url.region = Some(region_value(&value).map_err(bad)?),
             "force-path-style" => url.force_path_style = Some(parse_bool(&value).map_err(bad)?),
             "skip-verify" => url.skip_verify = Some(parse_bool(&value).map_err(bad)?),
+            // part_size_value's messages quote the value themselves.
+            "part-size" if value.contains('@') => {
+                return Err(bad("expected a size such as 10MB".to_string()))
+            }
             "part-size" => url.part_size = Some(part_size_value(&value)?),
             _ => url.concurrency = Some(concurrency_value(&value).map_err(bad)?),
         }
@@ -619,8 +639,9 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
 
 pub(super) fn url_error(raw: &str, reason: &str) -> ConfigError {
     let t = raw.trim();
-    // A URL with '@' may carry credentials: never echo it.
-    let message = if t.contains('@') {
+    // A URL with '@' (also percent-encoded, which a query value decodes to) may carry
+    // credentials: never echo it.
+    let message = if t.contains('@') || t.to_ascii_lowercase().contains("%40") {
         format!("invalid value for url: {reason}")
     } else {
         format!("invalid value '{}' for url: {reason}", echo(t))
