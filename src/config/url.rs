@@ -5,14 +5,14 @@
 //! Invariants:
 //! - `ReplicaUrl::canonical` is a fixed point: parsing it gives the same value back.
 //! - A URL that may carry credentials (`@` in it, or `%40`) is never echoed in an error, nor is
-//!   any part of it that contains `@` (`quote_part`).
+//!   any part of it that contains `@` (`quote`).
 //! - Errors are reasons only; `url_error` adds the URL (or withholds it).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use super::parse::{concurrency_value, parse_bool, part_size_value, DEFAULT_REGION};
-use super::{echo, has_control, ConfigError, ConfigErrorKind};
+use super::{echo, has_control, quote, ConfigError, ConfigErrorKind};
 
 const URL_EXPECTED: &str = "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR";
 /// Why `s3://BUCKET` and `s3://BUCKET/` are refused (as `path=''` is): Litestream writes such a
@@ -123,17 +123,6 @@ pub(super) fn is_local_host(host: &str) -> bool {
         return ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00;
     }
     false
-}
-
-/// A url part as an error quotes it: `'text'` (bounded, see `echo`), or a note that it is not
-/// shown when it contains `@`: such a part may carry credentials (`user:secret@host`), and
-/// `url_error` withholding the whole url is no help if the reason quotes the part.
-fn quote_part(part: &str) -> String {
-    if part.contains('@') {
-        "(not shown: it may hold credentials)".to_string()
-    } else {
-        format!("'{}'", echo(part))
-    }
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) and validates both parts.
@@ -490,7 +479,7 @@ pub(super) fn parse_replica_url(raw: &str) -> Result<ReplicaUrl, String> {
         "file" => parse_file_url(rest).map(ReplicaUrl::File),
         other => Err(format!(
             "unsupported scheme {}; {URL_EXPECTED}",
-            quote_part(&format!("{other}://"))
+            quote(&format!("{other}://"))
         )),
     }
 }
@@ -598,7 +587,7 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
             _ => {
                 return Err(format!(
                     "unknown query parameter {} (accepted: {QUERY_PARAMS})",
-                    quote_part(&name)
+                    quote(&name)
                 ))
             }
         };
@@ -615,21 +604,13 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
                 "query parameter '{canonical}' has no value: give one or leave the parameter out"
             ));
         }
-        let bad = |reason: String| {
-            format!(
-                "query parameter {canonical}={}: {reason}",
-                quote_part(&value)
-            )
-        };
+        let bad =
+            |reason: String| format!("query parameter {canonical}={}: {reason}", quote(&value));
         match canonical {
             "endpoint" => url.endpoint = Some(endpoint_value(&value, true).map_err(bad)?),
             "region" => url.region = Some(region_value(&value).map_err(bad)?),
             "force-path-style" => url.force_path_style = Some(parse_bool(&value).map_err(bad)?),
             "skip-verify" => url.skip_verify = Some(parse_bool(&value).map_err(bad)?),
-            // part_size_value's messages quote the value themselves.
-            "part-size" if value.contains('@') => {
-                return Err(bad("expected a size such as 10MB".to_string()))
-            }
             "part-size" => url.part_size = Some(part_size_value(&value)?),
             _ => url.concurrency = Some(concurrency_value(&value).map_err(bad)?),
         }

@@ -236,3 +236,33 @@ fn url_error_never_quotes_a_part_with_credentials() {
     let e = set_err("endpoint", "user:pw@https://host");
     assert!(!e.contains("pw"), "{e}");
 }
+
+/// Found by the `url` fuzz target: a url pasted into `bucket` was quoted in its error, user and
+/// secret included. No key quotes a value that contains `@`.
+#[test]
+fn no_key_quotes_a_value_with_credentials() {
+    let pasted = "s3://AKIA:hunter2@bucket/db";
+    for key in [
+        "bucket",
+        "region",
+        "type",
+        "part-size",
+        "levels",
+        "sync-interval",
+        "lease",
+    ] {
+        let e = set_err(key, pasted);
+        assert!(!e.contains("hunter2"), "{key}: {e}");
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    assert!(!set_err("levels", "1s,AKIA:hunter2@x").contains("hunter2"));
+    assert_eq!(
+        set_err("region", "AKIA:hunter2@x"),
+        "invalid value (not shown: it may hold credentials) for region: expected a region name such as us-east-1"
+    );
+    // Without '@' the value is quoted as before.
+    assert_eq!(
+        set_err("region", "a b"),
+        "invalid value 'a b' for region: expected a region name such as us-east-1"
+    );
+}
