@@ -251,7 +251,7 @@ impl ReplicaUrl {
                 format!("file://{}", encode(&dir.to_string_lossy(), PATH_SAFE))
             }
             ReplicaUrl::S3(u) => {
-                let mut out = format!("s3://{}", u.bucket);
+                let mut out = format!("s3://{}", canonical_host(&u.bucket));
                 if !u.path.is_empty() {
                     out.push('/');
                     out.push_str(&encode(&u.path, PATH_SAFE));
@@ -284,6 +284,19 @@ impl ReplicaUrl {
                 out
             }
         }
+    }
+}
+
+/// The host that names `bucket` in a canonical url: the bucket itself, unless the host parser
+/// would read it as something else (a bucket such as `x.s3.eu-west-1.backblazeb2.com` looks
+/// like a provider's host), then AWS's virtual-hosted form `BUCKET.s3.amazonaws.com`, which
+/// always names the bucket and nothing more (region and endpoint stay in the query).
+fn canonical_host(bucket: &str) -> String {
+    let read = parse_s3_host(bucket);
+    if read.bucket == bucket && read.region.is_none() && read.endpoint.is_none() {
+        bucket.to_string()
+    } else {
+        format!("{bucket}.s3.amazonaws.com")
     }
 }
 

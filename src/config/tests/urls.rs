@@ -266,3 +266,33 @@ fn no_key_quotes_a_value_with_credentials() {
         "invalid value 'a b' for region: expected a region name such as us-east-1"
     );
 }
+
+/// Found by the `url` fuzz target: a bucket whose name looks like a provider's host (here
+/// Backblaze's) was written bare in the canonical url, which then named another bucket at
+/// another endpoint. The canonical text must name the same bucket, region and endpoint.
+#[test]
+fn canonical_url_of_a_bucket_that_looks_like_a_provider_host() {
+    for url in [
+        "s3://my-west-000.backblazeb2.com.s3.uest-0.backblazeb2.com.s3.2.amazonaws.com/mseb",
+        "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.us-west-2.amazonaws.com/msdb",
+        "s3://b.nyc3.digitaloceanspaces.com.s3.amazonaws.com/db",
+        "s3://x.s3.filebase.com.s3.amazonaws.com/db?endpoint=http://127.0.0.1:9000",
+    ] {
+        let first = s3url(url);
+        let canonical = ReplicaUrl::S3(first.clone()).canonical();
+        assert_eq!(s3url(&canonical), first, "{url} → {canonical}");
+        assert_eq!(ReplicaUrl::S3(s3url(&canonical)).canonical(), canonical);
+    }
+    assert_eq!(
+        ReplicaUrl::S3(s3url(
+            "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.us-west-2.amazonaws.com/msdb"
+        ))
+        .canonical(),
+        "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.amazonaws.com/msdb?region=us-west-2"
+    );
+    // A plain bucket stays bare.
+    assert_eq!(
+        ReplicaUrl::S3(s3url("s3://my-bucket/db")).canonical(),
+        "s3://my-bucket/db"
+    );
+}
