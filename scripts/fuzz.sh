@@ -71,6 +71,11 @@ T0=$(now)
 cargo +nightly fuzz build "${BUILD_FLAGS[@]}"
 echo "=== fuzz build: $(since "$T0")s"
 
+# The dictionary of the text targets, from the key table and the shared odd inputs.
+DICT=$FUZZ/target/config.dict
+mkdir -p "$FUZZ/target"
+python3 "$FUZZ/make_dict.py" "$DICT"
+
 # ---------------------------------------------------------------- 4. run
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo +nightly fuzz list | tr '\n' ' ')}"
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
@@ -82,7 +87,7 @@ for t in "${targets[@]}"; do
   # 0 seconds: replay the seeds and the corpus once, mutate nothing (libFuzzer reads
   # -max_total_time=0 as "no limit").
   if [ "$SECONDS_PER_TARGET" = 0 ]; then args+=(-runs=0); else args+=(-max_total_time="$SECONDS_PER_TARGET"); fi
-  case $t in config_keys | url) args+=(-dict=dict/config.dict) ;; esac
+  case $t in config_keys | url) args+=(-dict="$DICT") ;; esac
   mkdir -p "corpus/$t" "artifacts/$t"
   before=$(ls "artifacts/$t" | wc -l)
   log=$(mktemp "${TMPDIR:-/tmp}/fuzz-$t.XXXXXX.log")
