@@ -23,6 +23,7 @@ pub mod ltx;
 #[path = "../../src/wal.rs"]
 pub mod wal;
 
+pub mod check_compact;
 pub mod check_config;
 pub mod check_ltx;
 pub mod check_url;
