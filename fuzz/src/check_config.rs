@@ -8,8 +8,8 @@
 //! survive `format_duration` unchanged.
 
 use crate::config::{
-    format_duration, key_name, keys, parse_bool, parse_duration, parse_size, ConfigErrorKind,
-    Settings,
+    format_duration, key_name, keys, parse_bool, parse_duration, parse_size, target_from_url,
+    ConfigErrorKind, ReplicaTarget, S3Target, Settings,
 };
 
 /// Put in the middle of every secret the harness sets. Long enough never to appear by chance.
@@ -61,6 +61,31 @@ fn scalars(v: &str) {
             "duration {v:?} formats as {text:?}, which does not read back"
         );
     }
+}
+
+/// `S3Target::display_url` promises: parsed as a url it gives the same bucket, path, endpoint
+/// and addressing style, for a path without empty segments or a leading `/` (which only a
+/// verbatim `path` key can have).
+fn check_display_url(t: &S3Target) {
+    let url = t.display_url();
+    assert!(!url.contains(MARK), "display url holds the secret: {url}");
+    if t.path.starts_with('/') || t.path.split('/').any(str::is_empty) {
+        return;
+    }
+    let again = match target_from_url(&url) {
+        Ok(ReplicaTarget::S3(a)) => a,
+        other => panic!("display url {url:?} of {t:?} reads back as {other:?}"),
+    };
+    assert_eq!(
+        (
+            &again.bucket,
+            &again.path,
+            &again.endpoint,
+            again.force_path_style
+        ),
+        (&t.bucket, &t.path, &t.endpoint, t.force_path_style),
+        "display url {url:?} names another replica"
+    );
 }
 
 pub fn keys_and_values(data: &[u8]) {
@@ -131,10 +156,19 @@ pub fn keys_and_values(data: &[u8]) {
     outputs.push(settings.to_json_string());
     outputs.push(settings.to_json().to_string());
     outputs.push(format!("{settings:?}"));
+    let json = settings.to_json_string();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).ok(),
+        Some(settings.to_json()),
+        "to_json_string() is not the JSON of to_json(): {json}"
+    );
     match settings.resolve() {
         Ok(resolved) => {
             outputs.push(format!("{resolved:?}"));
             outputs.push(resolved.replica_display());
+            if let ReplicaTarget::S3(t) = &resolved.target {
+                check_display_url(t);
+            }
         }
         Err(e) => outputs.push(e.to_string()),
     }
