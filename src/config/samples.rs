@@ -4,7 +4,7 @@
 //! and a list of hostile fragments (edge numbers, broken URLs, odd Unicode, separators).
 //!
 //! Invariant: nothing here is used by the extension at run time; the functions are
-//! `#[doc(hidden)]` public only so the fuzz crate can reach them.
+//! `#[doc(hidden)]` (not API): the unit tests call them, the fuzzer reads this file.
 
 use super::keys::keys;
 
