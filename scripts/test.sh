@@ -7,7 +7,8 @@
 #    default python3, pinned tests/integration/requirements.txt) and the reference Litestream
 #    (scripts/install-litestream.sh); SeaweedFS is installed by scripts/s3-server.sh;
 # 2. cargo build --release (target/release/liblitestream.so), then cargo test --release
-#    (same profile: the dependency tree is built once);
+#    (same profile: the dependency tree is built once), then the fuzz targets for a bounded time
+#    (scripts/fuzz.sh: cargo-fuzz on the nightly toolchain, each installed when missing);
 # 3. packages that build into dist/ (scripts/package.sh: the wheel and the npm tarballs, no second
 #    compile) and installs the other SQLite hosts (scripts/install-hosts.sh: better-sqlite3 and
 #    sqlite3 for Node, Go with mattn/go-sqlite3; auditwheel), each only when missing;
@@ -20,7 +21,8 @@
 # 8. stops the server on exit and exits non-zero if any phase failed. Prints the time per phase.
 #
 # Knobs: LITESTREAM_VENV_DIR, LITESTREAM_TOOLS_DIR (default ~/.cache/litestream-sqlite-tools),
-# CARGO (cargo), LITESTREAM_SKIP_HOSTS=1 (no packages, no host tests), LITESTREAM_SKIP_RELIABILITY=1.
+# CARGO (cargo), LITESTREAM_SKIP_HOSTS=1 (no packages, no host tests), LITESTREAM_SKIP_RELIABILITY=1,
+# LITESTREAM_FUZZ_SECONDS (per fuzz target, default 15), LITESTREAM_SKIP_FUZZ=1.
 # Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
 set -euo pipefail
 
@@ -86,6 +88,15 @@ fi
 phase_start "cargo test --release"
 if "$CARGO" test --release; then phase_end "cargo test --release" ok
 else phase_end "cargo test --release" FAILED; fi
+
+# Coverage-guided fuzzing (scripts/fuzz.sh): a clean build of the fuzz crate (~50 s on 2 cores:
+# it compiles the parsers and their 4 dependencies, not the SDK), then each target for
+# LITESTREAM_FUZZ_SECONDS. Skipped for a focused run (pytest arguments) or LITESTREAM_SKIP_FUZZ=1.
+if [ -z "${LITESTREAM_SKIP_FUZZ:-}" ] && [ $# -eq 0 ]; then
+  phase_start "fuzz"
+  if bash "$REPO/scripts/fuzz.sh" "${LITESTREAM_FUZZ_SECONDS:-15}"; then phase_end "fuzz" ok
+  else phase_end "fuzz" FAILED; fi
+fi
 
 # ---------------------------------------------------------------- 3. packages + other hosts
 RUN_HOSTS=1

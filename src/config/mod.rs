@@ -10,7 +10,8 @@
 //!   normalized text, which its key's parser always reads back, so resolving never meets a
 //!   value that was not accepted once.
 //! - Every error names the key (or url part), echoes the value given (bounded, control
-//!   characters replaced) and says what is accepted.
+//!   characters replaced; not at all when it contains `@`, see `quote`) and says what is
+//!   accepted.
 //! - Secrets (`secret-access-key`) never appear in any output of this module: getters, JSON,
 //!   `Debug` and error messages show [`REDACTED`] or nothing.
 //!
@@ -119,11 +120,23 @@ fn echo(v: &str) -> String {
     out
 }
 
-/// The standard message for a bad value: `invalid value 'V' for KEY: EXPECTED`.
+/// User input as an error quotes it: `'text'` (as [`echo`] shows it), or a note that it is not
+/// shown when it contains `@`: any value may be a pasted `user:secret@host` url, and no bad
+/// value needs its `@` part quoted to be recognised.
+fn quote(v: &str) -> String {
+    if v.contains('@') {
+        "(not shown: it may hold credentials)".to_string()
+    } else {
+        format!("'{}'", echo(v))
+    }
+}
+
+/// The standard message for a bad value: `invalid value 'V' for KEY: EXPECTED` (V as [`quote`]
+/// shows it).
 fn invalid(key: &str, value: &str, expected: &str) -> ConfigError {
     ConfigError::new(
         ConfigErrorKind::InvalidValue,
-        format!("invalid value '{}' for {}: {}", echo(value), key, expected),
+        format!("invalid value {} for {}: {}", quote(value), key, expected),
     )
 }
 

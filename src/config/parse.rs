@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::number::{self, NumberError};
-use super::{echo, has_control};
+use super::{echo, has_control, quote};
 
 /// S3 minimum multipart part size (5 MiB); also the default.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -103,6 +103,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Validates a part size; the error texts are user-facing and name the key.
 pub(super) fn part_size_value(raw: &str) -> Result<u64, String> {
+    if raw.contains('@') {
+        return Err(format!("invalid part-size {}: {SIZE_EXPECTED}", quote(raw)));
+    }
     let shown = echo(raw.trim());
     match number::size(raw) {
         Err(NumberError::TooLarge) => Err(format!(
@@ -415,14 +418,14 @@ pub(super) fn levels_value(raw: &str) -> Result<Vec<Duration>, String> {
             Ok(d) if !d.is_zero() => out.push(d),
             Ok(_) => {
                 return Err(format!(
-                    "level {level} interval '{}' must be above 0; {LEVELS_EXPECTED}",
-                    echo(part)
+                    "level {level} interval {} must be above 0; {LEVELS_EXPECTED}",
+                    quote(part)
                 ))
             }
             Err(e) => {
                 return Err(format!(
-                    "level {level} interval '{}': {}; {LEVELS_EXPECTED}",
-                    echo(part),
+                    "level {level} interval {}: {}; {LEVELS_EXPECTED}",
+                    quote(part),
                     match e {
                         DurationError::MissingUnit => "a number needs a unit, e.g. 30s",
                         DurationError::Negative => "negative durations are not allowed",

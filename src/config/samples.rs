@@ -1,9 +1,10 @@
-//! Values shared by the unit tests and the fuzzer (`fuzz/`), so both exercise the same inputs
-//! and neither keeps a copy that goes stale: every key's sample values (from the key table)
+//! Values shared by the unit tests and the fuzzer (`fuzz/make_dict.py` reads them from this
+//! file and the key table into the dictionary of the text targets), so both exercise the same
+//! inputs and neither keeps a copy that goes stale: every key's sample values (from the key table)
 //! and a list of hostile fragments (edge numbers, broken URLs, odd Unicode, separators).
 //!
 //! Invariant: nothing here is used by the extension at run time; the functions are
-//! `#[doc(hidden)]` public only so the fuzz crate can reach them.
+//! `#[doc(hidden)]` (not API): the unit tests call them, the fuzzer reads this file.
 
 use super::keys::keys;
 

@@ -4,14 +4,15 @@
 //!
 //! Invariants:
 //! - `ReplicaUrl::canonical` is a fixed point: parsing it gives the same value back.
-//! - A URL that may carry credentials (`@` in it) is never echoed in an error.
+//! - A URL that may carry credentials (`@` in it, or `%40`) is never echoed in an error, nor is
+//!   any part of it that contains `@` (`quote`).
 //! - Errors are reasons only; `url_error` adds the URL (or withholds it).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use super::parse::{concurrency_value, parse_bool, part_size_value, DEFAULT_REGION};
-use super::{echo, has_control, ConfigError, ConfigErrorKind};
+use super::{echo, has_control, quote, ConfigError, ConfigErrorKind};
 
 const URL_EXPECTED: &str = "expected s3://BUCKET/PATH[?endpoint=…&region=…] or file:///DIR";
 /// Why `s3://BUCKET` and `s3://BUCKET/` are refused (as `path=''` is): Litestream writes such a
@@ -175,7 +176,7 @@ pub(super) fn endpoint_value(raw: &str, local_http: bool) -> Result<String, Stri
         None => (None, t),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('@') {
+    if t.contains('@') {
         return Err(
             "credentials in the endpoint are not supported; use access-key-id and secret-access-key"
                 .to_string(),
@@ -250,7 +251,7 @@ impl ReplicaUrl {
                 format!("file://{}", encode(&dir.to_string_lossy(), PATH_SAFE))
             }
             ReplicaUrl::S3(u) => {
-                let mut out = format!("s3://{}", u.bucket);
+                let mut out = format!("s3://{}", canonical_host(&u.bucket));
                 if !u.path.is_empty() {
                     out.push('/');
                     out.push_str(&encode(&u.path, PATH_SAFE));
@@ -283,6 +284,19 @@ impl ReplicaUrl {
                 out
             }
         }
+    }
+}
+
+/// The host that names `bucket` in a canonical url: the bucket itself, unless the host parser
+/// would read it as something else (a bucket such as `x.s3.eu-west-1.backblazeb2.com` looks
+/// like a provider's host), then AWS's virtual-hosted form `BUCKET.s3.amazonaws.com`, which
+/// always names the bucket and nothing more (region and endpoint stay in the query).
+fn canonical_host(bucket: &str) -> String {
+    let read = parse_s3_host(bucket);
+    if read.bucket == bucket && read.region.is_none() && read.endpoint.is_none() {
+        bucket.to_string()
+    } else {
+        format!("{bucket}.s3.amazonaws.com")
     }
 }
 
@@ -477,8 +491,8 @@ pub(super) fn parse_replica_url(raw: &str) -> Result<ReplicaUrl, String> {
         "s3" => parse_s3_url(rest).map(ReplicaUrl::S3),
         "file" => parse_file_url(rest).map(ReplicaUrl::File),
         other => Err(format!(
-            "unsupported scheme '{}://'; {URL_EXPECTED}",
-            echo(other)
+            "unsupported scheme {}; {URL_EXPECTED}",
+            quote(&format!("{other}://"))
         )),
     }
 }
@@ -585,8 +599,8 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
             "concurrency" => "concurrency",
             _ => {
                 return Err(format!(
-                    "unknown query parameter '{}' (accepted: {QUERY_PARAMS})",
-                    echo(&name)
+                    "unknown query parameter {} (accepted: {QUERY_PARAMS})",
+                    quote(&name)
                 ))
             }
         };
@@ -604,7 +618,7 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
             ));
         }
         let bad =
-            |reason: String| format!("query parameter {canonical}='{}': {reason}", echo(&value));
+            |reason: String| format!("query parameter {canonical}={}: {reason}", quote(&value));
         match canonical {
             "endpoint" => url.endpoint = Some(endpoint_value(&value, true).map_err(bad)?),
             "region" => url.region = Some(region_value(&value).map_err(bad)?),
@@ -619,8 +633,9 @@ fn parse_s3_url(rest: &str) -> Result<S3Url, String> {
 
 pub(super) fn url_error(raw: &str, reason: &str) -> ConfigError {
     let t = raw.trim();
-    // A URL with '@' may carry credentials: never echo it.
-    let message = if t.contains('@') {
+    // A URL with '@' (also percent-encoded, which a query value decodes to) may carry
+    // credentials: never echo it.
+    let message = if t.contains('@') || t.to_ascii_lowercase().contains("%40") {
         format!("invalid value for url: {reason}")
     } else {
         format!("invalid value '{}' for url: {reason}", echo(t))

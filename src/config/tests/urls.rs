@@ -208,3 +208,91 @@ fn url_errors() {
         "invalid value for url: credentials in the url are not supported; use access-key-id and secret-access-key"
     );
 }
+
+/// Found by the `url` fuzz target: the url was withheld, but the reason quoted the part that
+/// held the credentials. No part with `@`, as written or percent-encoded, is quoted.
+#[test]
+fn url_error_never_quotes_a_part_with_credentials() {
+    for (url, secret) in [
+        ("s3://bucket/db?endpoint=user:pass@host", "pass@host"),
+        ("s3://bucket/db?endpoint=user:pass%40host", "pass@host"),
+        ("s3://bucket/db?endpoint=user:pass@http://host", "pass@"),
+        ("s3://bucket/db?region=AKIA:hunter2@x", "hunter2"),
+        ("s3://bucket/db?part-size=AKIA:hunter2@x", "hunter2"),
+        ("s3://bucket/db?concurrency=hunter2%40x", "hunter2"),
+        ("s3://bucket/db?AKIA:hunter2@x=1", "hunter2"),
+        ("user:hunter2@s3://bucket/db", "hunter2"),
+    ] {
+        let e = set_err("url", url);
+        assert!(!e.contains(secret), "{url}: {e}");
+        assert!(e.contains("for url"), "{url}: {e}");
+    }
+    assert_eq!(
+        set_err("url", "s3://bucket/db?endpoint=user:pass@host"),
+        "invalid value for url: query parameter endpoint=(not shown: it may hold credentials): \
+         credentials in the endpoint are not supported; use access-key-id and secret-access-key"
+    );
+    // An endpoint with '@' before its "://" is credentials too, not a scheme to quote.
+    let e = set_err("endpoint", "user:pw@https://host");
+    assert!(!e.contains("pw"), "{e}");
+}
+
+/// Found by the `url` fuzz target: a url pasted into `bucket` was quoted in its error, user and
+/// secret included. No key quotes a value that contains `@`.
+#[test]
+fn no_key_quotes_a_value_with_credentials() {
+    let pasted = "s3://AKIA:hunter2@bucket/db";
+    for key in [
+        "bucket",
+        "region",
+        "type",
+        "part-size",
+        "levels",
+        "sync-interval",
+        "lease",
+    ] {
+        let e = set_err(key, pasted);
+        assert!(!e.contains("hunter2"), "{key}: {e}");
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    assert!(!set_err("levels", "1s,AKIA:hunter2@x").contains("hunter2"));
+    assert_eq!(
+        set_err("region", "AKIA:hunter2@x"),
+        "invalid value (not shown: it may hold credentials) for region: expected a region name such as us-east-1"
+    );
+    // Without '@' the value is quoted as before.
+    assert_eq!(
+        set_err("region", "a b"),
+        "invalid value 'a b' for region: expected a region name such as us-east-1"
+    );
+}
+
+/// Found by the `url` fuzz target: a bucket whose name looks like a provider's host (here
+/// Backblaze's) was written bare in the canonical url, which then named another bucket at
+/// another endpoint. The canonical text must name the same bucket, region and endpoint.
+#[test]
+fn canonical_url_of_a_bucket_that_looks_like_a_provider_host() {
+    for url in [
+        "s3://my-west-000.backblazeb2.com.s3.uest-0.backblazeb2.com.s3.2.amazonaws.com/mseb",
+        "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.us-west-2.amazonaws.com/msdb",
+        "s3://b.nyc3.digitaloceanspaces.com.s3.amazonaws.com/db",
+        "s3://x.s3.filebase.com.s3.amazonaws.com/db?endpoint=http://127.0.0.1:9000",
+    ] {
+        let first = s3url(url);
+        let canonical = ReplicaUrl::S3(first.clone()).canonical();
+        assert_eq!(s3url(&canonical), first, "{url} → {canonical}");
+        assert_eq!(ReplicaUrl::S3(s3url(&canonical)).canonical(), canonical);
+    }
+    assert_eq!(
+        ReplicaUrl::S3(s3url(
+            "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.us-west-2.amazonaws.com/msdb"
+        ))
+        .canonical(),
+        "s3://mybuck4sbucket-we.s3.00.backblazeb2.com.s3.amazonaws.com/msdb?region=us-west-2"
+    );
+    // A plain bucket stays bare.
+    assert_eq!(
+        ReplicaUrl::S3(s3url("s3://my-bucket/db")).canonical(),
+        "s3://my-bucket/db"
+    );
+}
