@@ -217,11 +217,10 @@ pub fn connection_id(conn: &Connection) -> usize {
     unsafe { conn.handle() as usize }
 }
 
-/// Called after each commit with the database path and the number of frames now in the WAL.
-pub type CommitNotifier = fn(&str, u32);
+/// Called after each commit with the number of frames now in the WAL.
+pub type CommitNotifier = Box<dyn Fn(u32) + Send + Sync>;
 
 struct WalHookTarget {
-    db_path: String,
     notify: CommitNotifier,
 }
 
@@ -237,7 +236,7 @@ unsafe extern "C" fn wal_hook_trampoline(
         // The hook fires for every attached database; only the main one is replicated.
         // SAFETY: SQLite passes a NUL-terminated schema name, valid for this call.
         if !db_name.is_null() && unsafe { CStr::from_ptr(db_name) }.to_bytes() == b"main" {
-            (target.notify)(&target.db_path, frames.max(0) as u32);
+            (target.notify)(frames.max(0) as u32);
         }
     }));
     // Returning SQLITE_OK: the hook replaces SQLite's auto-checkpoint for this connection, on
@@ -247,15 +246,12 @@ unsafe extern "C" fn wal_hook_trampoline(
     ffi::SQLITE_OK
 }
 
-/// Make every commit on `conn` call `notify(db_path)`.
+/// Make every commit on `conn` call `notify(frames)`.
 ///
 /// The target is leaked on purpose: SQLite keeps the pointer for the connection's lifetime and
 /// offers no destructor for it; one small allocation per `litestream_start()` call is the cost.
-pub fn install_wal_hook(conn: &Connection, db_path: &str, notify: CommitNotifier) {
-    let target = Box::into_raw(Box::new(WalHookTarget {
-        db_path: db_path.to_string(),
-        notify,
-    }));
+pub fn install_wal_hook(conn: &Connection, notify: CommitNotifier) {
+    let target = Box::into_raw(Box::new(WalHookTarget { notify }));
     // SAFETY: the handle is valid for the duration of the SQL function call that passes `conn`;
     // the trampoline matches SQLite's callback signature and never unwinds.
     unsafe {

@@ -24,8 +24,8 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
 use once_cell::sync::Lazy;
@@ -88,6 +88,9 @@ static PROCESS: Lazy<Mutex<Process>> = Lazy::new(|| {
 /// The process that has replicators to stop at exit; a forked child inherits the exit handler
 /// but not this value's meaning, so the handler compares it with its own pid.
 static EXIT_PID: AtomicU32 = AtomicU32::new(0);
+/// Bumped when a forked child first notices it is one: commit notifiers forget the parent's
+/// replicators they remembered.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static EXIT_HANDLER: Once = Once::new();
 
 static SETTINGS: Lazy<Mutex<HashMap<PathBuf, Settings>>> = Lazy::new(|| Mutex::new(HashMap::new()));
@@ -114,6 +117,7 @@ fn process() -> MutexGuard<'static, Process> {
         // Close inherited local-lock descriptors, or this child would hold the parent's claim on
         // its databases forever.
         crate::s3::lease::after_fork();
+        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
         p.pid = pid;
     }
     p
@@ -395,16 +399,39 @@ extern "C" fn stop_all_at_exit() {
     });
 }
 
-/// WAL-hook target: a hooked connection committed to `db_path`.
-pub fn notify_commit(db_path: &str, wal_frames: u32) {
-    // try_lock: the hook runs inside the host's commit; never make a commit wait on our lock.
-    let r = match PROCESS.try_lock() {
-        Ok(p) => p.replicators.get(Path::new(db_path)).cloned(),
-        Err(_) => None,
-    };
-    if let Some(r) = r {
-        r.notify_commit(wal_frames);
-    }
+/// The WAL hook of a connection that started replication of `db`: tells its replicator about
+/// each commit.
+pub fn commit_notifier(db: PathBuf) -> crate::host::CommitNotifier {
+    // The replicator found last time, and the fork generation it belongs to: a commit then costs
+    // an uncontended lock and a pointer upgrade, not a lookup of the path in the process table.
+    let cached: Mutex<(u64, Weak<Replicator>)> = Mutex::new((u64::MAX, Weak::new()));
+    Box::new(move |frames| {
+        let generation = FORK_GENERATION.load(Ordering::Relaxed);
+        // try_lock: the hook runs inside the host's commit; never make a commit wait on a lock
+        // another thread holds (a missed notification is found by the next poll).
+        let Ok(mut cache) = cached.try_lock() else {
+            return;
+        };
+        if cache.0 == generation {
+            if let Some(r) = cache.1.upgrade() {
+                if r.notify_commit(frames) {
+                    return;
+                }
+            }
+        }
+        let found = match PROCESS.try_lock() {
+            Ok(p) => p.replicators.get(&db).cloned(),
+            Err(_) => None,
+        };
+        *cache = (
+            generation,
+            found.as_ref().map(Arc::downgrade).unwrap_or_default(),
+        );
+        drop(cache);
+        if let Some(r) = found {
+            r.notify_commit(frames);
+        }
+    })
 }
 
 /// A client for a replica target (S3 clients share the process runtime).

@@ -244,7 +244,7 @@ fn start(ctx: &FnContext<'_>, started_by: &StartedBy) -> Result<&'static str> {
     // Every connection that calls start() wakes the replicator on its commits. The hook also
     // replaces this connection's auto-checkpoint: checkpoints are the replicator's job now.
     host::with_calling_connection(ctx, |conn| {
-        host::install_wal_hook(conn, &path.display().to_string(), runtime::notify_commit)
+        host::install_wal_hook(conn, runtime::commit_notifier(path.clone()))
     })?;
     Ok(if started.started {
         "started"

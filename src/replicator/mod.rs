@@ -356,8 +356,13 @@ impl Replicator {
     /// Called from the WAL hook of a connection that started replication: a commit happened and
     /// the WAL now holds `wal_frames` frames. Past the backpressure size, the committing thread
     /// waits until the replicator has caught up and tried to checkpoint.
-    pub fn notify_commit(&self, wal_frames: u32) {
+    /// Returns false (and does nothing) when this replicator has stopped: the commit belongs to
+    /// the database's next one, if any.
+    pub fn notify_commit(&self, wal_frames: u32) -> bool {
         let mut g = self.shared.lock();
+        if g.state == RunState::Stopped {
+            return false;
+        }
         let first = g.dirty_since.is_none();
         if first {
             g.dirty_since = Some(Instant::now());
@@ -376,7 +381,7 @@ impl Replicator {
                 }
                 g = self.shared.wait(g, deadline);
             }
-            return;
+            return true;
         }
         drop(g);
         // Only the first commit since the last cycle can bring the next one forward (to
@@ -385,6 +390,7 @@ impl Replicator {
         if first || self.shared.cfg.sync_interval.is_zero() {
             self.shared.poke();
         }
+        true
     }
 
     /// Block until everything committed before this call is in the replica; returns that TXID.
