@@ -26,6 +26,7 @@
 mod capture;
 mod checkpoint;
 mod decide;
+mod follow;
 mod level9;
 mod worker;
 
@@ -116,6 +117,10 @@ struct Inner {
     lease_changed: bool,
     /// A level-9 snapshot asked for by the compactor (see `request_level9`).
     level9: Option<Level9Request>,
+    /// The follower's status, once this instance has followed the replica.
+    follow: Option<crate::follower::FollowStatus>,
+    /// A follower runs right now (standby of another host).
+    following: bool,
 }
 
 impl Inner {
@@ -235,6 +240,8 @@ impl Replicator {
                 wal_size: 0,
                 lease_changed: false,
                 level9: None,
+                follow: None,
+                following: false,
             }),
             cond: Condvar::new(),
             level9_cancel: Arc::new(AtomicBool::new(false)),
@@ -311,6 +318,7 @@ impl Replicator {
             vfs: vfs.map(str::to_string),
             level9_thread: None,
             compactor: compactor.clone(),
+            follower: None,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()
@@ -447,8 +455,15 @@ impl Replicator {
             (Some(v), RunState::Running) if v.role != Role::Holder => RunState::Standby,
             (_, s) => s,
         };
+        let role = match &lease {
+            Some(v) if v.role != Role::Holder && g.following => "following",
+            Some(v) if v.role != Role::Holder => "standby",
+            _ => "primary",
+        };
         Status {
             state: state.as_str(),
+            role: Some(role),
+            follow: g.follow.clone(),
             db: Some(self.shared.db_path.clone()),
             replica: Some(self.shared.replica.clone()),
             txid: Some(ltx::format_txid(g.txid)),

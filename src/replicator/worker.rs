@@ -97,6 +97,8 @@ pub(super) struct Worker {
     pub(super) level9_thread: Option<std::thread::JoinHandle<()>>,
     /// Told of every level-0 file uploaded, so it knows the replica without listing it.
     pub(super) compactor: Arc<Compactor>,
+    /// While standby of another host: keeps the database equal to the replica (see `follow`).
+    pub(super) follower: Option<crate::follower::Follower>,
 }
 
 impl Worker {
@@ -139,6 +141,10 @@ impl Worker {
                 match lease.holding() {
                     Some((_, epoch)) => {
                         if self.lease_epoch != Some(epoch) {
+                            // A follower first applies everything up to the replica's max.
+                            if !self.finish_following() {
+                                continue;
+                            }
                             self.take_over(epoch);
                             backoff = None;
                             next_poll = Instant::now();
@@ -274,9 +280,14 @@ impl Worker {
             }
             if let Some((_, epoch)) = l.holding() {
                 if self.lease_epoch != Some(epoch) {
+                    if !self.finish_following_at_stop() {
+                        return;
+                    }
                     self.take_over(epoch);
                 }
             }
+            // A standby that stops: its follower lets go of the write lock.
+            self.follower = None;
         }
         if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
             // A standby has nothing to flush when another instance is known to hold the lease:
@@ -587,8 +598,13 @@ impl Worker {
         let _ = self.end_read();
         self.pinned = false;
         let view = lease.view();
+        // Standby of another host (nobody else here replicates this file): follow the replica
+        // (the follower runs the checkpoints then). A same-host sibling only checkpoints.
+        let mut tick = STANDBY_TICK;
         let checkpoint = if lease.has_local_claim() {
-            self.standby_checkpoint().err()
+            let (error, next) = self.follow_step();
+            tick = next.min(STANDBY_TICK);
+            error
         } else {
             None
         };
@@ -608,7 +624,7 @@ impl Worker {
         g.covering_since = None;
         drop(g);
         self.shared.cond.notify_all();
-        let deadline = Instant::now() + STANDBY_TICK;
+        let deadline = Instant::now() + tick;
         let mut g = self.shared.lock();
         loop {
             if g.stop_requested {

@@ -1,0 +1,127 @@
+//! The replicator's side of following (the follower itself is `crate::follower`): a standby of
+//! another host runs one follower step per standby period, and on acquiring the lease lets the
+//! follower catch up with the replica's max before the usual acquisition path runs.
+//!
+//! Invariants:
+//! - The worker never takes over (never uploads) while a follower exists that has not caught
+//!   up: the saved position it then continues from is the replica's max, so the acquisition
+//!   path continues incrementally instead of publishing a stale database as a snapshot.
+//! - The follower (and with it the WAL write lock) is dropped before the worker replicates, so
+//!   the application's writes are accepted from then on.
+
+use std::time::{Duration, Instant};
+
+use super::worker::Worker;
+use super::RunState;
+use crate::follower::{Follower, Settings};
+
+/// After a failed catch-up at acquisition, try again after this long.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+
+impl Worker {
+    /// One follower step (creating the follower on first use). Returns the error to show, if
+    /// any, and when the follower wants to run next.
+    pub(super) fn follow_step(&mut self) -> (Option<String>, Duration) {
+        if self.follower.is_none() {
+            match self.new_follower() {
+                Ok(f) => self.follower = Some(f),
+                Err(e) => {
+                    // Cannot follow (no shared memory, say): at least keep the WAL bounded.
+                    let checkpoint = self.standby_checkpoint().err();
+                    let why = match checkpoint {
+                        Some(c) => format!("cannot follow the replica: {e}; {c}"),
+                        None => format!("cannot follow the replica: {e}"),
+                    };
+                    return (Some(why), Duration::from_secs(1));
+                }
+            }
+        }
+        let Some(f) = self.follower.as_mut() else {
+            return (None, Duration::from_secs(1));
+        };
+        let r = f.step();
+        let status = f.status();
+        let mut g = self.shared.lock();
+        g.follow = Some(status);
+        g.following = true;
+        drop(g);
+        match r {
+            Ok(next) => (None, next),
+            Err(e) => (Some(format!("follow: {e}")), Duration::from_secs(1)),
+        }
+    }
+
+    fn new_follower(&self) -> crate::error::Result<Follower> {
+        let cfg = &self.shared.cfg;
+        Follower::new(
+            self.open_connection()?,
+            self.open_connection()?,
+            self.client.clone(),
+            &self.db_file_path,
+            self.page_size,
+            Settings {
+                poll: cfg.sync_interval,
+                checkpoint_frames: cfg.min_checkpoint_page_count,
+            },
+        )
+    }
+
+    /// Just acquired the lease: a follower applies everything up to the replica's max and is
+    /// dropped. false (after a short wait): it could not, and the worker must not take over yet.
+    pub(super) fn finish_following(&mut self) -> bool {
+        let Some(f) = self.follower.as_mut() else {
+            return true;
+        };
+        let r = f.catch_up();
+        let status = f.status();
+        let mut g = self.shared.lock();
+        g.follow = Some(status);
+        match r {
+            Ok(_) => {
+                g.following = false;
+                drop(g);
+                self.follower = None;
+                true
+            }
+            Err(e) => {
+                g.state = RunState::Error;
+                g.last_error = Some(format!(
+                    "holding the lease, but not yet caught up with the replica (writes stay refused): {e}"
+                ));
+                let deadline = Instant::now() + CATCH_UP_RETRY;
+                while !g.stop_requested && Instant::now() < deadline {
+                    g = self.shared.wait(g, deadline);
+                }
+                false
+            }
+        }
+    }
+
+    /// `finish_following` at `litestream_stop()`: one attempt. false: the worker stops without
+    /// replicating (status says why) rather than publish a database behind the replica.
+    pub(super) fn finish_following_at_stop(&mut self) -> bool {
+        let Some(f) = self.follower.as_mut() else {
+            return true;
+        };
+        match f.catch_up() {
+            Ok(_) => {
+                self.follower = None;
+                self.shared.lock().following = false;
+                true
+            }
+            Err(e) => {
+                self.follower = None;
+                let mut g = self.shared.lock();
+                g.following = false;
+                g.level9 = None;
+                g.state = RunState::Stopped;
+                g.last_error = Some(format!(
+                    "stopped while catching up with the replica; nothing was uploaded: {e}"
+                ));
+                drop(g);
+                self.shared.cond.notify_all();
+                false
+            }
+        }
+    }
+}
