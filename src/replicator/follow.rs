@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use super::worker::Worker;
 use super::RunState;
 use crate::follower::{Follower, Settings};
+use crate::replica_client;
+use crate::state;
 
 /// After a failed catch-up at acquisition, try again after this long.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
@@ -24,7 +26,10 @@ impl Worker {
     pub(super) fn follow_step(&mut self) -> (Option<String>, Duration) {
         if self.follower.is_none() {
             match self.new_follower() {
-                Ok(f) => self.follower = Some(f),
+                Ok(f) => {
+                    self.follower = Some(f);
+                    self.shared.lock().following = true;
+                }
                 Err(e) => {
                     // Cannot follow (no shared memory, say): at least keep the WAL bounded.
                     let checkpoint = self.standby_checkpoint().err();
@@ -66,16 +71,49 @@ impl Worker {
         )
     }
 
+    /// Taking the lease without a follower: whether the replica holds a history this database is
+    /// not known to be part of (no saved position at or past the replica's max, and the WAL does
+    /// not continue its newest file). Publishing the database then would replace the replica's
+    /// latest state with an unrelated one; it follows first instead (its content kept aside).
+    fn must_follow_first(&self) -> crate::error::Result<bool> {
+        let max = replica_client::replica_max_txid(self.client.as_ref())?;
+        if max == 0 {
+            return Ok(false);
+        }
+        let mut known = state::load(&self.meta, &self.client.describe());
+        known.extend(self.pos);
+        known.extend(self.saved.iter().copied());
+        if known.iter().any(|p| p.txid >= max) {
+            // This database wrote that TXID (or later ones the replica lost): it is the source;
+            // the acquisition path continues it or snapshots it, as before.
+            return Ok(false);
+        }
+        Ok(self.position_from_replica(max)?.is_none())
+    }
+
+    /// Make sure a follower exists when the acquisition must catch up first.
+    fn follower_for_acquisition(&mut self) -> crate::error::Result<()> {
+        if self.follower.is_none() && self.must_follow_first()? {
+            self.follower = Some(self.new_follower()?);
+            self.shared.lock().following = true;
+        }
+        Ok(())
+    }
+
     /// Just acquired the lease: a follower applies everything up to the replica's max and is
     /// dropped. false (after a short wait): it could not, and the worker must not take over yet.
     pub(super) fn finish_following(&mut self) -> bool {
-        let Some(f) = self.follower.as_mut() else {
-            return true;
+        let prepared = self.follower_for_acquisition();
+        let r = match (prepared, self.follower.as_mut()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => return true,
+            (Ok(()), Some(f)) => f.catch_up(),
         };
-        let r = f.catch_up();
-        let status = f.status();
+        let status = self.follower.as_ref().map(|f| f.status());
         let mut g = self.shared.lock();
-        g.follow = Some(status);
+        if status.is_some() {
+            g.follow = status;
+        }
         match r {
             Ok(_) => {
                 g.following = false;
@@ -100,10 +138,12 @@ impl Worker {
     /// `finish_following` at `litestream_stop()`: one attempt. false: the worker stops without
     /// replicating (status says why) rather than publish a database behind the replica.
     pub(super) fn finish_following_at_stop(&mut self) -> bool {
-        let Some(f) = self.follower.as_mut() else {
-            return true;
+        let r = match (self.follower_for_acquisition(), self.follower.as_mut()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => return true,
+            (Ok(()), Some(f)) => f.catch_up(),
         };
-        match f.catch_up() {
+        match r {
             Ok(_) => {
                 self.follower = None;
                 self.shared.lock().following = false;

@@ -416,7 +416,7 @@ impl Worker {
     /// The position the replica's newest L0 file implies for this database: its TXID, database
     /// size and WAL range (`wal_offset + wal_size`, salts), if the current WAL is that generation
     /// and has a frame ending there. None when nothing on this host can continue it.
-    fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
+    pub(super) fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
         let Some(newest) = self
             .client
             .list(0)?
@@ -597,33 +597,18 @@ impl Worker {
         }
         let _ = self.end_read();
         self.pinned = false;
-        let view = lease.view();
         // Standby of another host (nobody else here replicates this file): follow the replica
-        // (the follower runs the checkpoints then). A same-host sibling only checkpoints.
+        // (the follower runs the checkpoints then). A same-host sibling does nothing. The
+        // status is published first: a follow step may take a while (a full image).
+        self.publish_standby(lease, None);
         let mut tick = STANDBY_TICK;
-        let checkpoint = if lease.has_local_claim() {
+        if lease.has_local_claim() {
             let (error, next) = self.follow_step();
             tick = next.min(STANDBY_TICK);
-            error
-        } else {
-            None
-        };
-        let mut g = self.shared.lock();
-        let (state, error) = if view.fatal {
-            (RunState::Error, view.error.clone())
-        } else if let Some(lost) = &view.lost {
-            (RunState::Standby, Some(lost.clone()))
-        } else if let Some(e) = &view.error {
-            (RunState::Error, Some(format!("lease: {e}")))
-        } else {
-            (RunState::Standby, checkpoint.map(|e| e.to_string()))
-        };
-        g.state = state;
-        g.last_error = error;
-        g.dirty_since = None;
-        g.covering_since = None;
-        drop(g);
-        self.shared.cond.notify_all();
+            if error.is_some() {
+                self.publish_standby(lease, error);
+            }
+        }
         let deadline = Instant::now() + tick;
         let mut g = self.shared.lock();
         loop {
@@ -639,6 +624,27 @@ impl Worker {
             }
             g = self.shared.wait(g, deadline);
         }
+    }
+
+    /// A standby's state and error in status: the lease's, else `other` (a follow error).
+    fn publish_standby(&self, lease: &Lease, other: Option<String>) {
+        let view = lease.view();
+        let mut g = self.shared.lock();
+        let (state, error) = if view.fatal {
+            (RunState::Error, view.error.clone())
+        } else if let Some(lost) = &view.lost {
+            (RunState::Standby, Some(lost.clone()))
+        } else if let Some(e) = &view.error {
+            (RunState::Error, Some(format!("lease: {e}")))
+        } else {
+            (RunState::Standby, other)
+        };
+        g.state = state;
+        g.last_error = error;
+        g.dirty_since = None;
+        g.covering_since = None;
+        drop(g);
+        self.shared.cond.notify_all();
     }
 
     /// The `-wal` file (None when there is none) and its header (None when it has no valid one).

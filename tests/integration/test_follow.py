@@ -103,8 +103,16 @@ def test_standby_follows_refuses_writes_and_takes_over_incrementally(ext, s3, bu
     assert st["snapshots"] == 0, st
 
     # Writes on the standby are refused, never silently accepted.
-    r = b.call("write", n=1)
-    assert "error" in r and "locked" in r["error"], r
+    # (b's own connections get the same: SQLITE_BUSY once their busy timeout runs out.)
+    c = sqlite3.connect(b_db, timeout=0.5)
+    try:
+        c.execute("INSERT INTO t(who) VALUES ('intruder')")
+        c.commit()
+        raise AssertionError("a write on the standby was accepted")
+    except sqlite3.OperationalError as e:
+        assert "locked" in str(e), e
+    finally:
+        c.close()
     assert rows(b_db) == rows(a_db)
 
     # kill -9 the primary: b takes over with a's data and continues incrementally.
@@ -192,3 +200,26 @@ def test_vacuum_shrink_is_followed(ext, s3, bucket, tmp_path, hosts):
     assert pages == a_pages, (pages, a_pages)
     ok = sqlite3.connect(b_db).execute("PRAGMA integrity_check").fetchone()[0]
     assert ok == "ok"
+
+
+def test_instance_that_never_was_standby_catches_up_before_replicating(ext, s3, bucket, tmp_path, hosts):
+    """b starts after a stopped (the lease is free at once): it holds the lease without ever
+    having followed, yet must not publish its own database over a's history."""
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    a = Host(ext, a_db, cfg(s3, bucket))
+    hosts.append(a)
+    a.ok("start")
+    a.ok("write", n=20)
+    a.ok("sync", ms=10000)
+    a.ok("stop")
+    b = Host(ext, b_db, cfg(s3, bucket))
+    hosts.append(b)
+    b.ok("start")
+    b.ok("write", n=5)
+    b.ok("sync", ms=10000)
+    st = b.status()
+    assert st["role"] == "primary" and st["snapshots"] == 0, st
+    assert st["follow"]["full_images"] == 1 and len(st["follow"]["diverged"]) == 1, st["follow"]
+    assert rows(b_db)[0] == 25
+    b.ok("stop")
+    assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
