@@ -223,3 +223,47 @@ def test_instance_that_never_was_standby_catches_up_before_replicating(ext, s3, 
     assert rows(b_db)[0] == 25
     b.ok("stop")
     assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
+
+
+def test_follower_checkpoints_restart_the_wal_under_readers_and_promotion_stays_incremental(
+        ext, s3, bucket, tmp_path, hosts):
+    """A small checkpoint threshold: the follower's WAL is checkpointed and restarted (TRUNCATE)
+    many times while a reader loops; after the takeover the position proven by the database
+    stamp (empty WAL) or by the WAL still continues without a snapshot."""
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    conf = cfg(s3, bucket, min_checkpoint_page_count="8")
+    a = Host(ext, a_db, conf)
+    hosts.append(a)
+    a.ok("start")
+    a.ok("write", n=10)
+    txid = a.ok("sync", ms=10000)
+    b = Host(ext, b_db, conf)
+    hosts.append(b)
+    b.ok("start")
+    wait_equal(b, a_db, b_db, txid)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(b_db), "8"],
+                              stdout=subprocess.PIPE, text=True)
+    for _ in range(8):
+        a.ok("write", n=40)
+        txid = a.ok("sync", ms=10000)
+        wait_equal(b, a_db, b_db, txid, timeout=5)
+    out, _ = reader.communicate(timeout=60)
+    import json
+    r = json.loads(out)
+    assert r["nbad"] == 0 and r["final"] == "ok", r
+    st = b.status()
+    assert st["follow"]["last_error"] is None, st["follow"]
+    wal = os.path.getsize(str(b_db) + "-wal")
+    assert wal < 40 * 4120 * 4, "the follower's WAL was not kept bounded: %d bytes" % wal
+    os.kill(a.p.pid, signal.SIGKILL)
+    a.p.wait()
+    wait_until("b to take over", 2 * TTL + 2,
+               lambda: (lambda s: s["lease"]["role"] == "holder" and s["state"] == "running")(b.status()),
+               every=0.05)
+    b.ok("write", n=5)
+    b.ok("sync", ms=10000)
+    st = b.status()
+    assert st["snapshots"] == 0, st
+    assert rows(b_db)[0] == 10 + 8 * 40 + 5
+    b.ok("stop")
+    assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
