@@ -473,6 +473,22 @@ impl Injector {
         Ok(inj)
     }
 
+    /// An injector holding the write lock (a few tries over a few milliseconds; None when a
+    /// writer kept it): what `litestream_start()` takes with a lease, so that no write is
+    /// accepted before this instance knows whether it is the primary.
+    pub fn gate(conn: Connection, wal_path: &Path, page_size: u32) -> Result<Option<Injector>> {
+        /// A commit holds the lock for a few milliseconds at most.
+        const TRIES: u32 = 50;
+        let mut inj = Injector::new(conn, wal_path, page_size)?;
+        for _ in 0..TRIES {
+            if inj.try_lock()? {
+                return Ok(Some(inj));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(None)
+    }
+
     /// One read on our connection: opens the WAL and wal-index, and lets SQLite recover a
     /// wal-index that needs it. Only without the lock (recovery takes it).
     pub fn refresh(&self) -> Result<()> {

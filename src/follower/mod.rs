@@ -101,19 +101,17 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Follow `db_path` (page size `page_size`, already in WAL mode) from `client`, with two
-    /// connections of the caller's to it.
+    /// Follow `db_path` (page size `page_size`, already in WAL mode) from `client`, with an
+    /// injector (see [`Injector::gate`]) and a plain connection of the caller's to it.
     pub fn new(
-        inject_conn: Connection,
+        inj: Injector,
         reader: Connection,
         client: Arc<dyn ReplicaClient>,
         db_path: &Path,
         page_size: u32,
         settings: Settings,
     ) -> Result<Follower> {
-        let wal_path = PathBuf::from(format!("{}-wal", db_path.display()));
         crate::host::set_persist_wal(&reader)?;
-        let inj = Injector::new(inject_conn, &wal_path, page_size)?;
         Ok(Follower {
             inj,
             reader,

@@ -13,14 +13,41 @@ use std::time::{Duration, Instant};
 
 use super::worker::Worker;
 use super::RunState;
-use crate::follower::{Follower, Settings};
+use crate::follower::{Follower, Injector, Settings};
 use crate::replica_client;
+use crate::s3::lease::{Lease, Role};
 use crate::state;
 
 /// After a failed catch-up at acquisition, try again after this long.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+/// With a lease, `litestream_start()` takes the WAL write lock (the gate): writes wait until this
+/// instance knows its role. If the lease cannot say (S3 unreachable) within this long, the gate
+/// opens and writes are accepted as without a follower.
+const GATE_MAX: Duration = Duration::from_secs(5);
 
 impl Worker {
+    /// The standby part of a standby period: follow when another instance is known to hold the
+    /// lease and this process is the host's replicator of the file; open the gate once the role
+    /// is known otherwise (a same-host sibling shares the file with the holder: it must not
+    /// keep its writes off). Some((error, next step)) when a follower step ran.
+    pub(super) fn standby_follow(&mut self, lease: &Lease) -> Option<(Option<String>, Duration)> {
+        let view = lease.view();
+        let another_holds = view.resolved && view.role != Role::Holder;
+        if lease.has_local_claim() && (self.follower.is_some() || another_holds) {
+            return Some(self.follow_step());
+        }
+        let open_gate = match &self.gate {
+            Some((_, since)) => {
+                (view.resolved && !lease.has_local_claim()) || since.elapsed() > GATE_MAX
+            }
+            None => false,
+        };
+        if open_gate {
+            self.gate = None;
+        }
+        None
+    }
+
     /// One follower step (creating the follower on first use). Returns the error to show, if
     /// any, and when the follower wants to run next.
     pub(super) fn follow_step(&mut self) -> (Option<String>, Duration) {
@@ -56,10 +83,14 @@ impl Worker {
         }
     }
 
-    fn new_follower(&self) -> crate::error::Result<Follower> {
+    fn new_follower(&mut self) -> crate::error::Result<Follower> {
+        let inj = match self.gate.take() {
+            Some((gate, _)) => gate,
+            None => Injector::new(self.open_connection()?, &self.wal_path, self.page_size)?,
+        };
         let cfg = &self.shared.cfg;
         Follower::new(
-            self.open_connection()?,
+            inj,
             self.open_connection()?,
             self.client.clone(),
             &self.db_file_path,
@@ -106,7 +137,10 @@ impl Worker {
         let prepared = self.follower_for_acquisition();
         let r = match (prepared, self.follower.as_mut()) {
             (Err(e), _) => Err(e),
-            (Ok(()), None) => return true,
+            (Ok(()), None) => {
+                self.gate = None;
+                return true;
+            }
             (Ok(()), Some(f)) => f.catch_up(),
         };
         let status = self.follower.as_ref().map(|f| f.status());
@@ -119,6 +153,7 @@ impl Worker {
                 g.following = false;
                 drop(g);
                 self.follower = None;
+                self.gate = None;
                 true
             }
             Err(e) => {
@@ -140,9 +175,13 @@ impl Worker {
     pub(super) fn finish_following_at_stop(&mut self) -> bool {
         let r = match (self.follower_for_acquisition(), self.follower.as_mut()) {
             (Err(e), _) => Err(e),
-            (Ok(()), None) => return true,
+            (Ok(()), None) => {
+                self.gate = None;
+                return true;
+            }
             (Ok(()), Some(f)) => f.catch_up(),
         };
+        self.gate = None;
         match r {
             Ok(_) => {
                 self.follower = None;

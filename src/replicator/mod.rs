@@ -294,12 +294,19 @@ impl Replicator {
                 return Err(e);
             }
         };
+        let wal_path = PathBuf::from(format!("{}-wal", db_path.display()));
+        // With a lease, no write is accepted before this instance knows its role (see `follow`).
+        let gate = match &lease {
+            Some(_) => crate::follower::Injector::gate(open()?, &wal_path, page_size)?
+                .map(|g| (g, Instant::now())),
+            None => None,
+        };
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
             barrier,
             in_read_txn: false,
-            wal_path: PathBuf::from(format!("{}-wal", db_path.display())),
+            wal_path,
             db_file_path: db_path.to_path_buf(),
             meta,
             page_size,
@@ -319,6 +326,7 @@ impl Replicator {
             level9_thread: None,
             compactor: compactor.clone(),
             follower: None,
+            gate,
         };
         worker.begin_read()?;
         let thread = std::thread::Builder::new()

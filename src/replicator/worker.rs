@@ -99,6 +99,8 @@ pub(super) struct Worker {
     pub(super) compactor: Arc<Compactor>,
     /// While standby of another host: keeps the database equal to the replica (see `follow`).
     pub(super) follower: Option<crate::follower::Follower>,
+    /// The WAL write lock taken at start with a lease, and since when (see `follow`).
+    pub(super) gate: Option<(crate::follower::Injector, Instant)>,
 }
 
 impl Worker {
@@ -288,6 +290,7 @@ impl Worker {
             }
             // A standby that stops: its follower lets go of the write lock.
             self.follower = None;
+            self.gate = None;
         }
         if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
             // A standby has nothing to flush when another instance is known to hold the lease:
@@ -602,8 +605,7 @@ impl Worker {
         // status is published first: a follow step may take a while (a full image).
         self.publish_standby(lease, None);
         let mut tick = STANDBY_TICK;
-        if lease.has_local_claim() {
-            let (error, next) = self.follow_step();
+        if let Some((error, next)) = self.standby_follow(lease) {
             tick = next.min(STANDBY_TICK);
             if error.is_some() {
                 self.publish_standby(lease, error);
