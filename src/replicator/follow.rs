@@ -25,7 +25,19 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 /// opens and writes are accepted as without a follower.
 const GATE_MAX: Duration = Duration::from_secs(5);
 
+/// In the meta directory: the lease owner string of the instance that last took the lease to
+/// replicate this file.
+const HOLDER_FILE: &str = "lease-holder";
+
 impl Worker {
+    /// Remember that this instance replicates the file from now on (see `standby_follow`).
+    fn record_holder(&self) {
+        if let Some(l) = &self.lease {
+            let _ = std::fs::create_dir_all(&self.meta);
+            let _ = std::fs::write(self.meta.join(HOLDER_FILE), l.view().me);
+        }
+    }
+
     /// The standby part of a standby period: follow when another instance is known to hold the
     /// lease and this process is the host's replicator of the file; open the gate once the role
     /// is known otherwise (a same-host sibling shares the file with the holder: it must not
@@ -33,12 +45,19 @@ impl Worker {
     pub(super) fn standby_follow(&mut self, lease: &Lease) -> Option<(Option<String>, Duration)> {
         let view = lease.view();
         let another_holds = view.resolved && view.role != Role::Holder;
-        if lease.has_local_claim() && (self.follower.is_some() || another_holds) {
+        // The holder is the instance that last replicated this very file (this process's
+        // predecessor, killed, its lease not yet expired): this database is the replica's
+        // source, not a standby of another host — it waits for the lease as before.
+        let predecessor = view.lock.as_ref().is_some_and(|l| {
+            std::fs::read_to_string(self.meta.join(HOLDER_FILE)).is_ok_and(|o| o == l.owner)
+        });
+        let local = lease.has_local_claim();
+        if local && !predecessor && (self.follower.is_some() || another_holds) {
             return Some(self.follow_step());
         }
         let open_gate = match &self.gate {
             Some((_, since)) => {
-                (view.resolved && !lease.has_local_claim()) || since.elapsed() > GATE_MAX
+                (view.resolved && (!local || predecessor)) || since.elapsed() > GATE_MAX
             }
             None => false,
         };
@@ -139,6 +158,7 @@ impl Worker {
             (Err(e), _) => Err(e),
             (Ok(()), None) => {
                 self.gate = None;
+                self.record_holder();
                 return true;
             }
             (Ok(()), Some(f)) => f.catch_up(),
@@ -154,6 +174,7 @@ impl Worker {
                 drop(g);
                 self.follower = None;
                 self.gate = None;
+                self.record_holder();
                 true
             }
             Err(e) => {
@@ -177,6 +198,7 @@ impl Worker {
             (Err(e), _) => Err(e),
             (Ok(()), None) => {
                 self.gate = None;
+                self.record_holder();
                 return true;
             }
             (Ok(()), Some(f)) => f.catch_up(),
@@ -186,6 +208,7 @@ impl Worker {
             Ok(_) => {
                 self.follower = None;
                 self.shared.lock().following = false;
+                self.record_holder();
                 true
             }
             Err(e) => {
