@@ -75,21 +75,21 @@ class Sampler(threading.Thread):
         self.db, self.lags, self.stop, self.seen = str(db), [], False, 0
 
     def run(self):
-        c = None
+        # A new connection per look: the reference follower may replace the file.
         while not self.stop:
             try:
-                if c is None:
-                    c = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=1)
-                rows = c.execute("SELECT id, at FROM t WHERE id > ? ORDER BY id", (self.seen,)).fetchall()
+                c = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=1)
+                try:
+                    rows = c.execute("SELECT id, at FROM t WHERE id > ? ORDER BY id", (self.seen,)).fetchall()
+                finally:
+                    c.close()
                 now = time.time()
                 for i, at in rows:
                     if at is not None and self.seen:
                         self.lags.append(now - at)
                     self.seen = i
             except sqlite3.Error:
-                if c is not None:
-                    c.close()
-                c = None
+                pass
             time.sleep(0.005)
 
 
@@ -145,7 +145,8 @@ def main():
         interval = args.sync_interval
         ref = subprocess.Popen([litestream_bin(), "restore", "-f", "-follow-interval", interval, "-o", str(ref_db),
                                 reference_url("bench", "db", server.endpoint)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=reference_env())
+                               stdout=subprocess.DEVNULL, stderr=open(work / "ref.log", "w"),
+                               env=reference_env())
         deadline = time.time() + 60
         while time.time() < deadline and not ((b.ok("status").get("follow") or {}).get("txid") and ref_db.exists()):
             time.sleep(0.2)
@@ -166,7 +167,8 @@ def main():
         b.ok("sync", ms=30000)
         result["failover_kill9_s"] = {"lease_and_running": round(t_lease, 2),
                                       "first_durable_commit": round(time.monotonic() - t0, 2),
-                                      "snapshots_after": b.ok("status")["snapshots"]}
+                                      "snapshots_after": b.ok("status")["snapshots"],
+                                      "snapshot_reason": b.ok("status")["last_snapshot_reason"]}
         c = Host(c_db, conf)
         hosts.append(c)
         c.ok("start")
@@ -185,8 +187,10 @@ def main():
         c.ok("sync", ms=30000)
         result["failover_stop_s"] = {"lease_and_running": round(t_lease, 2),
                                      "first_durable_commit": round(time.monotonic() - t0, 2),
-                                     "snapshots_after": c.ok("status")["snapshots"]}
+                                     "snapshots_after": c.ok("status")["snapshots"],
+                                     "snapshot_reason": c.ok("status")["last_snapshot_reason"]}
         print(json.dumps(result))
+        print("reference follower log tail:", (work / "ref.log").read_text()[-1500:], file=sys.stderr)
     finally:
         if ref is not None:
             ref.kill()

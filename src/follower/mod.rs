@@ -224,6 +224,7 @@ impl Follower {
             }
             self.update_lag(&levels);
             if !progressed {
+                self.mark_if_backfilled()?;
                 return Ok(self.applied_txid().unwrap_or(0));
             }
         }
@@ -509,10 +510,35 @@ impl Follower {
                 self.reader
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
                     .context("follower checkpoint(PASSIVE)")?;
-                Ok(())
+                self.mark_if_backfilled()
             }
             Checkpoint::Truncate => self.restart_wal(hdr.change),
         }
+    }
+
+    /// If every frame up to the applied position is in the database file (a checkpoint copied
+    /// them while we held the write lock), say so in the saved position, with the file's stamp:
+    /// the next writer may restart the WAL — the application's first commit after taking over
+    /// does — and the replicator accepts that restart only for a backfilled position whose
+    /// database file is unchanged (`replicator::decide::plan`).
+    fn mark_if_backfilled(&mut self) -> Result<()> {
+        let hdr = self.header()?;
+        let backfilled = self.inj.backfilled()?;
+        let Some(a) = self.applied.as_mut() else {
+            return Ok(());
+        };
+        if a.pos.backfilled
+            || hdr.max_frame == 0
+            || backfilled < hdr.max_frame
+            || hdr.change != a.change
+        {
+            return Ok(());
+        }
+        a.pos.backfilled = true;
+        a.pos.db_stamp = DbStamp::take_settled(&self.db_path).ok();
+        let pos = a.pos;
+        state::save(&self.meta, &self.replica, Some(&pos), None)
+            .with_context(|| format!("saving the follow position in {}", self.meta.display()))
     }
 
     fn restart_wal(&mut self, change: u32) -> Result<()> {

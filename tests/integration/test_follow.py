@@ -267,3 +267,30 @@ def test_follower_checkpoints_restart_the_wal_under_readers_and_promotion_stays_
     assert rows(b_db)[0] == 10 + 8 * 40 + 5
     b.ok("stop")
     assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
+
+
+def test_stop_hand_over_to_a_follower_is_incremental(ext, s3, bucket, tmp_path, hosts):
+    """The follower's WAL checkpointed (maybe restarted) before it takes over: the application's
+    first commit restarts the WAL, and the position saved as backfilled still continues it."""
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    conf = cfg(s3, bucket, min_checkpoint_page_count="8")
+    a = Host(ext, a_db, conf)
+    hosts.append(a)
+    a.ok("start")
+    a.ok("write", n=30)
+    txid = a.ok("sync", ms=10000)
+    b = Host(ext, b_db, conf)
+    hosts.append(b)
+    b.ok("start")
+    wait_equal(b, a_db, b_db, txid)
+    time.sleep(1.5)                  # the follower's checkpoints run
+    a.ok("stop")
+    wait_until("b to take over", 5,
+               lambda: (lambda s: s["lease"]["role"] == "holder" and s["state"] == "running")(b.status()),
+               every=0.02)
+    b.ok("write", n=3)
+    b.ok("sync", ms=10000)
+    st = b.status()
+    assert st["snapshots"] == 0, st["last_snapshot_reason"]
+    b.ok("stop")
+    assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
