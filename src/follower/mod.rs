@@ -40,8 +40,11 @@ use decide::{Checkpoint, LocalFacts, NextFile};
 pub use inject::Injector;
 use inject::{IndexHeader, Injected};
 
-/// After a step that applied something, the holder is active: look again this soon.
-const ACTIVE_POLL: Duration = Duration::from_millis(100);
+/// While the holder is active (a file applied within `ACTIVE_WINDOW`), the replica is polled
+/// this much more often than the sync interval (at most every `MIN_POLL`): a file appears every
+/// sync interval, and a quarter of it bounds the wait for one at a LIST request per quarter.
+const ACTIVE_POLL_DIVISOR: u32 = 4;
+const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
 /// The write lock was busy (a commit or checkpoint of another connection): try again this soon.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// One step applies files for at most this long, so that the replicator's loop sees lease
@@ -98,6 +101,8 @@ pub struct Follower {
     settings: Settings,
     applied: Option<Applied>,
     status: FollowStatus,
+    /// The last time a file was applied.
+    active_at: Option<Instant>,
 }
 
 impl Follower {
@@ -126,6 +131,7 @@ impl Follower {
             },
             applied: None,
             status: FollowStatus::default(),
+            active_at: None,
         })
     }
 
@@ -181,8 +187,12 @@ impl Follower {
         }
         self.update_lag(&levels);
         self.checkpoint_if_due()?;
-        Ok(if applied_any {
-            ACTIVE_POLL
+        if applied_any {
+            self.active_at = Some(Instant::now());
+        }
+        let active = self.active_at.is_some_and(|t| t.elapsed() < ACTIVE_WINDOW);
+        Ok(if active {
+            (self.settings.poll / ACTIVE_POLL_DIVISOR).max(MIN_POLL)
         } else {
             self.settings.poll
         })
