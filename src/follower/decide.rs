@@ -92,6 +92,50 @@ pub fn position_proven(pos: &Position, now: &LocalFacts) -> bool {
         && pos.commit == now.n_page
 }
 
+/// What a standby period does about following, and about the gate (the WAL write lock taken
+/// at `litestream_start()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandbyAction {
+    /// Run a follower step (the follower adopts the gate).
+    Follow,
+    /// Let go of the gate: writes are accepted as without a follower.
+    OpenGate,
+    /// Keep the gate (the role is not known yet), or there is none.
+    Wait,
+}
+
+/// What a standby knows about its role.
+#[derive(Clone, Copy, Debug)]
+pub struct StandbyFacts {
+    /// No other process on this host replicates the file (this one talks to S3).
+    pub local_claim: bool,
+    /// The lease is known to be held by another instance.
+    pub another_holds: bool,
+    /// The lease answered (or a same-host sibling was found).
+    pub resolved: bool,
+    /// The holder is the instance that last replicated this very file.
+    pub predecessor: bool,
+    pub following: bool,
+    /// How long the gate has been held, if it is.
+    pub gate_held_for: Option<std::time::Duration>,
+    pub gate_max: std::time::Duration,
+}
+
+/// Follow only as the host's replicator of the file, standby of another instance than this
+/// file's own predecessor (which makes this database the replica's source, not a standby);
+/// otherwise open the gate once the role is known, or after `gate_max` without an answer.
+pub fn standby_action(f: &StandbyFacts) -> StandbyAction {
+    if f.local_claim && !f.predecessor && (f.following || f.another_holds) {
+        return StandbyAction::Follow;
+    }
+    match f.gate_held_for {
+        Some(held) if (f.resolved && (!f.local_claim || f.predecessor)) || held > f.gate_max => {
+            StandbyAction::OpenGate
+        }
+        _ => StandbyAction::Wait,
+    }
+}
+
 /// How the follower keeps its WAL bounded after applying, given the frames in it and whether a
 /// checkpoint has copied all of them into the database file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +276,56 @@ mod tests {
             &facts(0, Some(stamp))
         ));
         assert!(!position_proven(&pos(32, true, None), &facts(0, None)));
+    }
+
+    #[test]
+    fn standby_follows_only_another_hosts_holder() {
+        use std::time::Duration;
+        let base = StandbyFacts {
+            local_claim: true,
+            another_holds: true,
+            resolved: true,
+            predecessor: false,
+            following: false,
+            gate_held_for: Some(Duration::from_millis(10)),
+            gate_max: Duration::from_secs(5),
+        };
+        assert_eq!(standby_action(&base), StandbyAction::Follow);
+        // Our own dead predecessor still holds the lease: the source waits, writes accepted.
+        let own = StandbyFacts {
+            predecessor: true,
+            ..base
+        };
+        assert_eq!(standby_action(&own), StandbyAction::OpenGate);
+        // A same-host sibling shares the file with the holder.
+        let sibling = StandbyFacts {
+            local_claim: false,
+            ..base
+        };
+        assert_eq!(standby_action(&sibling), StandbyAction::OpenGate);
+        // Not known yet: keep writes waiting, but not for ever.
+        let unknown = StandbyFacts {
+            another_holds: false,
+            resolved: false,
+            ..base
+        };
+        assert_eq!(standby_action(&unknown), StandbyAction::Wait);
+        let late = StandbyFacts {
+            gate_held_for: Some(Duration::from_secs(6)),
+            ..unknown
+        };
+        assert_eq!(standby_action(&late), StandbyAction::OpenGate);
+        // A follower keeps following through a lease hiccup.
+        let hiccup = StandbyFacts {
+            following: true,
+            ..unknown
+        };
+        assert_eq!(standby_action(&hiccup), StandbyAction::Follow);
+        let no_gate = StandbyFacts {
+            gate_held_for: None,
+            ..sibling
+        };
+        assert_eq!(standby_action(&no_gate), StandbyAction::Wait);
     }
 
     #[test]

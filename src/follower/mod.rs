@@ -36,6 +36,7 @@ use crate::ltx::{self, Decoder};
 use crate::replica_client::{self, all_levels, LtxFileInfo, ReplicaClient};
 use crate::state::{self, DbStamp, Position};
 
+pub use decide::{standby_action, StandbyAction, StandbyFacts};
 use decide::{Checkpoint, LocalFacts, NextFile};
 pub use inject::Injector;
 use inject::{IndexHeader, Injected};

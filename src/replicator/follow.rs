@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::worker::Worker;
 use super::RunState;
-use crate::follower::{Follower, Injector, Settings};
+use crate::follower::{standby_action, Follower, Injector, Settings, StandbyAction, StandbyFacts};
 use crate::replica_client;
 use crate::s3::lease::{Lease, Role};
 use crate::state;
@@ -51,18 +51,19 @@ impl Worker {
         let predecessor = view.lock.as_ref().is_some_and(|l| {
             std::fs::read_to_string(self.meta.join(HOLDER_FILE)).is_ok_and(|o| o == l.owner)
         });
-        let local = lease.has_local_claim();
-        if local && !predecessor && (self.follower.is_some() || another_holds) {
-            return Some(self.follow_step());
-        }
-        let open_gate = match &self.gate {
-            Some((_, since)) => {
-                (view.resolved && (!local || predecessor)) || since.elapsed() > GATE_MAX
-            }
-            None => false,
+        let facts = StandbyFacts {
+            local_claim: lease.has_local_claim(),
+            another_holds,
+            resolved: view.resolved,
+            predecessor,
+            following: self.follower.is_some(),
+            gate_held_for: self.gate.as_ref().map(|(_, since)| since.elapsed()),
+            gate_max: GATE_MAX,
         };
-        if open_gate {
-            self.gate = None;
+        match standby_action(&facts) {
+            StandbyAction::Follow => return Some(self.follow_step()),
+            StandbyAction::OpenGate => self.gate = None,
+            StandbyAction::Wait => {}
         }
         None
     }
