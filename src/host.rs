@@ -507,6 +507,157 @@ impl DbFile<'_> {
     }
 }
 
+/// Words in one wal-index region (32 KiB of 32-bit words).
+pub const SHM_REGION_WORDS: usize = WAL_INDEX_REGION_BYTES as usize / 4;
+
+/// One 32 KiB region of the wal-index as SQLite has it mapped for a connection: the only
+/// access to shared memory that other connections and processes read concurrently.
+///
+/// Every access is a bounds-checked volatile 16- or 32-bit load or store at its natural
+/// alignment, as SQLite's own code does (it uses plain or `AtomicLoad`/`AtomicStore` accesses
+/// of the same widths); no Rust reference to the shared memory is ever made, so no aliasing
+/// rule can be broken by another process writing it. The mapping lives until the connection
+/// closes (SQLite's unix VFS maps each region once and unmaps only in xShmUnmap), which the
+/// borrow of the connection outlives. *What* may be written is SQLite's locking protocol, not a
+/// memory-safety matter: callers write only while holding `WAL_WRITE_LOCK` (see
+/// `follower::inject`).
+pub struct ShmRegion<'c> {
+    base: *mut u32,
+    _conn: PhantomData<&'c Connection>,
+}
+
+impl ShmRegion<'_> {
+    pub fn load_u32(&self, word: usize) -> u32 {
+        assert!(
+            word < SHM_REGION_WORDS,
+            "wal-index word {word} out of range"
+        );
+        // SAFETY: in bounds (checked), 4-byte aligned (mmap'd page + 4*word), mapped (see type).
+        unsafe { std::ptr::read_volatile(self.base.add(word)) }
+    }
+
+    pub fn store_u32(&self, word: usize, value: u32) {
+        assert!(
+            word < SHM_REGION_WORDS,
+            "wal-index word {word} out of range"
+        );
+        // SAFETY: as in load_u32.
+        unsafe { std::ptr::write_volatile(self.base.add(word), value) }
+    }
+
+    pub fn load_u16(&self, half: usize) -> u16 {
+        assert!(
+            half < SHM_REGION_WORDS * 2,
+            "wal-index slot {half} out of range"
+        );
+        // SAFETY: in bounds (checked), 2-byte aligned, mapped (see type).
+        unsafe { std::ptr::read_volatile((self.base as *mut u16).add(half)) }
+    }
+
+    pub fn store_u16(&self, half: usize, value: u16) {
+        assert!(
+            half < SHM_REGION_WORDS * 2,
+            "wal-index slot {half} out of range"
+        );
+        // SAFETY: as in load_u16.
+        unsafe { std::ptr::write_volatile((self.base as *mut u16).add(half), value) }
+    }
+}
+
+impl<'c> DbFile<'c> {
+    /// Region `index` of the wal-index, mapped through SQLite's own xShmMap for this connection
+    /// (`extend`: create it if the `-shm` file is shorter, as SQLite's writer does before it
+    /// appends frames that belong to a new region). None when the VFS has no shared memory or
+    /// the region does not exist and `extend` is false.
+    pub fn shm_region(&self, index: usize, extend: bool) -> Option<ShmRegion<'c>> {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return None;
+        }
+        let map = methods.xShmMap?;
+        let mut region: *mut c_void = std::ptr::null_mut();
+        // SAFETY: xShmMap on this connection's open file; SQLite keeps the mapping until the
+        // connection closes (xShmUnmap), which the returned borrow of the connection outlives.
+        let rc = unsafe {
+            map(
+                self.file,
+                c_int::try_from(index).ok()?,
+                WAL_INDEX_REGION_BYTES,
+                c_int::from(extend),
+                &mut region,
+            )
+        };
+        if rc != ffi::SQLITE_OK || region.is_null() {
+            return None;
+        }
+        Some(ShmRegion {
+            base: region as *mut u32,
+            _conn: PhantomData,
+        })
+    }
+
+    /// SQLite's memory barrier for shared memory (xShmBarrier), which its writer issues between
+    /// the two copies of the wal-index header; falls back to a full fence.
+    pub fn shm_barrier(&self) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let methods = self.io_methods();
+        if methods.iVersion >= 2 {
+            if let Some(barrier) = methods.xShmBarrier {
+                // SAFETY: xShmBarrier takes the open file and touches nothing else.
+                unsafe { barrier(self.file) };
+            }
+        }
+    }
+
+    /// Take wal-index lock `lock` exclusively for this connection (xShmLock), without waiting:
+    /// Some(true) taken, Some(false) someone (this process or another) holds it, None when the
+    /// VFS has no shared-memory locks. SQLite records the lock in this connection's own lock
+    /// mask, so other connections of this process see it exactly as they see a SQLite writer's;
+    /// the caller must never let SQLite itself take the same lock on this connection (it runs
+    /// no write transaction or blocking checkpoint on it) and releases it with
+    /// [`DbFile::shm_unlock_exclusive`] before the connection closes.
+    pub fn shm_lock_exclusive(&self, lock: c_int) -> Option<bool> {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return None;
+        }
+        let shm_lock = methods.xShmLock?;
+        // SAFETY: xShmLock on one lock slot of this connection's shared memory.
+        let rc = unsafe {
+            shm_lock(
+                self.file,
+                lock,
+                1,
+                ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE,
+            )
+        };
+        match rc {
+            ffi::SQLITE_OK => Some(true),
+            ffi::SQLITE_BUSY => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Release an exclusive lock taken by [`DbFile::shm_lock_exclusive`].
+    pub fn shm_unlock_exclusive(&self, lock: c_int) {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return;
+        }
+        if let Some(shm_lock) = methods.xShmLock {
+            // SAFETY: releases a lock this connection holds (SQLite checks nothing else).
+            unsafe {
+                shm_lock(
+                    self.file,
+                    lock,
+                    1,
+                    ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE,
+                )
+            };
+        }
+    }
+}
+
 // ---- table-valued functions --------------------------------------------------------------------
 //
 // rusqlite's virtual-table traits are `unsafe` to implement (the structs must be `#[repr(C)]`

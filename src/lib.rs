@@ -11,6 +11,7 @@
 pub mod compactor;
 pub mod config;
 pub mod error;
+mod follower;
 mod host;
 pub mod ltx;
 mod ltx_table;

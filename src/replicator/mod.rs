@@ -28,6 +28,7 @@
 mod capture;
 mod checkpoint;
 mod decide;
+mod follow;
 mod level9;
 mod worker;
 
@@ -120,6 +121,10 @@ struct Inner {
     lease_changed: bool,
     /// A level-9 snapshot asked for by the compactor (see `request_level9`).
     level9: Option<Level9Request>,
+    /// The follower's status, once this instance has followed the replica.
+    follow: Option<crate::follower::FollowStatus>,
+    /// A follower runs right now (standby of another host).
+    following: bool,
 }
 
 impl Inner {
@@ -254,6 +259,8 @@ impl Replicator {
                 wal_size: 0,
                 lease_changed: false,
                 level9: None,
+                follow: None,
+                following: false,
             }),
             cond: Condvar::new(),
             level9_cancel: Arc::new(AtomicBool::new(false)),
@@ -312,12 +319,19 @@ impl Replicator {
                 return Err(e);
             }
         };
+        let wal_path = PathBuf::from(format!("{}-wal", db_path.display()));
+        // With a lease, no write is accepted before this instance knows its role (see `follow`).
+        let gate = match &lease {
+            Some(_) => crate::follower::Injector::gate(open()?, &wal_path, page_size)?
+                .map(|g| (g, Instant::now())),
+            None => None,
+        };
         let mut worker = Worker {
             shared: shared.clone(),
             conn,
             barrier,
             in_read_txn: false,
-            wal_path: PathBuf::from(format!("{}-wal", db_path.display())),
+            wal_path,
             db_file_path: db_path.to_path_buf(),
             meta,
             page_size,
@@ -338,6 +352,8 @@ impl Replicator {
             compactor: compactor.clone(),
             pace: worker::Pace::new(),
             idle_mark: None,
+            follower: None,
+            gate,
         };
         worker.begin_read()?;
         let task = crate::runtime::replicator_scheduler().spawn(Box::new(worker));
@@ -485,8 +501,15 @@ impl Replicator {
             (Some(v), RunState::Running) if v.role != Role::Holder => RunState::Standby,
             (_, s) => s,
         };
+        let role = match &lease {
+            Some(v) if v.role != Role::Holder && g.following => "following",
+            Some(v) if v.role != Role::Holder => "standby",
+            _ => "primary",
+        };
         Status {
             state: state.as_str(),
+            role: Some(role),
+            follow: g.follow.clone(),
             db: Some(self.shared.db_path.clone()),
             replica: Some(self.shared.replica.clone()),
             txid: Some(ltx::format_txid(g.txid)),

@@ -14,6 +14,11 @@ use crate::s3::lease::LeaseStatus;
 pub struct Status {
     /// `running`, `error`, `standby` or `stopped`.
     pub state: &'static str,
+    /// `primary` (replicates: holds the lease, or no lease), `standby` (another instance holds
+    /// it) or `following` (a standby that keeps the database equal to the replica).
+    pub role: Option<&'static str>,
+    /// The follower's position and counters (`follower::FollowStatus`), once it has run.
+    pub follow: Option<crate::follower::FollowStatus>,
     pub db: Option<String>,
     pub replica: Option<String>,
     pub txid: Option<String>,

@@ -103,6 +103,10 @@ pub(super) struct Worker {
     pub(super) pace: Pace,
     /// The wal-index header as the last successful cycle left it (see `idle_poll`).
     pub(super) idle_mark: Option<crate::wal_index::WalIndexHeader>,
+    /// While standby of another host: keeps the database equal to the replica (see `follow`).
+    pub(super) follower: Option<crate::follower::Follower>,
+    /// The WAL write lock taken at start with a lease, and since when (see `follow`).
+    pub(super) gate: Option<(crate::follower::Injector, Instant)>,
 }
 
 /// When the loop of one replicator looks again: the pacing it carries from step to step.
@@ -171,6 +175,14 @@ impl Worker {
                 match lease.holding() {
                     Some((_, epoch)) => {
                         if self.lease_epoch != Some(epoch) {
+                            // A follower first applies everything up to the replica's max.
+                            if !self.finish_following() {
+                                if self.shared.lock().stop_requested {
+                                    self.shutdown();
+                                    return Next::Done;
+                                }
+                                return Next::At(Instant::now() + super::follow::CATCH_UP_RETRY);
+                            }
                             self.take_over(epoch);
                             self.pace.backoff = None;
                             self.pace.next_poll = Instant::now();
@@ -343,9 +355,15 @@ impl Worker {
             }
             if let Some((_, epoch)) = l.holding() {
                 if self.lease_epoch != Some(epoch) {
+                    if !self.finish_following_at_stop() {
+                        return;
+                    }
                     self.take_over(epoch);
                 }
             }
+            // A standby that stops: its follower lets go of the write lock.
+            self.follower = None;
+            self.gate = None;
         }
         if let Some(l) = self.lease.as_ref().filter(|l| l.holding().is_none()) {
             // A standby has nothing to flush when another instance is known to hold the lease:
@@ -477,7 +495,7 @@ impl Worker {
     /// The position the replica's newest L0 file implies for this database: its TXID, database
     /// size and WAL range (`wal_offset + wal_size`, salts), if the current WAL is that generation
     /// and has a frame ending there. None when nothing on this host can continue it.
-    fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
+    pub(super) fn position_from_replica(&self, max: u64) -> Result<Option<Position>> {
         let Some(newest) = self
             .client
             .list(0)?
@@ -659,12 +677,30 @@ impl Worker {
         }
         let _ = self.end_read();
         self.pinned = false;
+        // Standby of another host (nobody else here replicates this file): follow the replica
+        // (the follower runs the checkpoints then). A same-host sibling does nothing. The
+        // status is published first: a follow step may take a while (a full image).
+        self.publish_standby(lease, None);
+        let mut tick = STANDBY_TICK;
+        if let Some((error, next)) = self.standby_follow(lease) {
+            tick = next.min(STANDBY_TICK);
+            if error.is_some() {
+                self.publish_standby(lease, error);
+            }
+        }
+        let mut g = self.shared.lock();
+        if g.stop_requested {
+            return None;
+        }
+        if std::mem::take(&mut g.lease_changed) {
+            return Some(Instant::now());
+        }
+        Some(Instant::now() + tick)
+    }
+
+    /// A standby's state and error in status: the lease's, else `other` (a follow error).
+    fn publish_standby(&self, lease: &Lease, other: Option<String>) {
         let view = lease.view();
-        let checkpoint = if lease.has_local_claim() {
-            self.standby_checkpoint().err()
-        } else {
-            None
-        };
         let mut g = self.shared.lock();
         let (state, error) = if view.fatal {
             (RunState::Error, view.error.clone())
@@ -673,7 +709,7 @@ impl Worker {
         } else if let Some(e) = &view.error {
             (RunState::Error, Some(format!("lease: {e}")))
         } else {
-            (RunState::Standby, checkpoint.map(|e| e.to_string()))
+            (RunState::Standby, other)
         };
         g.state = state;
         g.last_error = error;
@@ -681,14 +717,6 @@ impl Worker {
         g.covering_since = None;
         drop(g);
         self.shared.cond.notify_all();
-        let mut g = self.shared.lock();
-        if g.stop_requested {
-            return None;
-        }
-        if std::mem::take(&mut g.lease_changed) {
-            return Some(Instant::now());
-        }
-        Some(Instant::now() + STANDBY_TICK)
     }
 
     /// The `-wal` file (None when there is none) and its header (None when it has no valid one).

@@ -196,7 +196,7 @@ def test_two_hosts_one_holder_kill9_failover(ext, s3, bucket, tmp_path, hosts):
     assert "error" in r and "standby" in r["error"] and a_me in r["error"], r
     assert "waiting for the lease" in r["error"] and "until" in r["error"], r
     assert 0.9 < r["s"] < 3.0, "standby sync took %.2fs" % r["s"]
-    b.ok("write", n=5)              # b's database differs from a's
+    # b follows a and refuses writes meanwhile (test_follow.py); a goes on writing.
     a.ok("write", n=2)
     a.ok("sync", ms=10000)
 
@@ -284,7 +284,7 @@ def test_sigstop_holder_is_fenced(ext, s3, bucket, tmp_path, hosts):
     os.kill(a.p.pid, signal.SIGCONT)
     st = wait_until("a to notice", 10, lambda: (lambda s: s if s["lease"]["role"] == "standby"
                                                  and s["last_error"] else None)(a.status()))
-    assert st["state"] == "standby" and "lost lease" in st["last_error"], st
+    assert st["state"] == "standby" and "lost lease" in st["last_error"], json.dumps(st)
     uploaded = st["objects_uploaded"]
     r = a.call("sync", ms=1000)
     assert "error" in r and 0.9 < r["s"] < 3.0, r
@@ -311,7 +311,6 @@ def test_stop_hands_over_at_once(ext, s3, bucket, tmp_path, hosts):
     a.ok("write", n=2)
     a.ok("sync", ms=10000)
     b.ok("start")
-    b.ok("write", n=4)
     wait_until("b standby", 10, lambda: b.status()["lease"]["owner"])
     t0 = time.monotonic()
     a.ok("stop")
@@ -319,6 +318,7 @@ def test_stop_hands_over_at_once(ext, s3, bucket, tmp_path, hosts):
     handover = time.monotonic() - t0
     print("\nstop hand-over: %.2fs (ttl %s)" % (handover, long_ttl))
     assert handover < 2.5, handover
+    b.ok("write", n=4)
     b.ok("sync", ms=10000)
     b.ok("stop")
     restore_equals(ext, s3, bucket, tmp_path, tmp_path / "b.db")
@@ -440,7 +440,6 @@ def test_takeover_aborts_the_dead_holders_multipart_upload(ext, s3, bucket, tmp_
         hosts.append(b)
         b.ok("start")
         wait_until("b standby", 10, lambda: b.status()["lease"]["owner"])
-        b.ok("write", n=2)
         time.sleep(1.5)                            # S3 reports upload start times in whole seconds
         a.ok("bulk", mib=12)                       # a multipart upload of ~12 MiB at 4 MiB/s
         wait_until("a's upload to be under way", 30,
@@ -449,8 +448,10 @@ def test_takeover_aborts_the_dead_holders_multipart_upload(ext, s3, bucket, tmp_
         a.p.wait()
         open_uploads = lambda: s3.client.list_multipart_uploads(Bucket=bucket, Prefix="db/").get("Uploads", [])
         assert len(open_uploads()) == 1, open_uploads()
-        b.ok("sync", ms=20000)                     # waits for the lease, then uploads b.db
-        assert role(b) == "holder"
+        # b follows a (and refuses writes) until it holds the lease; then its first upload.
+        wait_until("b to take over", 20, lambda: role(b) == "holder", every=0.05)
+        b.ok("write", n=2)
+        b.ok("sync", ms=20000)
         assert open_uploads() == [], "the dead holder's upload was left open: %s" % open_uploads()
         b.ok("stop")
     finally:
