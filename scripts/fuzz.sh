@@ -81,7 +81,9 @@ read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo +nightly fuzz list | tr '\n' ' ')
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 failed=()
 for t in "${targets[@]}"; do
-  corpus=(corpus/$t seeds/$t)
+  corpus=(corpus/$t)
+  # A target may have no seeds of its own in git (ltx_decode's are the LTX fixtures).
+  [ -d "seeds/$t" ] && corpus+=("seeds/$t")
   [ "$t" = ltx_decode ] && corpus+=("$REPO/tests/fixtures/ltx")
   args=(-timeout=$INPUT_TIMEOUT_S -rss_limit_mb=$RSS_LIMIT_MB)
   # 0 seconds: replay the seeds and the corpus once, mutate nothing (libFuzzer reads
