@@ -22,7 +22,7 @@
 #
 # Knobs: LITESTREAM_VENV_DIR, LITESTREAM_TOOLS_DIR (default ~/.cache/litestream-sqlite-tools),
 # CARGO (cargo), LITESTREAM_SKIP_HOSTS=1 (no packages, no host tests), LITESTREAM_SKIP_RELIABILITY=1,
-# LITESTREAM_FUZZ_SECONDS (per fuzz target, default 15), LITESTREAM_SKIP_FUZZ=1.
+# LITESTREAM_FUZZ_SECONDS (per fuzz target, default 10), LITESTREAM_SKIP_FUZZ=1.
 # Only 127.0.0.1 is ever contacted; AWS_* are forced to loopback test credentials below.
 set -euo pipefail
 
@@ -94,7 +94,7 @@ else phase_end "cargo test --release" FAILED; fi
 # LITESTREAM_FUZZ_SECONDS. Skipped for a focused run (pytest arguments) or LITESTREAM_SKIP_FUZZ=1.
 if [ -z "${LITESTREAM_SKIP_FUZZ:-}" ] && [ $# -eq 0 ]; then
   phase_start "fuzz"
-  if bash "$REPO/scripts/fuzz.sh" "${LITESTREAM_FUZZ_SECONDS:-15}"; then phase_end "fuzz" ok
+  if bash "$REPO/scripts/fuzz.sh" "${LITESTREAM_FUZZ_SECONDS:-10}"; then phase_end "fuzz" ok
   else phase_end "fuzz" FAILED; fi
 fi
 

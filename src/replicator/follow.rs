@@ -30,8 +30,16 @@ const GATE_MAX: Duration = Duration::from_secs(5);
 const HOLDER_FILE: &str = "lease-holder";
 
 impl Worker {
-    /// Remember that this instance replicates the file from now on (see `standby_follow`).
+    /// Tell a waiting `litestream_start()` that writes are now accepted or refused for good.
+    fn settle_gate(&self) {
+        self.shared.lock().gate_settled = true;
+        self.shared.cond.notify_all();
+    }
+
+    /// Remember that this instance replicates the file from now on (see `standby_follow`), and
+    /// that writes are accepted from now on.
     fn record_holder(&self) {
+        self.settle_gate();
         if let Some(l) = &self.lease {
             let _ = std::fs::create_dir_all(&self.meta);
             let _ = std::fs::write(self.meta.join(HOLDER_FILE), l.view().me);
@@ -62,7 +70,10 @@ impl Worker {
         };
         match standby_action(&facts) {
             StandbyAction::Follow => return Some(self.follow_step()),
-            StandbyAction::OpenGate => self.gate = None,
+            StandbyAction::OpenGate => {
+                self.gate = None;
+                self.settle_gate();
+            }
             StandbyAction::Wait => {}
         }
         None
@@ -76,6 +87,7 @@ impl Worker {
                 Ok(f) => {
                     self.follower = Some(f);
                     self.shared.lock().following = true;
+                    self.settle_gate();
                 }
                 Err(e) => {
                     // Cannot follow (no shared memory, say): at least keep the WAL bounded.

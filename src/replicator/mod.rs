@@ -63,6 +63,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
 /// grow its WAL to 558 MB, test-infrastructure.md).
 const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
+/// With a lease, `litestream_start()` waits at most this long for the instance to know its role
+/// (the lease's first S3 round trips; catching up with the replica when it must).
+const START_ROLE_WAIT: Duration = Duration::from_secs(2);
 /// A writer never waits longer than this per commit, whatever the replica does.
 const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// How often `litestream_stop()` looks whether the worker's final step has finished.
@@ -125,6 +128,8 @@ struct Inner {
     follow: Option<crate::follower::FollowStatus>,
     /// A follower runs right now (standby of another host).
     following: bool,
+    /// The gate taken at start was opened or handed to a follower (see `follow`).
+    gate_settled: bool,
 }
 
 impl Inner {
@@ -261,6 +266,7 @@ impl Replicator {
                 level9: None,
                 follow: None,
                 following: false,
+                gate_settled: false,
             }),
             cond: Condvar::new(),
             level9_cancel: Arc::new(AtomicBool::new(false)),
@@ -356,8 +362,18 @@ impl Replicator {
             gate,
         };
         worker.begin_read()?;
+        let gated = worker.gate.is_some();
         let task = crate::runtime::replicator_scheduler().spawn(Box::new(worker));
         let _ = shared.task.set(task);
+        if gated {
+            // Return once writes are either accepted (primary, sibling) or refused by a follower,
+            // so that a host without a busy timeout does not meet the gate itself.
+            let deadline = Instant::now() + START_ROLE_WAIT;
+            let mut g = shared.lock();
+            while !g.gate_settled && Instant::now() < deadline {
+                g = shared.wait(g, deadline);
+            }
+        }
         Ok(Replicator {
             shared,
             lease,

@@ -1,6 +1,7 @@
 """Hot standby (issue 11): a standby on another "host" (its own database file) follows the
 replica, refuses writes, and takes over with the primary's data, incrementally. Against
 SeaweedFS, with lease_host.py processes as the hosts (see test_lease.py)."""
+import json
 import os
 import signal
 import sqlite3
@@ -8,7 +9,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+from pysupport.awsenv import child_env
 from pysupport.extension import s3_config, s3_url
 from pysupport.paths import HOST_PYTHON
 from pysupport.shell import assert_restores
@@ -93,7 +96,6 @@ def test_standby_follows_refuses_writes_and_takes_over_incrementally(ext, s3, bu
         wait_equal(b, a_db, b_db, txid, timeout=3)
         print("follow lag after sync: %.2fs" % (time.monotonic() - t0))
     out, _ = reader.communicate(timeout=60)
-    import json
     r = json.loads(out)
     print("reader:", r)
     assert r["nbad"] == 0 and r["final"] == "ok", r
@@ -248,7 +250,6 @@ def test_follower_checkpoints_restart_the_wal_under_readers_and_promotion_stays_
         txid = a.ok("sync", ms=10000)
         wait_equal(b, a_db, b_db, txid, timeout=5)
     out, _ = reader.communicate(timeout=60)
-    import json
     r = json.loads(out)
     assert r["nbad"] == 0 and r["final"] == "ok", r
     st = b.status()
@@ -294,3 +295,32 @@ def test_stop_hand_over_to_a_follower_is_incremental(ext, s3, bucket, tmp_path, 
     assert st["snapshots"] == 0, st["last_snapshot_reason"]
     b.ok("stop")
     assert_restores(ext, b_db, tmp_path / "out.db", s3_url(bucket, "db", s3.endpoint))
+
+
+FIRST_WRITE = textwrap.dedent("""
+    import json, sqlite3, sys
+    sys.path.insert(0, sys.argv[4])
+    from pysupport import hostside
+    c = sqlite3.connect(sys.argv[2], timeout=0, isolation_level=None)
+    hostside.load(c, sys.argv[1])
+    hostside.configure(c, json.loads(sys.argv[3]))
+    c.execute("SELECT litestream_start()")
+    c.execute("CREATE TABLE t(x)")
+    c.execute("INSERT INTO t VALUES (1)")
+    txid = c.execute("SELECT litestream_sync(10000)").fetchone()[0]
+    role = c.execute("SELECT json_extract(litestream_status(), '$.role')").fetchone()[0]
+    c.execute("SELECT litestream_stop()")
+    print(json.dumps([txid, role]))
+""")
+
+
+def test_a_write_right_after_start_needs_no_busy_timeout(ext, s3, bucket, tmp_path):
+    """With a lease, litestream_start() returns once the instance knows its role: a host with
+    no busy timeout at all (SQLite's default) writes at once on a primary."""
+    root = str(Path(__file__).resolve().parents[2])
+    p = subprocess.run([HOST_PYTHON, "-c", FIRST_WRITE, ext + ".so", str(tmp_path / "x.db"),
+                        json.dumps(cfg(s3, bucket)), root],
+                       capture_output=True, text=True, timeout=60, env=child_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    txid, role = json.loads(p.stdout)
+    assert role == "primary" and int(txid, 16) >= 1, p.stdout
