@@ -1379,14 +1379,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn an_idle_replica_costs_no_listing() {
+    /// A directory replica of L0 files 1..=n, each a one-page database whose page holds its TXID.
+    fn one_page_l0_replica(n: u64) -> (PathBuf, Arc<FileReplicaClient>) {
         let dir =
             std::env::temp_dir().join(format!("ls-compact-{}", crate::replica_client::rand_u64()));
         let client = Arc::new(FileReplicaClient::new(&dir));
-        for t in 1..=3u64 {
+        for t in 1..=n {
             put_file(&client, 0, hdr(t, t, 1, t as i64), &[(1, t as u8)]);
         }
+        (dir, client)
+    }
+
+    #[test]
+    fn an_idle_replica_costs_no_listing() {
+        let (dir, client) = one_page_l0_replica(3);
         let mut w = worker(client.clone(), &dir);
         w.compact_level(1, Duration::from_millis(1)).unwrap();
         for _ in 0..20 {
@@ -1445,12 +1451,7 @@ mod tests {
 
     #[test]
     fn retention_off_deletes_nothing() {
-        let dir =
-            std::env::temp_dir().join(format!("ls-compact-{}", crate::replica_client::rand_u64()));
-        let client = Arc::new(FileReplicaClient::new(&dir));
-        for t in 1..=5u64 {
-            put_file(&client, 0, hdr(t, t, 1, t as i64), &[(1, t as u8)]);
-        }
+        let (dir, client) = one_page_l0_replica(5);
         let mut w = worker(client.clone(), &dir);
         w.settings.retention = false;
         w.compact_level(1, Duration::from_millis(1))
