@@ -163,18 +163,29 @@ impl Worker {
         Ok(())
     }
 
+    /// On acquiring the lease: a follower (made if the acquisition must catch up first) applies
+    /// everything up to the replica's max. None: nothing to follow, writes are accepted from now
+    /// on (gate opened, holder recorded).
+    fn catch_up_before_holding(&mut self) -> Option<crate::error::Result<()>> {
+        Some(
+            match (self.follower_for_acquisition(), self.follower.as_mut()) {
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => {
+                    self.gate = None;
+                    self.record_holder();
+                    return None;
+                }
+                (Ok(()), Some(f)) => f.catch_up().map(|_| ()),
+            },
+        )
+    }
+
     /// Just acquired the lease: a follower applies everything up to the replica's max and is
-    /// dropped. false (after a short wait): it could not, and the worker must not take over yet.
+    /// dropped. false: it could not, and the worker must not take over yet (its caller retries
+    /// after `CATCH_UP_RETRY`).
     pub(super) fn finish_following(&mut self) -> bool {
-        let prepared = self.follower_for_acquisition();
-        let r = match (prepared, self.follower.as_mut()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => {
-                self.gate = None;
-                self.record_holder();
-                return true;
-            }
-            (Ok(()), Some(f)) => f.catch_up(),
+        let Some(r) = self.catch_up_before_holding() else {
+            return true;
         };
         let status = self.follower.as_ref().map(|f| f.status());
         let mut g = self.shared.lock();
@@ -195,7 +206,6 @@ impl Worker {
                 g.last_error = Some(format!(
                     "holding the lease, but not yet caught up with the replica (writes stay refused): {e}"
                 ));
-                // The caller looks again after CATCH_UP_RETRY (or at the stop).
                 false
             }
         }
@@ -204,14 +214,8 @@ impl Worker {
     /// `finish_following` at `litestream_stop()`: one attempt. false: the worker stops without
     /// replicating (status says why) rather than publish a database behind the replica.
     pub(super) fn finish_following_at_stop(&mut self) -> bool {
-        let r = match (self.follower_for_acquisition(), self.follower.as_mut()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => {
-                self.gate = None;
-                self.record_holder();
-                return true;
-            }
-            (Ok(()), Some(f)) => f.catch_up(),
+        let Some(r) = self.catch_up_before_holding() else {
+            return true;
         };
         self.gate = None;
         match r {
