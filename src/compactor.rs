@@ -457,9 +457,7 @@ impl Compactor {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(task) = &self.task {
             task.poke();
-            while task.alive() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            task.wait_done();
         }
     }
 

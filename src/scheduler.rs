@@ -38,6 +38,9 @@ pub trait Task: Send {
 
 type TaskId = u64;
 
+/// How often `TaskHandle::wait_done` looks whether the task has finished.
+const WAIT_DONE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 struct Slot {
     /// The task, or None while a thread runs it.
     task: Option<Box<dyn Task>>,
@@ -194,6 +197,15 @@ impl TaskHandle {
             drop(s);
             // The task's own drop runs outside the pool's lock.
             drop(slot);
+        }
+    }
+
+    /// Block until the task is gone (its last step returned `Next::Done`, it was cancelled, or
+    /// it panicked). Polls: a stop is rare, and a condition variable per task would cost every
+    /// step a notification.
+    pub fn wait_done(&self) {
+        while self.alive() {
+            std::thread::sleep(WAIT_DONE_POLL);
         }
     }
 

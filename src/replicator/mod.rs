@@ -68,8 +68,6 @@ const BACKPRESSURE_WAL_BYTES: u64 = 16 << 20;
 const START_ROLE_WAIT: Duration = Duration::from_secs(2);
 /// A writer never waits longer than this per commit, whatever the replica does.
 const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(5);
-/// How often `litestream_stop()` looks whether the worker's final step has finished.
-const STOP_POLL: Duration = Duration::from_millis(2);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     Running,
@@ -484,9 +482,7 @@ impl Replicator {
         self.shared.wake();
         // The worker's last step runs the final sync and drops the task.
         if let Some(task) = self.shared.task.get() {
-            while task.alive() {
-                std::thread::sleep(STOP_POLL);
-            }
+            task.wait_done();
         }
         // After the final sync, release the lease so that a standby takes over at once.
         if let Some(l) = &self.lease {

@@ -36,8 +36,6 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(50);
 /// A keeper whose provider ignores conditional writes never acquires; it only looks for the stop
 /// (which pokes it) this often.
 const PARKED_WAIT: Duration = Duration::from_secs(3600);
-/// How often `Lease::stop` looks whether the keeper's last step (the release) has finished.
-const STOP_POLL: Duration = Duration::from_millis(2);
 /// Our own recent lock.json writes remembered (body, when sent): enough to recognise a write of
 /// ours that landed although we never heard its answer (see `Keeper::own_write`).
 const OWN_WRITES_KEPT: usize = 8;
@@ -326,9 +324,7 @@ impl Lease {
     pub fn stop(&self) {
         self.keeper.lock().stop = true;
         self.task.poke();
-        while self.task.alive() {
-            std::thread::sleep(STOP_POLL);
-        }
+        self.task.wait_done();
     }
 }
 
