@@ -18,6 +18,9 @@ Modes (each prints one line `RESULT <json>` at the end; progress goes to stderr)
     rate      offered-rate steps, sampling litestream_status()
     cpu       write `mb` MiB of page changes as fast as possible, then litestream_sync(); report
               CPU seconds and peak RSS of this process
+    catchup   replicate, stop, write `mb` MiB into the WAL with replication stopped (no
+              checkpoints), then time litestream_start() + litestream_sync(): the backlog's
+              shipping rate (bench/catchup.py)
 """
 import json
 import random
@@ -253,6 +256,38 @@ def mode_rate(p):
     return {"steps": steps, "status": st}
 
 
+def mode_catchup(p):
+    c = connect(p["db"], p["ext"])
+    c.execute("PRAGMA journal_mode=WAL").fetchone()
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+    configure(c, p["config"])
+    one(c, "SELECT litestream_start()")
+    one(c, "SELECT litestream_sync(60000)")
+    one(c, "SELECT litestream_stop()")
+    # the backlog: nothing checkpoints it while replication is stopped
+    c.execute("PRAGMA wal_autocheckpoint=0")
+    rng = random.Random(5)
+    rows, row_bytes = p["rows"], p["row_bytes"]
+    for _ in range(int(p["mb"] * (1 << 20) / (rows * row_bytes))):
+        txn(c, rows, row_bytes, None, rng)
+    backlog = wal_size(p["db"])
+    log("backlog of %.0f MiB written, starting at %.3f" % (backlog / (1 << 20), time.time()))
+    hwm0, cpu0, threads0 = vm_hwm_kib(), cpu_s(), thread_cpu()
+    t0 = time.perf_counter()
+    one(c, "SELECT litestream_start()")
+    one(c, "SELECT litestream_sync(600000)")
+    seconds = time.perf_counter() - t0
+    log("caught up in %.2f s at %.3f" % (seconds, time.time()))
+    st = status(c, p)
+    threads1 = thread_cpu()
+    ext_cpu = sum(v - threads0.get(k, 0.0) for k, v in threads1.items() if k != "MainThread")
+    one(c, "SELECT litestream_stop()")
+    return {"seconds": seconds, "wal_bytes": backlog, "cpu_s": cpu_s() - cpu0,
+            "ext_thread_cpu_s": ext_cpu, "vm_hwm_kib": vm_hwm_kib(), "vm_hwm_kib_before": hwm0,
+            "status": st}
+
+
 def mode_cpu(p):
     """Write p['mb'] MiB of page changes in 1 MiB transactions as fast as possible, then wait
     until the replica has it all (ours: litestream_sync(); the sidecar: run.py waits)."""
@@ -292,5 +327,5 @@ def mode_cpu(p):
 
 
 if __name__ == "__main__":
-    run_modes({"commits": mode_commits, "chunks": mode_chunks, "serve": mode_serve,
+    run_modes({"catchup": mode_catchup, "commits": mode_commits, "chunks": mode_chunks, "serve": mode_serve,
                "synclat": mode_synclat, "rate": mode_rate, "cpu": mode_cpu})

@@ -4,10 +4,11 @@
 //! Data flows one way: commit → WAL reader (`wal`) → LTX encoder (`ltx`) → uploader (`s3`,
 //! `replica_client`) → replica, driven by `replicator`; and replica → restore plan → decoder →
 //! file in `restore`. `sql` is the SQL surface, `runtime` the process-wide state, `config` the
-//! settings, `host` the only place with `unsafe` calls into the host's SQLite (enforced:
-//! `unsafe_code` is denied everywhere else).
+//! settings, `host` the only place with `unsafe` calls into the host's SQLite, `alloc` the
+//! allocator of the extension's own memory (enforced: `unsafe_code` is denied everywhere else).
 #![deny(unsafe_code)]
 
+mod alloc;
 pub mod compactor;
 pub mod config;
 pub mod error;
@@ -25,6 +26,10 @@ mod sql;
 pub mod state;
 pub mod wal;
 pub mod wal_index;
+
+/// The extension's own blocks: large ones mapped, so they go back to the system when freed.
+#[global_allocator]
+static ALLOCATOR: alloc::ExtensionAllocator = alloc::ExtensionAllocator;
 
 // The entry point SQLite's loader calls: registers the SQL surface on each connection.
 export_entry_point!(sql::register);

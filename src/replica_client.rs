@@ -60,6 +60,19 @@ pub trait ReplicaClient: Send + Sync {
         timestamp_ms: i64,
         body: &mut Spool,
     ) -> Result<LtxFileInfo>;
+    /// Store an LTX file as it is written, of at most `size_bound` bytes (as `put`, once
+    /// `finish`ed; nothing if dropped). S3 sends its parts while later ones are still being
+    /// encoded when memory allows (`s3::streaming`); otherwise, and for the file backend, the file
+    /// is spooled (spilling to `spill_dir`) and `put` at `finish`.
+    fn put_streaming<'a>(
+        &'a self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        spill_dir: &Path,
+        size_bound: u64,
+    ) -> Result<Box<dyn PutStream + 'a>>;
     /// A reader over the whole file.
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>>;
     /// Remove files (retention). Missing files are not an error.
@@ -67,6 +80,60 @@ pub trait ReplicaClient: Send + Sync {
     /// Upload counters and the upload in flight, for status.
     fn progress(&self) -> Arc<Progress>;
 }
+/// An LTX file being stored while it is written (`ReplicaClient::put_streaming`).
+pub trait PutStream: Write {
+    /// Store it; returns what was stored, as a listing would show it.
+    fn finish(self: Box<Self>) -> Result<LtxFileInfo>;
+}
+
+/// The `PutStream` of a client that stores whole files: spool, then `put`.
+pub struct SpooledPut<'a> {
+    client: &'a dyn ReplicaClient,
+    level: u8,
+    min_txid: u64,
+    max_txid: u64,
+    timestamp_ms: i64,
+    spool: Spool,
+}
+
+impl<'a> SpooledPut<'a> {
+    pub fn new(
+        client: &'a dyn ReplicaClient,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        spill_dir: &Path,
+    ) -> SpooledPut<'a> {
+        SpooledPut {
+            client,
+            level,
+            min_txid,
+            max_txid,
+            timestamp_ms,
+            spool: Spool::new(spill_dir, SPOOL_MEMORY_LIMIT),
+        }
+    }
+}
+
+impl Write for SpooledPut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.spool.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.spool.flush()
+    }
+}
+
+impl PutStream for SpooledPut<'_> {
+    fn finish(mut self: Box<Self>) -> Result<LtxFileInfo> {
+        let client = self.client;
+        let (level, min, max, ts) = (self.level, self.min_txid, self.max_txid, self.timestamp_ms);
+        client.put(level, min, max, ts, &mut self.spool)
+    }
+}
+
 /// Live figures for `litestream_status()`.
 #[derive(Default)]
 pub struct Progress {
@@ -584,6 +651,25 @@ impl ReplicaClient for FileReplicaClient {
                 + std::time::Duration::from_millis(timestamp_ms.max(0) as u64),
             key: path.display().to_string(),
         })
+    }
+
+    fn put_streaming<'a>(
+        &'a self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        spill_dir: &Path,
+        _size_bound: u64,
+    ) -> Result<Box<dyn PutStream + 'a>> {
+        Ok(Box::new(SpooledPut::new(
+            self,
+            level,
+            min_txid,
+            max_txid,
+            timestamp_ms,
+            spill_dir,
+        )))
     }
 
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>> {

@@ -25,6 +25,20 @@ use super::{
 /// Page header plus the u32 compressed-size field of the block encoding.
 const FRAME_PREFIX: usize = PAGE_HEADER_SIZE + 4;
 
+/// The most bytes an LTX file of `pages` pages of `page_size` can take: every page
+/// incompressible (LZ4's worst case), every index varint at its longest. Uploads use it to choose
+/// a part size before the file exists.
+pub fn max_encoded_size(page_size: u32, pages: u64) -> u64 {
+    let frame = (FRAME_PREFIX + get_maximum_output_size(page_size as usize)) as u64;
+    let index_entry = 3 * 10;
+    HEADER_SIZE as u64
+        + pages * (frame + index_entry)
+        + PAGE_HEADER_SIZE as u64 // terminator
+        + 1 // index end marker
+        + 8 // index size
+        + super::TRAILER_SIZE as u64
+}
+
 /// Streaming encoder; see the module documentation for the rules it enforces.
 pub struct Encoder<W: Write> {
     w: W,
@@ -212,6 +226,31 @@ mod tests {
     use super::super::testutil::{example_header, example_page, fixture, Rng};
     use super::super::{verify, Decoder, TRAILER_SIZE};
     use super::*;
+
+    #[test]
+    fn max_encoded_size_bounds_incompressible_pages() {
+        let mut rng = Rng(7);
+        let pages: Vec<(u32, Vec<u8>)> = (1..=50)
+            .map(|pgno| {
+                let mut p = vec![0u8; 4096];
+                rng.fill(&mut p);
+                (pgno, p)
+            })
+            .collect();
+        let h = Header {
+            commit: 50,
+            ..example_header()
+        };
+        let (out, _) = encode(h, &pages);
+        let bound = max_encoded_size(4096, 50);
+        assert!(out.len() as u64 <= bound, "{} > {bound}", out.len());
+        // …and not wildly above it (it sizes buffers and multipart parts).
+        assert!(
+            bound < out.len() as u64 * 115 / 100,
+            "{bound} vs {}",
+            out.len()
+        );
+    }
 
     fn encode(h: Header, pages: &[(u32, Vec<u8>)]) -> (Vec<u8>, Trailer) {
         let mut enc = Encoder::new(Vec::new(), h).unwrap();

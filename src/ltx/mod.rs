@@ -27,7 +27,7 @@ mod encoder;
 mod merge;
 
 pub use decoder::{check_follows, check_named, verify, Decoder};
-pub use encoder::Encoder;
+pub use encoder::{max_encoded_size, Encoder};
 pub use merge::compact;
 
 use std::fmt;

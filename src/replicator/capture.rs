@@ -15,7 +15,7 @@ use super::worker::Worker;
 use crate::error::{Context, Error, Result};
 use crate::host::DbFile;
 use crate::ltx::{self, Encoder, Header};
-use crate::replica_client::{unix_ms, Spool, SPOOL_MEMORY_LIMIT};
+use crate::replica_client::{unix_ms, PutStream, ReplicaClient, Spool, SPOOL_MEMORY_LIMIT};
 use crate::state::{Position, WalPosition};
 use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
 
@@ -23,61 +23,86 @@ use crate::wal::{self, ReadAt, Resume, ScanOutcome, Segment, WalHeader};
 /// next file), so a burst of writes does not become one giant upload.
 const MAX_SYNC_WAL_BYTES: u64 = 64 << 20;
 
+/// An L0 file encoded and checked, its parts sent or still in flight, not yet visible: it is
+/// completed once the next file is encoded (`Worker::sync_wal_within`), so that its last parts
+/// go out while the next file's pages are read.
+pub(super) struct SealedL0<'a> {
+    pub(super) pos: Position,
+    sink: Box<dyn PutStream + 'a>,
+}
+
+/// What reading the WAL from a position gave.
+pub(super) enum Encoded<'a> {
+    /// No new commit. `moved`: a WAL restart with no frames yet still moves the position to the
+    /// new generation, so the old frames' salts are never looked for again.
+    Nothing { moved: Option<Position> },
+    /// The next L0 file; `more` when WAL remains beyond the chunk limit.
+    Sealed { file: SealedL0<'a>, more: bool },
+    /// The WAL restarted while it was read: plan again (the upload is dropped).
+    Replan,
+    /// The WAL does not continue the position: a snapshot is needed.
+    Snapshot { reason: String },
+}
+
 impl Worker {
-    /// Read committed frames from `resume` and upload them as the next L0 file. Returns true when
-    /// more WAL remains beyond the chunk limit.
-    pub(super) fn write_incremental(&mut self, wal: &File, resume: Resume) -> Result<bool> {
+    /// Read committed frames from `resume` after `base` and encode them as the next L0 file,
+    /// streamed to `client` (nothing is visible before `SealedL0::complete`).
+    pub(super) fn encode_incremental<'a>(
+        &mut self,
+        wal: &File,
+        resume: Resume,
+        base: Position,
+        client: &'a dyn ReplicaClient,
+    ) -> Result<Encoded<'a>> {
         let seg = match wal::scan(wal, resume, Some(MAX_SYNC_WAL_BYTES))? {
-            ScanOutcome::NoWal => return Ok(false),
+            ScanOutcome::NoWal => return Ok(Encoded::Nothing { moved: None }),
             ScanOutcome::PrevFrameMismatch { reason } => {
-                return self.write_snapshot(Some(wal), &format!("WAL continuity lost ({reason})"));
+                return Ok(Encoded::Snapshot {
+                    reason: format!("WAL continuity lost ({reason})"),
+                });
             }
             ScanOutcome::Segment(s) => s,
         };
-        let pos = self
-            .pos
-            .ok_or_else(|| Error::msg("internal: incremental sync without a position"))?;
         if seg.commits == 0 {
-            // Nothing new. A restart with no frames yet still moves our position to the new
-            // generation, so the old frames' salts are never looked for again.
-            if matches!(resume, Resume::FromStart) {
-                self.pos = Some(Position {
-                    wal: wal_position(&seg, seg.header.checkpoint_seq),
-                    backfilled: false,
-                    db_stamp: None,
-                    ..pos
-                });
-            }
-            return Ok(false);
+            let moved = matches!(resume, Resume::FromStart).then(|| Position {
+                wal: wal_position(&seg, seg.header.checkpoint_seq),
+                backfilled: false,
+                db_stamp: None,
+                ..base
+            });
+            return Ok(Encoded::Nothing { moved });
         }
-        let txid = pos.txid + 1;
+        let txid = base.txid + 1;
         let db = DbFile::new(&self.conn)?;
         let source = self.pages();
         let header = source.ltx_header(txid, seg.commit, &seg);
-        let mut spool = Spool::new(&source.spill_dir, SPOOL_MEMORY_LIMIT);
-        let mut enc = Encoder::new(&mut spool, header)?;
         let mut buf = vec![0u8; self.page_size as usize];
         let lock_page = ltx::lock_page(self.page_size);
         // Pages the transaction changed, plus pages the database grew by that are not in the WAL
         // (read from the database file), as Litestream does.
         let mut pages: Vec<u32> = seg.pages.keys().copied().collect();
-        if seg.commit > pos.commit {
+        if seg.commit > base.commit {
             pages.extend(
-                (pos.commit + 1..=seg.commit)
+                (base.commit + 1..=seg.commit)
                     .filter(|p| !seg.pages.contains_key(p) && *p != lock_page),
             );
             pages.sort_unstable();
         }
+        // Streamed: the parts go out while later pages are read and encoded.
+        let bound = ltx::max_encoded_size(self.page_size, pages.len() as u64);
+        let mut sink =
+            client.put_streaming(0, txid, txid, header.timestamp_ms, &source.spill_dir, bound)?;
+        let mut enc = Encoder::new(&mut sink, header)?;
         for pgno in pages {
             source.read_page(wal, &db, &seg, pgno, &mut buf)?;
             enc.write_page(pgno, &buf)?;
         }
         enc.finish()?;
         if !wal_generation_unchanged(wal, &seg)? {
-            return Ok(true); // what was read may be torn: plan again
+            return Ok(Encoded::Replan);
         }
         let more = seg.end < wal.len().unwrap_or(0) && seg.size() >= MAX_SYNC_WAL_BYTES;
-        let new_pos = Position {
+        let pos = Position {
             txid,
             page_size: self.page_size,
             commit: seg.commit,
@@ -85,9 +110,17 @@ impl Worker {
             backfilled: false,
             db_stamp: None,
         };
-        self.upload(&new_pos, header.timestamp_ms, &mut spool)?;
-        self.after_upload()?;
-        Ok(more)
+        Ok(Encoded::Sealed {
+            file: SealedL0 { pos, sink },
+            more,
+        })
+    }
+
+    /// Make a sealed L0 file visible and our position.
+    pub(super) fn complete_sealed(&mut self, sealed: SealedL0<'_>) -> Result<()> {
+        let SealedL0 { pos, sink } = sealed;
+        self.upload(&pos, || sink.finish())?;
+        self.after_upload()
     }
 
     /// Upload a full image of the database at the next TXID. Returns true (nothing uploaded) when
@@ -137,8 +170,11 @@ impl Worker {
             backfilled: false,
             db_stamp: None,
         };
-        self.upload(&new_pos, header.timestamp_ms, &mut spool)
-            .map_err(|e| e.context(format!("snapshot ({reason})")))?;
+        let client = self.client.clone();
+        self.upload(&new_pos, || {
+            client.put(0, txid, txid, header.timestamp_ms, &mut spool)
+        })
+        .map_err(|e| e.context(format!("snapshot ({reason})")))?;
         let mut g = self.shared.lock();
         g.snapshots += 1;
         g.last_snapshot_reason = Some(format!("TXID {}: {reason}", ltx::format_txid(txid)));

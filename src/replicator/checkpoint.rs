@@ -169,6 +169,7 @@ impl Worker {
         self.synced_since_checkpoint = false;
         self.shared.lock().checkpoints += 1;
         let complete = log >= 0 && log == done;
+
         if complete {
             if let Some(p) = self.pos.as_mut() {
                 p.backfilled = true;

@@ -277,6 +277,20 @@ pub struct YieldOutcome {
     pub backfilled: bool,
 }
 
+/// Whether the wal-index shows every frame up to `pos` — and none after it — already in the
+/// database file: a checkpoint of another connection (or of SQLite's auto-checkpoint before the
+/// hook was installed) backfilled exactly what the position covers. Then the position counts as
+/// backfilled, as after our own checkpoint: while our read transaction pins the WAL, backfill
+/// cannot pass it (a reader on read mark 0 forbids any) and the WAL can restart only over frames
+/// the position covers. Without this, a writer that restarted such a WAL cost a full snapshot
+/// (the first commit after a start whose database had been auto-checkpointed).
+pub fn backfilled_by_wal_index(pos: &Position, idx: &WalIndexHeader, page_size: u32) -> bool {
+    let frame = 24 + page_size as u64;
+    idx.salts == (pos.wal.salt1, pos.wal.salt2)
+        && pos.wal.end > 32
+        && 32 + idx.backfilled as u64 * frame == pos.wal.end
+}
+
 pub fn after_yield(
     before: &WalIndexHeader,
     after: Option<&WalIndexHeader>,
@@ -667,6 +681,28 @@ mod tests {
             salts,
             backfilled,
         }
+    }
+
+    #[test]
+    fn a_position_is_backfilled_when_the_wal_index_backfilled_exactly_it() {
+        let p = pos(false); // two frames
+        assert!(backfilled_by_wal_index(&p, &index(3, SALTS, 2, 2), 4096));
+        // More frames after the position, not backfilled: still exactly it.
+        assert!(backfilled_by_wal_index(&p, &index(3, SALTS, 5, 2), 4096));
+        // Less, or more than the position (frames we did not upload would go on a restart).
+        assert!(!backfilled_by_wal_index(&p, &index(3, SALTS, 2, 1), 4096));
+        assert!(!backfilled_by_wal_index(&p, &index(3, SALTS, 5, 3), 4096));
+        // Another generation, or no frame at all.
+        assert!(!backfilled_by_wal_index(&p, &index(3, (8, 1), 2, 2), 4096));
+        let empty = Position {
+            wal: WalPosition { end: 32, ..p.wal },
+            ..p
+        };
+        assert!(!backfilled_by_wal_index(
+            &empty,
+            &index(3, SALTS, 0, 0),
+            4096
+        ));
     }
 
     #[test]

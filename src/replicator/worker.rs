@@ -18,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
 
+use super::capture::{Encoded, SealedL0};
 use super::decide::{self, CheckpointMode, Plan, PlanFacts, Wake};
 use super::{RunState, Shared};
 use crate::compactor::Compactor;
 use crate::error::{Context, Error, Result};
 use crate::ltx;
-use crate::replica_client::{self, ReplicaClient, Spool};
+use crate::replica_client::{self, ReplicaClient};
 use crate::s3::lease::Lease;
 use crate::scheduler::{Next, Task};
 use crate::state::{self, Position};
@@ -49,6 +50,9 @@ const PROBE_ACTIVE_FOR: Duration = Duration::from_secs(5);
 /// in backpressure long before (16 MiB); this bounds writers in other processes: unbounded, a
 /// 91 MB/s writer grew the WAL to 596 MB.
 const OUTPACED_WAL_BYTES: u64 = 32 << 20;
+/// Passes a cycle adds for sync requests that arrive while it uploads (see `cycle`); bounded so
+/// that a stream of sync calls cannot keep the checkpoint from running.
+const EXTRA_SYNC_PASSES: u32 = 2;
 /// How long `litestream_stop()` waits for a lease that has not answered yet (a stop right after
 /// start) before it reports that nothing may have reached the replica.
 const LEASE_RESOLVE_AT_STOP: Duration = Duration::from_secs(5);
@@ -443,24 +447,36 @@ impl Worker {
     /// Upload every committed frame not yet in the replica, then checkpoint if the policy says so.
     pub(super) fn cycle(&mut self, ticket: u64) -> Result<()> {
         self.begin_read()?;
-        if !self.sync_wal_within(Some(OUTPACED_WAL_BYTES))? {
-            // A writer outpaces the upload, one that backpressure does not slow down (another
-            // process): finish under the write lock, taken eagerly, and checkpoint there; then
-            // whatever remains if the lock could not be had.
-            self.checkpoint(CheckpointMode::Passive, false, false)?;
-            self.sync_wal()?;
+        let mut ticket = ticket;
+        for pass in 1.. {
+            if !self.sync_wal_within(Some(OUTPACED_WAL_BYTES))? {
+                // A writer outpaces the upload, one that backpressure does not slow down (another
+                // process): finish under the write lock, taken eagerly, and checkpoint there; then
+                // whatever remains if the lock could not be had.
+                self.checkpoint(CheckpointMode::Passive, false, false)?;
+                self.sync_wal()?;
+            }
+            let newer = {
+                let mut g = self.shared.lock();
+                g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
+                g.txid = self
+                    .pos
+                    .map(|p| p.txid)
+                    .unwrap_or(self.remote_max.unwrap_or(0));
+                g.last_sync_at = Some(SystemTime::now());
+                g.wal_size = self.wal_file_len();
+                g.sync_requested
+            };
+            self.shared.cond.notify_all();
+            // A sync requested while this pass ran is answered by one more pass (which starts
+            // after it) before the checkpoint, instead of after it: the checkpoint of a large WAL
+            // takes as long as uploading a good part of it, and the waiter would wait for both.
+            if newer <= ticket || ticket == u64::MAX || pass > EXTRA_SYNC_PASSES {
+                break;
+            }
+            ticket = newer;
+            self.pace.attempted = ticket;
         }
-        {
-            let mut g = self.shared.lock();
-            g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
-            g.txid = self
-                .pos
-                .map(|p| p.txid)
-                .unwrap_or(self.remote_max.unwrap_or(0));
-            g.last_sync_at = Some(SystemTime::now());
-            g.wal_size = self.wal_file_len();
-        }
-        self.shared.cond.notify_all();
         self.checkpoint_if_needed()
     }
 
@@ -550,33 +566,96 @@ impl Worker {
     }
 
     /// `sync_wal`, but stop early (returning false) once the WAL's current generation holds more
-    /// than `limit` bytes while writers are free to run.
+    /// than `limit` bytes while writers are free to run and what is left to upload does not
+    /// shrink from one file to the next: writers outpace us. A backlog that shrinks (a start
+    /// after downtime, a burst that is over) is uploaded without the write lock: holding it for
+    /// the whole catch-up stalled every writer for seconds, and a 262 MiB catch-up waited for its
+    /// checkpoint before `litestream_sync()` returned.
     pub(super) fn sync_wal_within(&mut self, limit: Option<u64>) -> Result<bool> {
         self.ensure_remote_position()?;
+        let client = self.client.clone();
+        // The last file encoded, completed once the next one is (or before anything else):
+        // files become visible in TXID order, and its last parts overlap the next file's reads.
+        // Dropped on an error: its upload is aborted and the position stays where it was.
+        let mut sealed: Option<SealedL0<'_>> = None;
+        let mut left_before: Option<u64> = None;
         loop {
-            if let Some(limit) = limit {
-                if !self.barrier_held && self.wal_bytes_in_use()? > limit {
-                    return Ok(false);
+            let base = sealed.as_ref().map(|s| s.pos).or(self.pos);
+            if let Some(limit) = limit.filter(|_| !self.barrier_held) {
+                let in_use = self.wal_bytes_in_use()?;
+                if in_use > limit {
+                    let uploaded = base
+                        .map(|p| p.wal.end)
+                        .filter(|&end| end <= in_use)
+                        .unwrap_or(wal::WAL_HEADER_SIZE);
+                    let left = in_use - uploaded;
+                    if left_before.is_some_and(|before| left >= before) {
+                        if let Some(s) = sealed.take() {
+                            self.complete_sealed(s)?;
+                        }
+                        return Ok(false);
+                    }
+                    left_before = Some(left);
                 }
             }
             let (wal, header) = self.open_wal()?;
-            let plan = self.plan(wal.as_ref(), header.as_ref())?;
-            let more = match plan {
-                Plan::Incremental(resume) => match wal.as_ref() {
-                    Some(f) => self.write_incremental(f, resume)?,
-                    None => false,
-                },
-                Plan::Snapshot { reason } => self.write_snapshot(wal.as_ref(), &reason)?,
+            let plan = self.plan_from(base.as_ref(), wal.as_ref(), header.as_ref())?;
+            let encoded = match (plan, wal.as_ref(), base) {
+                (Plan::Incremental(resume), Some(f), Some(base)) => {
+                    self.encode_incremental(f, resume, base, client.as_ref())?
+                }
+                (Plan::Incremental(_), None, _) => Encoded::Nothing { moved: None },
+                (Plan::Incremental(_), Some(_), None) => {
+                    return Err(Error::msg("internal: incremental sync without a position"));
+                }
+                (Plan::Snapshot { reason }, _, _) => Encoded::Snapshot { reason },
             };
-            if !more {
-                return Ok(true);
+            if let Encoded::Sealed { file, more } = encoded {
+                if let Some(previous) = sealed.replace(file) {
+                    self.complete_sealed(previous)?;
+                }
+                if more {
+                    continue;
+                }
+                break;
+            }
+            if let Some(s) = sealed.take() {
+                self.complete_sealed(s)?;
+            }
+            match encoded {
+                Encoded::Nothing { moved } => {
+                    if moved.is_some() {
+                        self.pos = moved;
+                    }
+                    return Ok(true);
+                }
+                Encoded::Replan => continue,
+                Encoded::Snapshot { reason } => {
+                    if !self.write_snapshot(wal.as_ref(), &reason)? {
+                        return Ok(true);
+                    }
+                }
+                Encoded::Sealed { .. } => unreachable!("handled above"),
             }
         }
+        if let Some(s) = sealed.take() {
+            self.complete_sealed(s)?;
+        }
+        Ok(true)
     }
 
     /// Decide where to continue reading: gather the facts `decide::plan` needs.
     pub(super) fn plan(&self, wal: Option<&File>, header: Option<&WalHeader>) -> Result<Plan> {
-        let pos = self.pos.as_ref();
+        self.plan_from(self.pos.as_ref(), wal, header)
+    }
+
+    /// `plan`, continuing `pos` (a sealed file's position while it is not complete yet).
+    pub(super) fn plan_from(
+        &self,
+        pos: Option<&Position>,
+        wal: Option<&File>,
+        header: Option<&WalHeader>,
+    ) -> Result<Plan> {
         // The frame before our end, in the current file: still ours if it carries the position's
         // salts and checksum (only looked at when the WAL holds the position's generation).
         let prev_frame_intact = match (pos, wal, header) {
@@ -605,14 +684,14 @@ impl Worker {
         pos.db_stamp.is_some() && pos.db_stamp == state::DbStamp::of(&self.db_file_path).ok()
     }
 
-    /// Upload the L0 file that moves the replica to `new_pos`, and make it our position. The state
-    /// file names `new_pos` as pending first, so a crash right after the upload still leaves a
-    /// position that matches the replica.
+    /// Make the L0 file that moves the replica to `new_pos` visible — `store` uploads it, or
+    /// completes its streamed upload — and make it our position. The state file names `new_pos`
+    /// as pending first, so a crash right after the upload still leaves a position that matches
+    /// the replica.
     pub(super) fn upload(
         &mut self,
         new_pos: &Position,
-        timestamp_ms: i64,
-        spool: &mut Spool,
+        store: impl FnOnce() -> Result<replica_client::LtxFileInfo>,
     ) -> Result<()> {
         if let Some(l) = &self.lease {
             l.check()?;
@@ -625,10 +704,14 @@ impl Worker {
         )
         .with_context(|| format!("saving replication state in {}", self.meta.display()))?;
         let txid = new_pos.txid;
-        let file = self.client.put(0, txid, txid, timestamp_ms, spool)?;
+        let file = store()?;
         self.compactor.record_upload(file);
         self.remote_max = Some(txid);
-        self.pos = Some(*new_pos);
+        let mut pos = *new_pos;
+        if let Ok(Some(idx)) = self.wal_index() {
+            pos.backfilled |= decide::backfilled_by_wal_index(&pos, &idx, self.page_size);
+        }
+        self.pos = Some(pos);
         // Uploads happen inside a cycle, with the read transaction held.
         self.pinned = self.in_read_txn;
         Ok(())

@@ -21,9 +21,11 @@
 mod insecure_tls;
 pub mod lease;
 mod leftovers;
+pub mod streaming;
 pub mod upload;
 
 use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -44,7 +46,10 @@ use tokio::runtime::Handle;
 use crate::config::S3Target;
 use crate::error::{Error, Result};
 use crate::ltx;
-use crate::replica_client::{format_timestamp_ms, LtxFileInfo, Progress, ReplicaClient, Spool};
+use crate::replica_client::{
+    format_timestamp_ms, LtxFileInfo, Progress, PutStream, ReplicaClient, Spool, SpooledPut,
+};
+use streaming::StreamingPut;
 
 /// Attempts per S3 request (the SDK's standard retry: 5xx, throttling, timeouts, resets).
 /// Litestream uses 10 with the SDK's default backoff (up to 20 s apart), which hides an unreachable
@@ -262,6 +267,67 @@ impl Drop for S3Client {
     }
 }
 
+impl S3Client {
+    /// The user metadata of an upload: its header timestamp and the lease token. Refuses early
+    /// when the lease is not held (the fence stops the requests anyway).
+    fn upload_metadata(&self, timestamp_ms: i64) -> Result<Vec<(String, String)>> {
+        let mut meta = vec![(
+            "litestream-timestamp".to_string(),
+            format_timestamp_ms(timestamp_ms),
+        )];
+        self.fence.check().map_err(Error::msg)?;
+        if let Some(token) = self.fence.token() {
+            meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));
+        }
+        Ok(meta)
+    }
+}
+
+/// What was stored, as a listing would show it.
+fn stored(level: u8, min_txid: u64, max_txid: u64, size: u64, key: String) -> LtxFileInfo {
+    LtxFileInfo {
+        level,
+        min_txid,
+        max_txid,
+        size,
+        created_at: std::time::SystemTime::now(),
+        key,
+    }
+}
+
+/// A streamed upload with the names of the file it stores.
+struct Streamed<'a> {
+    put: StreamingPut<'a>,
+    level: u8,
+    min_txid: u64,
+    max_txid: u64,
+    key: String,
+}
+
+impl std::io::Write for Streamed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.put.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.put.flush()
+    }
+}
+
+impl PutStream for Streamed<'_> {
+    fn finish(self: Box<Self>) -> Result<LtxFileInfo> {
+        let Streamed {
+            put,
+            level,
+            min_txid,
+            max_txid,
+            key,
+        } = *self;
+        let size = put.finish()?;
+        Ok(stored(level, min_txid, max_txid, size, key))
+    }
+}
+
 impl ReplicaClient for S3Client {
     fn describe(&self) -> String {
         self.target.display_url()
@@ -372,24 +438,40 @@ impl ReplicaClient for S3Client {
         body: &mut Spool,
     ) -> Result<LtxFileInfo> {
         let key = self.key(level, min_txid, max_txid);
-        let mut meta = vec![(
-            "litestream-timestamp".to_string(),
-            format_timestamp_ms(timestamp_ms),
-        )];
-        // Refuse early when the lease is not held; tag the object with the token.
-        self.fence.check().map_err(Error::msg)?;
-        if let Some(token) = self.fence.token() {
-            meta.push((lease::TOKEN_METADATA.to_string(), token.to_string()));
-        }
+        let meta = self.upload_metadata(timestamp_ms)?;
         let size = upload::put_object(self, &key, meta, body)?;
-        Ok(LtxFileInfo {
+        Ok(stored(level, min_txid, max_txid, size, key))
+    }
+
+    fn put_streaming<'a>(
+        &'a self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        spill_dir: &Path,
+        size_bound: u64,
+    ) -> Result<Box<dyn PutStream + 'a>> {
+        let t = &self.target;
+        if !streaming::may_stream(t.part_size, t.concurrency, size_bound) {
+            return Ok(Box::new(SpooledPut::new(
+                self,
+                level,
+                min_txid,
+                max_txid,
+                timestamp_ms,
+                spill_dir,
+            )));
+        }
+        let key = self.key(level, min_txid, max_txid);
+        let meta = self.upload_metadata(timestamp_ms)?;
+        Ok(Box::new(Streamed {
+            put: StreamingPut::new(self, key.clone(), meta, size_bound),
             level,
             min_txid,
             max_txid,
-            size,
-            created_at: std::time::SystemTime::now(),
             key,
-        })
+        }))
     }
 
     fn open(&self, file: &LtxFileInfo) -> Result<Box<dyn Read + Send>> {

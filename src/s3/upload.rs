@@ -8,11 +8,13 @@
 //!   HTTP client's write buffer, whatever the part size; an in-memory spool (at most 8 MiB) is sent
 //!   from copies of its slices. Parts start only when a slot is free. The same goes for a single
 //!   PutObject: with `part-size: 5GB` that object can be gigabytes, and is never read into memory.
-//! - Every body carries its Content-MD5 (checked by every S3-compatible store, SeaweedFS included)
-//!   and, over plain HTTP, its SHA-256 signed into the request (checked by AWS and MinIO); both are
-//!   computed before sending. So bodies can stream in small frames: the SDK's stalled-stream
-//!   protection then sees a body that stops moving and fails the attempt within seconds instead of
-//!   at the attempt deadline.
+//! - Every body carries its Content-MD5, computed before sending: checked by every S3-compatible
+//!   store (SeaweedFS included) and a signed header, so over plain HTTP too the signature covers
+//!   the body through it. The payload itself goes as UNSIGNED-PAYLOAD: a SHA-256 of every body
+//!   would be a second hash pass for the same protection (a tenth of the uploader's CPU while
+//!   catching up, on cores the store may share; SeaweedFS does not even check it). Bodies stream
+//!   in small frames: the SDK's stalled-stream protection then sees a body that stops moving and
+//!   fails the attempt within seconds instead of at the attempt deadline.
 //! - An upload never needs more than S3's 10,000 parts: when the size would exceed it, the part
 //!   size is raised just enough (to a whole MiB) and status shows the raised size and the
 //!   configured one.
@@ -38,9 +40,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use aws_runtime::auth::PayloadSigningOverride;
-use aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_s3::config::{ConfigBag, Intercept};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -48,7 +47,6 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use sha2::Sha256;
 
 use super::leftovers::{self, ActiveUpload};
 use super::{run, sdk_error, timeouts, S3Client};
@@ -101,16 +99,6 @@ fn upload_config(len: u64) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::new().timeout_config(timeouts(attempt_timeout(len)))
 }
 
-/// Whether bodies are signed with their SHA-256: over plain HTTP, where nothing else protects
-/// them from a middlebox. Over HTTPS TLS does, and the payload goes as UNSIGNED-PAYLOAD (the AWS
-/// SDKs' own rule), saving a hash pass; Content-MD5 is sent either way.
-fn sign_payload(c: &S3Client) -> bool {
-    c.target
-        .endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("http://"))
-}
-
 /// Upload `body` to `key` with the given user metadata. Returns the bytes stored.
 pub fn put_object(
     c: &S3Client,
@@ -135,19 +123,19 @@ pub fn put_object(
 static NEXT_UPLOAD: AtomicU64 = AtomicU64::new(1);
 
 /// This upload's entry in `Progress::current`, removed on drop however the upload ends.
-struct Tracked<'a> {
-    progress: &'a Progress,
+pub(super) struct Tracked {
+    progress: Arc<Progress>,
     id: u64,
 }
 
-impl<'a> Tracked<'a> {
-    fn start(
-        progress: &'a Progress,
+impl Tracked {
+    pub(super) fn start(
+        progress: &Arc<Progress>,
         key: &str,
         size: u64,
         part_size: u64,
         configured: u64,
-    ) -> Tracked<'a> {
+    ) -> Tracked {
         let id = NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed);
         let entry = InFlight {
             id,
@@ -165,23 +153,40 @@ impl<'a> Tracked<'a> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(entry);
-        Tracked { progress, id }
+        Tracked {
+            progress: progress.clone(),
+            id,
+        }
     }
 
-    fn part_done(&self, len: u64) {
+    fn update(&self, f: impl FnOnce(&mut InFlight)) {
         let mut all = self
             .progress
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(e) = all.iter_mut().find(|e| e.id == self.id) {
+            f(e);
+        }
+    }
+
+    fn part_done(&self, len: u64) {
+        self.update(|e| {
             e.parts_done += 1;
             e.bytes_done += len;
-        }
+        });
+    }
+
+    /// A streamed upload learns its size at its last part (until then it shows the bound).
+    pub(super) fn set_size(&self, size: u64) {
+        self.update(|e| {
+            e.size = size;
+            e.parts_total = size.div_ceil(e.part_size).max(1);
+        });
     }
 }
 
-impl Drop for Tracked<'_> {
+impl Drop for Tracked {
     fn drop(&mut self) {
         self.progress
             .current
@@ -193,11 +198,10 @@ impl Drop for Tracked<'_> {
 
 // ---- bodies -------------------------------------------------------------------------------------
 
-/// A body's Content-MD5 (base64) and, when the payload is signed, its SHA-256 (lowercase hex).
+/// A body's Content-MD5 (base64).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Digests {
+pub(super) struct Digests {
     md5: String,
-    sha256: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -205,53 +209,26 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Digests {
-    fn of(data: &[u8], sign: bool) -> Digests {
+    fn of(data: &[u8]) -> Digests {
         Digests {
             md5: aws_smithy_types::base64::encode(Md5::digest(data)),
-            sha256: sign.then(|| hex(&Sha256::digest(data))),
         }
     }
 
     /// Of `len` bytes of `file` from `offset`, read in 1 MiB pieces.
-    fn of_file(file: &File, offset: u64, len: u64, sign: bool) -> io::Result<Digests> {
-        let (mut md5, mut sha) = (Md5::new(), sign.then(Sha256::new));
+    fn of_file(file: &File, offset: u64, len: u64) -> io::Result<Digests> {
+        let mut md5 = Md5::new();
         let mut buf = vec![0u8; MIB.min(len) as usize];
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(MIB) as usize;
             file.read_exact_at(&mut buf[..n], offset + off)?;
             md5.update(&buf[..n]);
-            if let Some(sha) = sha.as_mut() {
-                sha.update(&buf[..n]);
-            }
             off += n as u64;
         }
         Ok(Digests {
             md5: aws_smithy_types::base64::encode(md5.finalize()),
-            sha256: sha.map(|s| hex(&s.finalize())),
         })
-    }
-}
-
-/// Signs a streaming body with its precomputed SHA-256 instead of UNSIGNED-PAYLOAD. Stored at the
-/// start of the execution, so an SDK step that must sign differently (aws-chunked checksum
-/// trailers, used only without a custom endpoint) still overrides it later.
-#[derive(Debug)]
-struct SignedPayload(String);
-
-impl Intercept for SignedPayload {
-    fn name(&self) -> &'static str {
-        "litestream-precomputed-payload-sha256"
-    }
-
-    fn read_before_execution(
-        &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
-        cfg: &mut ConfigBag,
-    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        cfg.interceptor_state()
-            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
-        Ok(())
     }
 }
 
@@ -393,20 +370,29 @@ fn put_single(
 ) -> Result<()> {
     let len = body.len();
     let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
-    let (stream, digests) = match body.file_handle() {
+    let data = match body.file_handle() {
         // In memory: at most the spool's memory limit.
-        None => {
-            let data = Bytes::from(body.as_memory().unwrap_or_default().to_vec());
-            let digests = Digests::of(&data, sign_payload(c));
-            (memory_stream(data), digests)
-        }
+        None => PartBody::Memory(Bytes::from(body.as_memory().unwrap_or_default().to_vec())),
         // Spilled to disk: stream it from the file.
-        Some(file) => {
-            let file = Arc::new(file.map_err(read_err)?);
-            let digests = Digests::of_file(&file, 0, len, sign_payload(c)).map_err(read_err)?;
-            (file_stream(file, 0, len), digests)
-        }
+        Some(file) => PartBody::File {
+            file: Arc::new(file.map_err(read_err)?),
+            offset: 0,
+            len,
+        },
     };
+    let digests = data.digests().map_err(read_err)?;
+    put_body(c, key, metadata, data, digests)
+}
+
+/// One PutObject of `data`, whose digests are given.
+pub(super) fn put_body(
+    c: &S3Client,
+    key: &str,
+    metadata: Vec<(String, String)>,
+    data: PartBody,
+    digests: Digests,
+) -> Result<()> {
+    let len = data.len();
     let tracked = (len >= TRACK_SINGLE_PUT_FROM)
         .then(|| Tracked::start(&c.progress, key, len, len, c.target.part_size));
     let client = c.client.clone();
@@ -419,15 +405,13 @@ fn put_single(
             .key(&key_owned)
             .content_length(len as i64)
             .content_md5(digests.md5)
-            .body(stream);
+            .body(data.stream());
         for (k, v) in metadata {
             req = req.metadata(k, v);
         }
-        let mut op = req.customize().config_override(upload_config(len));
-        if let Some(sha) = digests.sha256 {
-            op = op.interceptor(SignedPayload(sha));
-        }
-        op.send()
+        req.customize()
+            .config_override(upload_config(len))
+            .send()
             .await
             .map_err(|e| sdk_error("uploading", &format!("s3://{bucket}/{key_owned}"), e))?;
         Ok::<(), Error>(())
@@ -449,44 +433,53 @@ fn put_multipart(
     let size = body.len();
     let configured = c.target.part_size;
     let part_size = effective_part_size(size, configured);
-    let parts_total = size.div_ceil(part_size);
-    let bucket = c.target.bucket.clone();
-    let url = format!("s3://{bucket}/{key}");
-
-    let upload_id = {
-        let client = c.client.clone();
-        let (bucket, key, url) = (bucket.clone(), key.to_string(), url.clone());
-        run(&c.rt, async move {
-            let mut req = client.create_multipart_upload().bucket(&bucket).key(&key);
-            for (k, v) in metadata {
-                req = req.metadata(k, v);
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| sdk_error("starting multipart upload of", &url, e))?;
-            resp.upload_id().map(str::to_string).ok_or_else(|| {
-                Error::msg(format!("starting multipart upload of {url}: no upload id"))
-            })
-        })?
-    };
+    let upload_id = create(c, key, metadata)?;
     let active = ActiveUpload::new(&upload_id);
-
     let tracked = Tracked::start(&c.progress, key, size, part_size, configured);
-    let result = upload_parts(c, key, &upload_id, body, part_size, parts_total, &tracked)
+    let result = upload_parts(c, key, &upload_id, body, part_size, tracked)
         .and_then(|parts| complete(c, key, &upload_id, parts));
-    drop(tracked);
+    finish_multipart(c, key, &upload_id, active, result)
+}
+
+/// CreateMultipartUpload; returns the upload id.
+pub(super) fn create(c: &S3Client, key: &str, metadata: Vec<(String, String)>) -> Result<String> {
+    let client = c.client.clone();
+    let (bucket, key) = (c.target.bucket.clone(), key.to_string());
+    run(&c.rt, async move {
+        let url = format!("s3://{bucket}/{key}");
+        let mut req = client.create_multipart_upload().bucket(&bucket).key(&key);
+        for (k, v) in metadata {
+            req = req.metadata(k, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| sdk_error("starting multipart upload of", &url, e))?;
+        resp.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::msg(format!("starting multipart upload of {url}: no upload id")))
+    })
+}
+
+/// The end of every multipart upload, however it went: counted, or aborted (`leftovers` retries
+/// an abort that fails); then uploads the server made for lost CreateMultipartUpload answers go.
+pub(super) fn finish_multipart(
+    c: &S3Client,
+    key: &str,
+    upload_id: &str,
+    active: ActiveUpload,
+    result: Result<()>,
+) -> Result<()> {
     *c.progress
         .retrying
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = None;
-
     let outcome = match result {
         Ok(()) => {
             c.progress.multipart_uploads.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
-        Err(e) => Err(leftovers::abort_failed(c, key, &upload_id, e)),
+        Err(e) => Err(leftovers::abort_failed(c, key, upload_id, e)),
     };
     drop(active);
     leftovers::abort_unheard_uploads(c, key);
@@ -496,7 +489,12 @@ fn put_multipart(
 /// CompleteMultipartUpload. If an earlier attempt completed the upload but its answer was lost
 /// (the retry then finds NoSuchUpload), the object is there: it is ours when its ETag is the one
 /// these parts make (S3's multipart ETag: MD5 of the parts' MD5s, then `-<parts>`).
-fn complete(c: &S3Client, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+pub(super) fn complete(
+    c: &S3Client,
+    key: &str,
+    upload_id: &str,
+    parts: Vec<CompletedPart>,
+) -> Result<()> {
     let expected = multipart_etag(&parts);
     let client = c.client.clone();
     let (bucket, key, upload_id) = (
@@ -560,7 +558,7 @@ fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
 /// Where a part's bytes come from: a copy of a slice of an in-memory spool (at most the spool's
 /// memory limit in all), or a region of the spool's file, streamed (then a part in flight costs
 /// a few chunks of memory, not part-size).
-enum PartBody {
+pub(super) enum PartBody {
     Memory(Bytes),
     File {
         file: Arc<File>,
@@ -584,10 +582,10 @@ impl PartBody {
         }
     }
 
-    fn digests(&self, sign: bool) -> io::Result<Digests> {
+    pub(super) fn digests(&self) -> io::Result<Digests> {
         match self {
-            PartBody::Memory(b) => Ok(Digests::of(b, sign)),
-            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len, sign),
+            PartBody::Memory(b) => Ok(Digests::of(b)),
+            PartBody::File { file, offset, len } => Digests::of_file(file, *offset, *len),
         }
     }
 }
@@ -613,111 +611,153 @@ impl Drop for Report {
     }
 }
 
-/// Send every part with at most `concurrency` in flight; returns the parts in order. On the first
-/// failure the parts still in flight are cancelled (their connections close) before returning.
+/// Send every part of a spool with at most `concurrency` in flight; returns the parts in order.
 fn upload_parts(
     c: &S3Client,
     key: &str,
     upload_id: &str,
     body: &mut Spool,
     part_size: u64,
-    parts_total: u64,
-    tracked: &Tracked<'_>,
+    tracked: Tracked,
 ) -> Result<Vec<CompletedPart>> {
     let size = body.len();
-    let concurrency = c.target.concurrency.max(1);
     let read_err = |e: io::Error| Error::msg(format!("reading spooled upload: {e}"));
     let file = match body.file_handle() {
         Some(f) => Some(Arc::new(f.map_err(read_err)?)),
         None => None,
     };
-    let job = Arc::new(PartJob {
-        client: c.client.clone(),
-        bucket: c.target.bucket.clone(),
-        key: key.to_string(),
-        upload_id: upload_id.to_string(),
-        progress: c.progress.clone(),
-    });
-    let (tx, rx) = std::sync::mpsc::channel::<(i32, u64, Result<String>)>();
-    let mut running: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut parts: Vec<CompletedPart> = Vec::with_capacity(parts_total as usize);
-    let mut failure: Option<Error> = None;
-    let mut next = 0u64;
-    // The next part, read (memory spool) and hashed while the parts in flight are sent, so that
-    // hashing never leaves a slot idle. From a file spool this holds no part data.
-    let mut prepared: Option<(i32, PartBody, Digests)> = None;
+    let mut sender = PartSender::new(c, key, upload_id, tracked);
+    for (i, offset) in (0..size).step_by(part_size as usize).enumerate() {
+        let len = part_size.min(size - offset);
+        let data = match &file {
+            Some(file) => PartBody::File {
+                file: file.clone(),
+                offset,
+                len,
+            },
+            None => {
+                let mut buf = vec![0u8; len as usize];
+                body.read_at(&mut buf, offset).map_err(read_err)?;
+                PartBody::Memory(Bytes::from(buf))
+            }
+        };
+        sender.send(i as i32 + 1, data)?;
+    }
+    sender.finish()
+}
 
-    while failure.is_none() {
-        if prepared.is_none() && next < parts_total {
-            let offset = next * part_size;
-            let len = part_size.min(size - offset);
-            let data = match &file {
-                Some(file) => PartBody::File {
-                    file: file.clone(),
-                    offset,
-                    len,
-                },
-                None => {
-                    let mut buf = vec![0u8; len as usize];
-                    if let Err(e) = body.read_at(&mut buf, offset) {
-                        failure = Some(read_err(e));
-                        break;
-                    }
-                    PartBody::Memory(Bytes::from(buf))
-                }
-            };
-            // Hashed here, on the uploader's own thread, not on the runtime's I/O workers.
-            match data.digests(sign_payload(c)) {
-                Ok(d) => prepared = Some(((next + 1) as i32, data, d)),
-                Err(e) => {
-                    failure = Some(read_err(e));
-                    break;
-                }
-            }
-            next += 1;
-        }
-        if running.len() < concurrency {
-            if let Some((part, data, digests)) = prepared.take() {
-                let report = Report {
-                    tx: tx.clone(),
-                    part,
-                    len: data.len(),
-                    outcome: None,
-                };
-                let job = job.clone();
-                let handle = c.rt.spawn(async move {
-                    // Move the whole guard in (a closure would capture only the field it assigns).
-                    let mut report = report;
-                    report.outcome = Some(send_part(&job, part, data, digests).await);
-                });
-                running.insert(part, handle);
-                continue;
-            }
-        }
-        if running.is_empty() {
-            break; // nothing in flight, nothing left to send
-        }
-        // All slots busy (or nothing left to start): wait for a part to finish.
-        let (part, len, outcome) = rx
-            .recv()
-            .map_err(|_| Error::msg("internal: part uploads vanished"))?;
-        running.remove(&part);
-        match outcome {
-            Ok(etag) => {
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(part)
-                        .e_tag(etag)
-                        .build(),
-                );
-                tracked.part_done(len);
-            }
-            Err(e) => failure = Some(e),
+/// The parts of one multipart upload in flight: `send` hashes a part (on the caller's thread, not
+/// on the runtime's I/O workers, and while earlier parts are still sending) and starts it once
+/// fewer than `concurrency` parts are in flight. On the first failure, or when dropped
+/// unfinished, the parts still in flight are cancelled (their connections close).
+pub(super) struct PartSender<'c> {
+    c: &'c S3Client,
+    job: Arc<PartJob>,
+    tx: std::sync::mpsc::Sender<(i32, u64, Result<String>)>,
+    rx: std::sync::mpsc::Receiver<(i32, u64, Result<String>)>,
+    running: HashMap<i32, tokio::task::JoinHandle<()>>,
+    parts: Vec<CompletedPart>,
+    tracked: Tracked,
+    concurrency: usize,
+}
+
+impl<'c> PartSender<'c> {
+    pub(super) fn new(
+        c: &'c S3Client,
+        key: &str,
+        upload_id: &str,
+        tracked: Tracked,
+    ) -> PartSender<'c> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        PartSender {
+            c,
+            job: Arc::new(PartJob {
+                client: c.client.clone(),
+                bucket: c.target.bucket.clone(),
+                key: key.to_string(),
+                upload_id: upload_id.to_string(),
+                progress: c.progress.clone(),
+            }),
+            tx,
+            rx,
+            running: HashMap::new(),
+            parts: Vec::new(),
+            tracked,
+            concurrency: c.target.concurrency.max(1),
         }
     }
-    if let Some(e) = failure {
-        let handles: Vec<_> = running.into_values().collect();
-        run(&c.rt, async move {
+
+    pub(super) fn tracked(&self) -> &Tracked {
+        &self.tracked
+    }
+
+    /// Hash `data` and start it as part number `part`, after waiting for a free slot.
+    pub(super) fn send(&mut self, part: i32, data: PartBody) -> Result<()> {
+        let digests = data
+            .digests()
+            .map_err(|e| Error::msg(format!("reading spooled upload: {e}")))?;
+        while self.running.len() >= self.concurrency {
+            self.wait_one()?;
+        }
+        let report = Report {
+            tx: self.tx.clone(),
+            part,
+            len: data.len(),
+            outcome: None,
+        };
+        let job = self.job.clone();
+        let handle = self.c.rt.spawn(async move {
+            // Move the whole guard in (a closure would capture only the field it assigns).
+            let mut report = report;
+            report.outcome = Some(send_part(&job, part, data, digests).await);
+        });
+        self.running.insert(part, handle);
+        Ok(())
+    }
+
+    /// Wait for one part in flight to end.
+    fn wait_one(&mut self) -> Result<()> {
+        let (part, len, outcome) = self
+            .rx
+            .recv()
+            .map_err(|_| Error::msg("internal: part uploads vanished"))?;
+        self.running.remove(&part);
+        let etag = outcome?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(part)
+                .e_tag(etag)
+                .build(),
+        );
+        self.tracked.part_done(len);
+        Ok(())
+    }
+
+    /// Wait for every part; returns them in order.
+    pub(super) fn finish(mut self) -> Result<Vec<CompletedPart>> {
+        while !self.running.is_empty() {
+            self.wait_one()?;
+        }
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|p| p.part_number());
+        if parts
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.part_number() != Some(i as i32 + 1))
+        {
+            return Err(Error::msg("internal: multipart upload with a missing part"));
+        }
+        Ok(parts)
+    }
+}
+
+impl Drop for PartSender<'_> {
+    fn drop(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let handles: Vec<_> = self.running.drain().map(|(_, h)| h).collect();
+        run(&self.c.rt, async move {
             for h in &handles {
                 h.abort();
             }
@@ -725,16 +765,7 @@ fn upload_parts(
                 let _ = h.await;
             }
         });
-        return Err(e);
     }
-    if parts.len() as u64 != parts_total {
-        return Err(Error::msg(format!(
-            "internal: {} of {parts_total} parts uploaded",
-            parts.len()
-        )));
-    }
-    parts.sort_by_key(|p| p.part_number());
-    Ok(parts)
 }
 
 /// Whether a request that failed after the SDK's own retries deserves another round: failures
@@ -763,7 +794,7 @@ pub(super) fn worth_another_round<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>
 }
 
 /// What every part of one multipart upload shares.
-struct PartJob {
+pub(super) struct PartJob {
     client: Client,
     bucket: String,
     key: String,
@@ -783,7 +814,7 @@ async fn send_part(job: &PartJob, part: i32, data: PartBody, digests: Digests) -
     let mut pause = PART_ROUND_PAUSE;
     let mut round = 1;
     loop {
-        let mut op = client
+        let sent = client
             .upload_part()
             .bucket(bucket)
             .key(key)
@@ -793,11 +824,9 @@ async fn send_part(job: &PartJob, part: i32, data: PartBody, digests: Digests) -
             .content_md5(digests.md5.clone())
             .body(data.stream())
             .customize()
-            .config_override(upload_config(len));
-        if let Some(sha) = &digests.sha256 {
-            op = op.interceptor(SignedPayload(sha.clone()));
-        }
-        let sent = op.send().await;
+            .config_override(upload_config(len))
+            .send()
+            .await;
         match sent {
             Ok(out) => {
                 *progress.retrying.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -895,20 +924,9 @@ mod tests {
     }
 
     #[test]
-    fn digests_are_content_md5_and_hex_sha256() {
-        let d = Digests::of(b"", true);
-        assert_eq!(d.md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
-        assert_eq!(
-            d.sha256.as_deref(),
-            Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        );
-        let d = Digests::of(b"abc", true);
-        assert_eq!(d.md5, "kAFQmDzST7DWlj99KOF/cg==");
-        assert_eq!(
-            d.sha256.as_deref(),
-            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        );
-        assert_eq!(Digests::of(b"abc", false).sha256, None);
+    fn digests_are_content_md5() {
+        assert_eq!(Digests::of(b"").md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(Digests::of(b"abc").md5, "kAFQmDzST7DWlj99KOF/cg==");
     }
 
     #[test]
@@ -973,8 +991,8 @@ mod tests {
             out
         });
         assert_eq!(got, data);
-        let d = Digests::of_file(&file, 0, data.len() as u64, true).unwrap();
-        assert_eq!(d, Digests::of(&data, true));
+        let d = Digests::of_file(&file, 0, data.len() as u64).unwrap();
+        assert_eq!(d, Digests::of(&data));
         // A region in the middle, as a multipart part streams it.
         let (off, len) = (FILE_CHUNK + 3, FILE_CHUNK + 100);
         let region = rt.block_on(async {
@@ -989,8 +1007,8 @@ mod tests {
         });
         assert_eq!(region, &data[off as usize..(off + len) as usize]);
         assert_eq!(
-            Digests::of_file(&file, off, len, true).unwrap(),
-            Digests::of(&region, true)
+            Digests::of_file(&file, off, len).unwrap(),
+            Digests::of(&region)
         );
         assert_eq!(d.md5, aws_smithy_types::base64::encode(Md5::digest(&data)));
         std::fs::remove_dir_all(&dir).unwrap();
