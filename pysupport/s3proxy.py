@@ -48,8 +48,26 @@ from dataclasses import dataclass, field
 
 CHUNK = 256 * 1024
 DELAY_BUFFER = 16 * 1024 * 1024
+# The receive buffer of every client connection, fixed (no autotuning). A "stall" stops reading:
+# what the client can still push is its send buffer plus this. With autotuning the buffer grew
+# to tcp_rmem's maximum (32 MiB on some machines): a whole 20 MiB part vanished into it, the
+# client's body was complete, its stalled-stream protection stood down, and the stall showed
+# only at the attempt deadline (test_stalled_body_is_retried_within_seconds, 2026-12-04).
+RECEIVE_BUFFER = 1024 * 1024
 S3_ERRORS = {500: ("InternalError", "We encountered an internal error. Please try again."),
              503: ("SlowDown", "Please reduce your request rate.")}
+
+
+def _listening_socket():
+    """A loopback listening socket on a free port whose connections get RECEIVE_BUFFER (set
+    before listen, so the window is sized from the first segment)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 @dataclass
@@ -133,7 +151,8 @@ class S3Proxy:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(*self.tls)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=ctx, limit=CHUNK * 4))
+                asyncio.start_server(self._handle, sock=_listening_socket(), ssl=ctx,
+                                     limit=CHUNK * 4))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()

@@ -453,7 +453,7 @@ impl ReplicaClient for S3Client {
         size_bound: u64,
     ) -> Result<Box<dyn PutStream + 'a>> {
         let t = &self.target;
-        if !streaming::may_stream(t.part_size, t.concurrency, size_bound) {
+        let Some(memory) = streaming::may_stream(t.part_size, t.concurrency, size_bound) else {
             return Ok(Box::new(SpooledPut::new(
                 self,
                 level,
@@ -462,11 +462,11 @@ impl ReplicaClient for S3Client {
                 timestamp_ms,
                 spill_dir,
             )));
-        }
+        };
         let key = self.key(level, min_txid, max_txid);
         let meta = self.upload_metadata(timestamp_ms)?;
         Ok(Box::new(Streamed {
-            put: StreamingPut::new(self, key.clone(), meta, size_bound),
+            put: StreamingPut::new(self, key.clone(), meta, size_bound, memory),
             level,
             min_txid,
             max_txid,

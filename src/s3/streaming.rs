@@ -7,14 +7,18 @@
 //!   CompleteMultipartUpload, and a file smaller than one part is held and sent as one PutObject
 //!   at the end. Dropped unfinished (the WAL restarted under the reader, a write failed, the
 //!   caller gave up), the multipart upload is aborted (`leftovers` retries a failed abort).
-//! - Memory: the part being filled plus at most `concurrency` parts in flight. `S3Client` streams
-//!   only when that stays within `STREAM_MEMORY_BUDGET` and the caller's size bound fits in
-//!   10,000 parts of the configured size; otherwise the file is spooled and uploaded as before.
+//! - Memory: the part being filled plus at most `concurrency` parts in flight, or the whole file
+//!   when it is smaller than that. Every streamed upload of the process reserves that much from
+//!   one `STREAM_MEMORY_BUDGET` first (the replicator's pipeline holds two at once: the sealed
+//!   file completing while the next is encoded); when the reservation does not fit, or the
+//!   caller's size bound needs more than 10,000 parts of the configured size, the file is spooled
+//!   and uploaded as before. So streaming adds at most the budget to the process, however many
+//!   databases it replicates.
 //! - After the first failure every further write fails with the same message, and `finish`
 //!   returns it: the encoder stops at once instead of encoding pages nobody will upload.
 
 use std::io::{self, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -23,15 +27,50 @@ use super::upload::{self, PartBody, PartSender, Tracked};
 use super::S3Client;
 use crate::error::{Error, Result};
 
-/// Parts in memory at most (the one being filled and those in flight) for a streamed upload:
-/// 5 MiB × (5 + 1) = 30 MiB with the defaults. Larger part sizes or concurrency spool instead,
-/// where a part in flight costs a few 256 KiB chunks whatever its size.
+/// Memory all streamed uploads of the process may hold at once (parts being filled and in
+/// flight). One large file takes 5 MiB × (5 + 1) = 30 MiB with the defaults, so one database's
+/// pipeline (two files) fits; anything beyond spools, where a part in flight costs a few 256 KiB
+/// chunks whatever its size. Issue 14's goal is the writer within 64 MiB of plain SQLite.
 pub const STREAM_MEMORY_BUDGET: u64 = 64 << 20;
 
-/// Whether an upload of at most `size_bound` bytes may stream with this configuration.
-pub fn may_stream(part_size: u64, concurrency: usize, size_bound: u64) -> bool {
-    part_size.saturating_mul(concurrency as u64 + 1) <= STREAM_MEMORY_BUDGET
-        && upload::effective_part_size(size_bound, part_size) == part_size
+/// Bytes reserved by the streamed uploads alive now, across the process.
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+
+/// A share of `STREAM_MEMORY_BUDGET`, given back when dropped.
+pub struct Reservation(u64);
+
+impl Reservation {
+    fn take(bytes: u64) -> Option<Reservation> {
+        RESERVED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= STREAM_MEMORY_BUDGET)
+            })
+            .ok()
+            .map(|_| Reservation(bytes))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        RESERVED.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// The memory a streamed upload of at most `size_bound` bytes holds at most.
+fn stream_memory(part_size: u64, concurrency: usize, size_bound: u64) -> u64 {
+    part_size
+        .saturating_mul(concurrency as u64 + 1)
+        .min(size_bound.max(64 * 1024))
+}
+
+/// The reservation to stream an upload of at most `size_bound` bytes with this configuration, or
+/// `None` when it must be spooled (the budget is taken, or the part size is too small).
+pub fn may_stream(part_size: u64, concurrency: usize, size_bound: u64) -> Option<Reservation> {
+    if upload::effective_part_size(size_bound, part_size) != part_size {
+        return None;
+    }
+    Reservation::take(stream_memory(part_size, concurrency, size_bound))
 }
 
 /// The multipart upload, once the first part is full.
@@ -54,6 +93,8 @@ pub struct StreamingPut<'c> {
     multipart: Option<Multipart<'c>>,
     len: u64,
     failed: Option<String>,
+    /// Held until the upload is finished or dropped.
+    _memory: Reservation,
 }
 
 impl<'c> StreamingPut<'c> {
@@ -62,6 +103,7 @@ impl<'c> StreamingPut<'c> {
         key: String,
         metadata: Vec<(String, String)>,
         size_bound: u64,
+        memory: Reservation,
     ) -> StreamingPut<'c> {
         leftovers::before_upload(c);
         StreamingPut {
@@ -74,6 +116,7 @@ impl<'c> StreamingPut<'c> {
             multipart: None,
             len: 0,
             failed: None,
+            _memory: memory,
         }
     }
 
@@ -215,12 +258,22 @@ mod tests {
 
     #[test]
     fn streams_only_within_the_memory_budget_and_the_part_limit() {
-        assert!(may_stream(5 * MIB, 5, 64 * MIB));
-        assert!(may_stream(10 * MIB, 5, 64 * MIB));
-        assert!(!may_stream(10 * MIB, 6, 64 * MIB), "70 MiB of parts");
-        assert!(!may_stream(100 * MIB, 1, 64 * MIB));
+        // The only test that takes reservations (no other unit test streams to S3).
+        let a = may_stream(5 * MIB, 5, 64 * MIB).expect("30 MiB of parts fits");
+        assert_eq!(a.0, 30 * MIB);
+        let b = may_stream(5 * MIB, 5, 64 * MIB).expect("the pipeline's second file fits");
+        assert!(may_stream(5 * MIB, 5, 64 * MIB).is_none(), "a third would pass 64 MiB");
+        let small = may_stream(5 * MIB, 5, 100 * 1024).expect("a small file takes what it needs");
+        assert_eq!(small.0, 100 * 1024);
+        drop((a, b, small));
+        assert!(may_stream(10 * MIB, 5, 1024 * MIB).is_some());
+        assert!(may_stream(10 * MIB, 6, 1024 * MIB).is_none(), "70 MiB of parts");
+        assert!(may_stream(100 * MIB, 1, 1024 * MIB).is_none());
+        // ... unless the file itself is smaller than that.
+        assert!(may_stream(10 * MIB, 6, 60 * MIB).is_some());
         // A bound past 10,000 parts of the configured size would need a larger part size.
-        assert!(may_stream(5 * MIB, 5, 5 * MIB * 10_000));
-        assert!(!may_stream(5 * MIB, 5, 5 * MIB * 10_000 + 1));
+        assert!(may_stream(5 * MIB, 5, 5 * MIB * 10_000).is_some());
+        assert!(may_stream(5 * MIB, 5, 5 * MIB * 10_000 + 1).is_none());
+        assert_eq!(RESERVED.load(Ordering::Acquire), 0);
     }
 }
