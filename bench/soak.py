@@ -3,6 +3,7 @@
 
     nice -n 5 .venv/bin/python bench/soak.py                 # the documented run (3600 s)
     nice -n 5 .venv/bin/python bench/soak.py --smoke         # 3 minutes, short compaction intervals
+    nice -n 5 .venv/bin/python bench/soak.py --plain --duration 900   # the baseline: no extension
     .venv/bin/python bench/soak.py --report bench/out/soak-<UTC>.json   # the summary again
 
 Runs with any Python that has boto3 (the repo venv); the writer and the restore host are
@@ -87,6 +88,10 @@ def proc_rss_kib(pid):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
+
+
+def kib_mib(kib):
+    return "-" if kib is None else "%.1f" % (kib / 1024)
 
 
 def linfit_slope(xs, ys):
@@ -179,6 +184,8 @@ def verdicts(a, restores, census):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3600, help="seconds of writes (3600)")
+    ap.add_argument("--plain", action="store_true",
+                    help="the baseline: the same writer with no extension loaded (RSS only, no S3)")
     ap.add_argument("--smoke", action="store_true",
                     help="3 minutes with compaction levels 10s,30s,1m, snapshots every 1m (kept 2m), L0 kept 30s")
     ap.add_argument("--rate", type=float, default=200, help="small transactions per second (200)")
@@ -226,6 +233,11 @@ def main():
         work = Path(tempfile.mkdtemp(prefix="litestream-soak-"))
     db = str(work / "soak.db")
     log = lambda msg: print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)  # noqa: E731
+    if args.plain:
+        try:
+            sys.exit(run_plain(args, db, work, samples_path, BENCH_OUT / ("soak-plain-%s.json" % stamp), log))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     server = S3Server(args.s3_state, buckets=("soak",), port=args.port)
     log("starting SeaweedFS (state %s)" % server.state)
@@ -278,10 +290,13 @@ def main():
                 try:
                     s = json.loads(samples_path.read_text().splitlines()[-1])
                     cc = census[-1]
-                    log("t=%5.0fs commits %7d rate %5.0f/s rss %6.1f MiB wal %5.1f MiB db %6.1f MiB "
+                    log("t=%5.0fs commits %7d rate %5.0f/s rss %6.1f MiB (anon %s, malloc %s+%s free) "
+                        "wal %5.1f MiB db %6.1f MiB "
                         "lag %5d ms (max %5d) sync p50 %s ms up %7.1f MiB ckpt %d snap %d comp %s "
                         "del %s objs %s load %.2f%s" % (
-                            s["t"], s["commits"], s["rate"], s["vmrss_kib"] / 1024, s["wal_bytes"] / MIB,
+                            s["t"], s["commits"], s["rate"], s["vmrss_kib"] / 1024,
+                            kib_mib(s.get("rssanon_kib")), kib_mib(s.get("malloc_used_kib")),
+                            kib_mib(s.get("malloc_free_kib")), s["wal_bytes"] / MIB,
                             s["db_bytes"] / MIB, s["lag_ms"], s["lag_max_ms"],
                             "%.1f" % s["sync_p50_ms"] if s["sync_p50_ms"] is not None else "-",
                             (s["bytes_uploaded"] or 0) / MIB, s["checkpoints"], s["snapshots"],
@@ -348,6 +363,36 @@ def main():
             log("kept: %s, SeaweedFS on %s (stop: S3_STATE=%s S3_PORT=%d bash %s stop)" % (
                 work, server.endpoint, server.state, server.port, server.script))
     sys.exit(rc)
+
+
+def run_plain(args, db, work, samples_path, out_json, log):
+    """The writer's RSS without the extension: what 'over plain SQLite' is measured against."""
+    prefill(db, args.db_mib, args.small_cap, args.small_bytes)
+    params = {"plain": True, "ext": None, "db": db, "config": [], "samples": str(samples_path),
+              "duration_s": args.duration, "rate": args.rate, "small_bytes": args.small_bytes,
+              "small_cap": args.small_cap, "big_bytes": int(args.big_mib * MIB),
+              "big_every_s": args.big_every, "sync_every": args.sync_every,
+              "sync_timeout_ms": 60000, "sample_s": args.sample,
+              "result": str(work / "writer-result.json")}
+    log("plain writer (no extension): %.0f s, %g tx/s + %g MiB every %g s" % (
+        args.duration, args.rate, args.big_mib, args.big_every))
+    writer = HostProc(SOAK_HOST, "write", params)
+    writer.expect("started")
+    writer.p.wait()
+    named = parse_result(writer.p.stdout.read())
+    if writer.p.returncode != 0 or named is None:
+        log("plain writer exited %d" % writer.p.returncode)
+        return 1
+    res = json.loads(Path(named["file"]).read_text())
+    rss = [s["vmrss_kib"] / 1024 for s in (json.loads(ln) for ln in samples_path.read_text().splitlines())]
+    summary = {"commits": res["commits"], "rss_start_mib": rss[0], "rss_max_mib": max(rss),
+               "rss_end_mib": rss[-1], "hwm_mib": res["proc"]["vmhwm_kib"] / 1024}
+    out_json.write_text(json.dumps({"machine": machine_info(), "git": git_rev(), "args": vars(args),
+                                    "summary": summary, "rss_mib": rss}, indent=1))
+    log("plain: %d commits; RSS start %.1f, max %.1f, end %.1f, VmHWM %.1f MiB -> %s" % (
+        res["commits"], summary["rss_start_mib"], summary["rss_max_mib"], summary["rss_end_mib"],
+        summary["hwm_mib"], out_json))
+    return 0
 
 
 def duration_s(text):

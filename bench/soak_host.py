@@ -41,11 +41,14 @@ def host_write(p):
     import random
     import threading
     db = p["db"]
-    c = connect(db, p["ext"])
+    plain = p.get("plain", False)  # the baseline: the same writes, no extension loaded
+    ext = None if plain else p["ext"]
+    c = connect(db, ext)
     c.execute("PRAGMA journal_mode=WAL").fetchone()
     c.execute("PRAGMA synchronous=NORMAL")
-    configure(c, p["config"])
-    one(c, "SELECT litestream_start()")
+    if not plain:
+        configure(c, p["config"])
+        one(c, "SELECT litestream_start()")
     small_lo = one(c, "SELECT min(id) FROM small") or 1
     small_hi = one(c, "SELECT max(id) FROM small") or 0
     big_lo = one(c, "SELECT min(id) FROM big") or 1
@@ -66,14 +69,14 @@ def host_write(p):
     def sampler():
         """Its own connection (litestream_status() finds the replicator by the database path),
         so a writer blocked in litestream_sync() or a commit does not stop the probes."""
-        sc = connect(db, p["ext"])
+        sc = connect(db, ext)
         out = open(p["samples"], "a")
         win = {"lag_max": 0, "commits": 0, "t": t0, "sync_stall_max": 0.0}
         next_probe = next_sample = t0
         while True:
             now = time.monotonic()
             final = stop_sampler.is_set()
-            st = json.loads(one(sc, "SELECT litestream_status()"))
+            st = {} if plain else json.loads(one(sc, "SELECT litestream_status()"))
             lag = st.get("lag_ms") or 0
             lags_all.append(lag)
             win["lag_max"] = max(win["lag_max"], lag)
@@ -149,7 +152,7 @@ def host_write(p):
                       (p["small_bytes"], rnd.randint(small_lo, small_hi)))
         c.execute("COMMIT")
         w["commits"] += 1
-        if w["commits"] % sync_every == 0:
+        if w["commits"] % sync_every == 0 and not plain:
             ts = time.perf_counter()
             w["in_sync_since"] = time.monotonic()
             try:
@@ -173,6 +176,11 @@ def host_write(p):
             next_small = time.monotonic()
 
     elapsed = time.monotonic() - t0
+    if plain:
+        stop_sampler.set()
+        th.join(60)
+        return {"commits": w["commits"], "big_commits": w["big_commits"], "elapsed_s": elapsed,
+                "wall_start": wall0, "behind_resets": w["behind_resets"], "proc": proc_self()}
     ts = time.perf_counter()
     one(c, "SELECT litestream_sync(?)", 120000)
     final_sync_ms = (time.perf_counter() - ts) * 1000

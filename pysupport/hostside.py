@@ -6,6 +6,7 @@ hold locks on (closing one would drop the process's POSIX locks): sizes come fro
 Connections are in autocommit mode (isolation_level=None): the programs say BEGIN/COMMIT.
 A host program ends by printing one `RESULT <json>` line (emit_result) that its driver reads.
 """
+import ctypes
 import json
 import os
 import resource
@@ -117,18 +118,40 @@ def vm_hwm_kib():
     return proc_self().get("vmhwm_kib", 0)
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_kib():
+    """glibc's own view of its heap (mallinfo2, all arenas): bytes in use by malloc callers
+    (`malloc_used_kib`), bytes free but kept in the arenas (`malloc_free_kib`) and in
+    malloc's own mmapped blocks (`malloc_mmap_kib`). Empty when the C library has no mallinfo2."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return {}
+    fn.restype = _Mallinfo2
+    m = fn()
+    return {"malloc_used_kib": m.uordblks // 1024, "malloc_free_kib": m.fordblks // 1024,
+            "malloc_mmap_kib": m.hblkhd // 1024}
+
+
 def proc_self():
-    """VmRSS, VmHWM (KiB), threads, open fds and CPU seconds of this process."""
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem (KiB), glibc's heap (malloc_kib), threads,
+    open fds and CPU seconds of this process."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                 out[k.lower() + "_kib"] = int(v.split()[0])
             elif k == "Threads":
                 out["threads"] = int(v)
     out["fds"] = len(os.listdir("/proc/self/fd"))
     out["cpu_s"] = cpu_seconds()
+    out.update(malloc_kib())
     return out
 
 

@@ -15,10 +15,17 @@
 //!   `dealloc` and `realloc` get the same layout size the block was made with, so the same test
 //!   tells them which allocator owns it. Everything else goes to `std::alloc::System`.
 //! - A failed mmap / mremap returns null (Rust's allocation-error path), never a bad pointer.
+//!
+//! The small blocks stay with `malloc`, whose arenas keep what a burst of them took (a
+//! compaction's download chunks, a snapshot's pages): after such work the extension asks the C
+//! library to give its free pages back (`release_free_heap`, glibc's `malloc_trim`), which
+//! changes no setting of the host's allocator and only returns memory nobody holds.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Blocks this large or larger are mapped: big enough that the syscall and page faults are small
 /// beside filling the block, small enough to catch every buffer that can hold part of a file.
@@ -26,6 +33,41 @@ pub const LARGE: usize = 1 << 20;
 const PAGE: usize = 4096;
 
 pub struct ExtensionAllocator;
+
+/// At most one trim per this interval, process-wide: a thousand databases' compactions finish
+/// many jobs a second, and each trim walks every arena under its lock.
+const TRIM_EVERY_MS: u64 = 1000;
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+
+/// After work that allocated many small blocks at once: hand the C library's free heap pages
+/// back to the system (a no-op where the C library has no `malloc_trim`, or within
+/// `TRIM_EVERY_MS` of the last trim). Returns whether it trimmed.
+pub fn release_free_heap() -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < TRIM_EVERY_MS
+        || LAST_TRIM_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return false;
+    }
+    trim()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() -> bool {
+    // SAFETY: malloc_trim has no preconditions; it takes each arena's lock itself.
+    unsafe { libc::malloc_trim(0) };
+    true
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() -> bool {
+    false
+}
 
 fn is_large(size: usize, align: usize) -> bool {
     size >= LARGE && align <= PAGE

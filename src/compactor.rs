@@ -594,6 +594,8 @@ impl CompactionTask {
         }
         let job = self.due[idx].0;
         let result = self.run_job(job);
+        // A merge's download chunks and pages are many small blocks the arenas would keep.
+        crate::alloc::release_free_heap();
         let failed = result.is_err();
         {
             let mut s = self.shared.status();

@@ -397,7 +397,9 @@ pub fn restore(client: &dyn ReplicaClient, out: &Path, opts: &RestoreOptions) ->
         .bytes_total
         .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     progress.0.set_phase("downloading");
-    let txid = apply(client, &files, &output, &progress.0)?;
+    let applied = apply(client, &files, &output, &progress.0);
+    crate::alloc::release_free_heap();
+    let txid = applied?;
     if let Target::Txid(t) = target {
         // The chain checks make this impossible; it stays as the promise itself: ask for X, get
         // X or an error.

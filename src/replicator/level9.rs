@@ -241,6 +241,7 @@ impl Level9Job {
             ))
         })();
         let _ = self.conn.execute_batch("COMMIT");
+        crate::alloc::release_free_heap();
         result
     }
 

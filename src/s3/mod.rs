@@ -18,6 +18,7 @@
 //! - `skip-verify=true` swaps in an HTTPS client that does not verify certificates
 //!   (`insecure_tls`); everything else is the SDK's default client.
 
+mod download;
 mod insecure_tls;
 pub mod lease;
 mod leftovers;
@@ -36,7 +37,6 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::retry::RetryConfig;
@@ -49,6 +49,7 @@ use crate::ltx;
 use crate::replica_client::{
     format_timestamp_ms, LtxFileInfo, Progress, PutStream, ReplicaClient, Spool, SpooledPut,
 };
+use download::{BodyReader, Resume};
 use streaming::StreamingPut;
 
 /// Attempts per S3 request (the SDK's standard retry: 5xx, throttling, timeouts, resets).
@@ -541,123 +542,5 @@ impl ReplicaClient for S3Client {
 
     fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
-    }
-}
-
-/// Turns an S3 response body into a blocking `Read` with bounded memory: a task on the runtime
-/// pulls chunks into a small bounded channel that `read` drains.
-pub struct BodyReader {
-    rx: std::sync::mpsc::Receiver<std::result::Result<bytes::Bytes, String>>,
-    current: bytes::Bytes,
-    key: String,
-}
-
-/// Chunks buffered between the network task and the reader (each chunk is at most a few 100 KiB).
-const BODY_CHANNEL_CHUNKS: usize = 16;
-/// A download whose body breaks off (connection reset, an answer cut short, a stalled stream) is
-/// resumed where it stopped, up to this many times per object: the SDK retries a request only
-/// until its headers arrive, and without this one broken body among the dozens of files a
-/// compaction or a restore reads fails the whole run — under a steady error rate, ever more
-/// surely as the inputs pile up.
-const BODY_RESUMES: u32 = 5;
-
-/// How to fetch the rest of an object: a ranged GET pinned to the first answer's ETag (If-Match),
-/// so that the pieces are of one and the same object.
-pub struct Resume {
-    client: Client,
-    bucket: String,
-    key: String,
-    etag: Option<String>,
-}
-
-impl Resume {
-    async fn from(&self, offset: u64) -> std::result::Result<ByteStream, String> {
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .range(format!("bytes={offset}-"));
-        if let Some(etag) = &self.etag {
-            req = req.if_match(etag);
-        }
-        req.send().await.map(|r| r.body).map_err(|e| {
-            sdk_error(
-                "resuming the download of",
-                &format!("s3://{}/{}", self.bucket, self.key),
-                e,
-            )
-            .to_string()
-        })
-    }
-}
-
-impl BodyReader {
-    pub fn new(
-        rt: &Handle,
-        mut body: ByteStream,
-        key: String,
-        resume: Option<Resume>,
-    ) -> BodyReader {
-        let (tx, rx) = std::sync::mpsc::sync_channel(BODY_CHANNEL_CHUNKS);
-        rt.spawn_blocking(move || {
-            // spawn_blocking: `send` on a full std channel blocks, which must not stall a worker.
-            let handle = Handle::current();
-            let mut offset: u64 = 0;
-            let mut resumes = 0;
-            loop {
-                let next = handle.block_on(body.next());
-                let msg = match next {
-                    None => break,
-                    Some(Ok(b)) => {
-                        offset += b.len() as u64;
-                        Ok(b)
-                    }
-                    Some(Err(e)) => match &resume {
-                        Some(r) if resumes < BODY_RESUMES => {
-                            resumes += 1;
-                            match handle.block_on(r.from(offset)) {
-                                Ok(rest) => {
-                                    body = rest;
-                                    continue;
-                                }
-                                Err(e2) => Err(format!("{e}; resuming at byte {offset}: {e2}")),
-                            }
-                        }
-                        _ => Err(e.to_string()),
-                    },
-                };
-                let stop = msg.is_err();
-                if tx.send(msg).is_err() || stop {
-                    break;
-                }
-            }
-        });
-        BodyReader {
-            rx,
-            current: bytes::Bytes::new(),
-            key,
-        }
-    }
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.current = b,
-                Ok(Err(e)) => {
-                    return Err(std::io::Error::other(format!(
-                        "downloading {}: {e}",
-                        self.key
-                    )))
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
     }
 }

@@ -262,12 +262,18 @@ mod tests {
         let a = may_stream(5 * MIB, 5, 64 * MIB).expect("30 MiB of parts fits");
         assert_eq!(a.0, 30 * MIB);
         let b = may_stream(5 * MIB, 5, 64 * MIB).expect("the pipeline's second file fits");
-        assert!(may_stream(5 * MIB, 5, 64 * MIB).is_none(), "a third would pass 64 MiB");
+        assert!(
+            may_stream(5 * MIB, 5, 64 * MIB).is_none(),
+            "a third would pass 64 MiB"
+        );
         let small = may_stream(5 * MIB, 5, 100 * 1024).expect("a small file takes what it needs");
         assert_eq!(small.0, 100 * 1024);
         drop((a, b, small));
         assert!(may_stream(10 * MIB, 5, 1024 * MIB).is_some());
-        assert!(may_stream(10 * MIB, 6, 1024 * MIB).is_none(), "70 MiB of parts");
+        assert!(
+            may_stream(10 * MIB, 6, 1024 * MIB).is_none(),
+            "70 MiB of parts"
+        );
         assert!(may_stream(100 * MIB, 1, 1024 * MIB).is_none());
         // ... unless the file itself is smaller than that.
         assert!(may_stream(10 * MIB, 6, 60 * MIB).is_some());
