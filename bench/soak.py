@@ -256,12 +256,7 @@ def main():
                    ("snapshot-interval", args.snapshot_interval),
                    ("snapshot-retention", args.snapshot_retention)]
         config += [tuple(kv.split("=", 1)) for kv in args.config]
-        params = {"ext": ext, "db": db, "config": config, "samples": str(samples_path),
-                  "duration_s": args.duration, "rate": args.rate, "small_bytes": args.small_bytes,
-                  "small_cap": args.small_cap, "big_bytes": int(args.big_mib * MIB),
-                  "big_every_s": args.big_every, "sync_every": args.sync_every,
-                  "sync_timeout_ms": 60000, "sample_s": args.sample,
-                  "result": str(work / "writer-result.json")}
+        params = writer_params(args, db, work, samples_path, ext, config)
         shown = [(k, "***" if "secret" in k else v) for k, v in config]
         log("writer: %.0f s, %g tx/s + %g MiB every %g s, sync every %d commits; config %s" % (
             args.duration, args.rate, args.big_mib, args.big_every, args.sync_every, shown))
@@ -365,15 +360,20 @@ def main():
     sys.exit(rc)
 
 
+def writer_params(args, db, work, samples_path, ext, config):
+    """What soak_host.py's writer is told: the workload of the command line."""
+    return {"ext": ext, "db": db, "config": config, "samples": str(samples_path),
+            "duration_s": args.duration, "rate": args.rate, "small_bytes": args.small_bytes,
+            "small_cap": args.small_cap, "big_bytes": int(args.big_mib * MIB),
+            "big_every_s": args.big_every, "sync_every": args.sync_every,
+            "sync_timeout_ms": 60000, "sample_s": args.sample,
+            "result": str(work / "writer-result.json")}
+
+
 def run_plain(args, db, work, samples_path, out_json, log):
     """The writer's RSS without the extension: what 'over plain SQLite' is measured against."""
     prefill(db, args.db_mib, args.small_cap, args.small_bytes)
-    params = {"plain": True, "ext": None, "db": db, "config": [], "samples": str(samples_path),
-              "duration_s": args.duration, "rate": args.rate, "small_bytes": args.small_bytes,
-              "small_cap": args.small_cap, "big_bytes": int(args.big_mib * MIB),
-              "big_every_s": args.big_every, "sync_every": args.sync_every,
-              "sync_timeout_ms": 60000, "sample_s": args.sample,
-              "result": str(work / "writer-result.json")}
+    params = dict(writer_params(args, db, work, samples_path, None, []), plain=True)
     log("plain writer (no extension): %.0f s, %g tx/s + %g MiB every %g s" % (
         args.duration, args.rate, args.big_mib, args.big_every))
     writer = HostProc(SOAK_HOST, "write", params)

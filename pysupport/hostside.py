@@ -124,16 +124,25 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def _find_mallinfo2():
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return None
+    fn.restype = _Mallinfo2
+    return fn
+
+
+_MALLINFO2 = _find_mallinfo2()
+
+
 def malloc_kib():
     """glibc's own view of its heap (mallinfo2, all arenas): bytes in use by malloc callers
     (`malloc_used_kib`), bytes free but kept in the arenas (`malloc_free_kib`) and in
     malloc's own mmapped blocks (`malloc_mmap_kib`). Empty when the C library has no mallinfo2."""
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (AttributeError, OSError):
+    if _MALLINFO2 is None:
         return {}
-    fn.restype = _Mallinfo2
-    m = fn()
+    m = _MALLINFO2()
     return {"malloc_used_kib": m.uordblks // 1024, "malloc_free_kib": m.fordblks // 1024,
             "malloc_mmap_kib": m.hblkhd // 1024}
 

@@ -84,7 +84,7 @@ struct BodyBuffer {
 
 impl BodyBuffer {
     fn lock(&self) -> MutexGuard<'_, Buffered> {
-        // A panic elsewhere cannot leave the queue half-updated: every change is one statement.
+        // Nothing that can panic runs under this lock, so a poisoned one still holds a whole queue.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
