@@ -13,6 +13,8 @@
 # --npm also needs npm. No network: the wheel is built with python/build_wheel.py (standard
 # library), the npm tarballs with `npm pack`. The same inputs give the same bytes.
 set -euo pipefail
+# A failing command names itself: CI shows only the end of the output.
+trap 'echo "package.sh: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CARGO=${CARGO:-cargo}
 DIST=$REPO/dist
@@ -48,7 +50,10 @@ fi
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
 strip --strip-unneeded -o "$STAGE/liblitestream.so" "$LIB"
-if ! objdump -T "$STAGE/liblitestream.so" | grep -qw sqlite3_litestream_init; then
+# Read whole, then searched: `objdump | grep -q` under pipefail fails when grep stops reading
+# before objdump has written everything (SIGPIPE).
+dynamic_symbols=$(objdump -T "$STAGE/liblitestream.so")
+if ! grep -qw sqlite3_litestream_init <<<"$dynamic_symbols"; then
   echo "package.sh: $LIB does not export sqlite3_litestream_init" >&2; exit 1
 fi
 echo "library: $LIB -> $(du -k "$STAGE/liblitestream.so" | cut -f1) KiB stripped, version $VERSION"

@@ -38,19 +38,43 @@ unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_PROFILE AWS_DEFAULT_PROFILE AWS_S
 
 T_ALL=$(date +%s.%N)
 TIMES=()
-FAILED=()
+FAILED=() # "NAME|LOG" of each failed phase
+# Each phase's output also goes to a log here; a failed phase's last lines are repeated after
+# the timing table, so that the end of the output (all a CI excerpt may show) says why.
+PHASE_LOGS=$(mktemp -d "${TMPDIR:-/tmp}/litestream-test-logs.XXXXXX")
+PHASE_LOG=
+TAIL_LINES=25
 now() { date +%s.%N; }
-phase_start() { T0=$(now); echo; echo "=== $1"; }
+phase_start() {
+  T0=$(now); echo; echo "=== $1"
+  PHASE_LOG=$PHASE_LOGS/$(printf '%s' "$1" | tr -c 'A-Za-z0-9' '-').log
+  : >"$PHASE_LOG"
+}
 phase_end() { # NAME STATUS
   local dt; dt=$(awk -v a="$T0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}')
   TIMES+=("$(printf '%-28s %7ss  %s' "$1" "$dt" "$2")")
   echo "=== $1: $2 in ${dt}s"
-  case "$2" in ok*) ;; *) FAILED+=("$1") ;; esac
+  case "$2" in ok*) ;; *) FAILED+=("$1|$PHASE_LOG") ;; esac
+}
+# logged CMD...: runs CMD with its output shown and kept in the phase's log; returns its status.
+logged() {
+  local rc
+  set +e
+  "$@" > >(tee -a "$PHASE_LOG") 2> >(tee -a "$PHASE_LOG" >&2)
+  rc=$?
+  set -e
+  return $rc
 }
 summary() {
   echo; echo "=== timing"
   printf '  %s\n' "${TIMES[@]}"
   awk -v a="$T_ALL" -v b="$(now)" 'BEGIN{printf "  %-28s %7.1fs\n", "total", b-a}'
+  local f
+  for f in ${FAILED[@]+"${FAILED[@]}"}; do
+    [ -s "${f#*|}" ] || continue
+    echo; echo "=== why '${f%%|*}' failed (the last $TAIL_LINES lines of its output)"
+    tail -n $TAIL_LINES "${f#*|}"
+  done
 }
 
 # ---------------------------------------------------------------- 1. tools
@@ -73,7 +97,7 @@ phase_end "reference litestream" ok
 
 # ---------------------------------------------------------------- 2. build + unit tests
 phase_start "cargo build --release"
-if "$CARGO" build --release; then
+if logged "$CARGO" build --release; then
   phase_end "cargo build --release" ok
 else
   phase_end "cargo build --release" FAILED
@@ -86,7 +110,7 @@ if [ ! -f "$LITESTREAM_EXT.so" ]; then
 fi
 
 phase_start "cargo test --release"
-if "$CARGO" test --release; then phase_end "cargo test --release" ok
+if logged "$CARGO" test --release; then phase_end "cargo test --release" ok
 else phase_end "cargo test --release" FAILED; fi
 
 # Coverage-guided fuzzing (scripts/fuzz.sh): a clean build of the fuzz crate (~50 s on 2 cores:
@@ -94,7 +118,7 @@ else phase_end "cargo test --release" FAILED; fi
 # LITESTREAM_FUZZ_SECONDS. Skipped for a focused run (pytest arguments) or LITESTREAM_SKIP_FUZZ=1.
 if [ -z "${LITESTREAM_SKIP_FUZZ:-}" ] && [ $# -eq 0 ]; then
   phase_start "fuzz"
-  if bash "$REPO/scripts/fuzz.sh" "${LITESTREAM_FUZZ_SECONDS:-10}"; then phase_end "fuzz" ok
+  if logged bash "$REPO/scripts/fuzz.sh" "${LITESTREAM_FUZZ_SECONDS:-10}"; then phase_end "fuzz" ok
   else phase_end "fuzz" FAILED; fi
 fi
 
@@ -103,7 +127,7 @@ RUN_HOSTS=1
 [ -z "${LITESTREAM_SKIP_HOSTS:-}" ] || RUN_HOSTS=0
 if [ $RUN_HOSTS = 1 ]; then
   phase_start "package"
-  if LITESTREAM_LIB=$LITESTREAM_EXT.so bash "$REPO/scripts/package.sh"; then
+  if LITESTREAM_LIB=$LITESTREAM_EXT.so logged bash "$REPO/scripts/package.sh"; then
     phase_end "package" ok
   else
     phase_end "package" FAILED; RUN_HOSTS=0
@@ -111,7 +135,7 @@ if [ $RUN_HOSTS = 1 ]; then
 fi
 if [ $RUN_HOSTS = 1 ]; then
   phase_start "host tools"
-  if hosts_env=$(bash "$REPO/scripts/install-hosts.sh" node go auditwheel); then
+  if hosts_env=$(bash "$REPO/scripts/install-hosts.sh" node go auditwheel 2> >(tee -a "$PHASE_LOG" >&2)); then
     eval "$hosts_env"
     export LITESTREAM_NODE_HOSTS LITESTREAM_GO_GOPATH LITESTREAM_AUDITWHEEL
     phase_end "host tools" ok
@@ -139,7 +163,7 @@ phase_end "seaweedfs start" ok
 # ---------------------------------------------------------------- 5. integration tests
 phase_start "pytest tests/integration"
 set +e
-"$VENV/bin/pytest" tests/integration "$@"
+logged "$VENV/bin/pytest" tests/integration "$@"
 rc=$?
 set -e
 case $rc in
@@ -153,7 +177,7 @@ esac
 if [ $RUN_HOSTS = 1 ]; then
   phase_start "pytest tests/hosts"
   set +e
-  "$VENV/bin/pytest" tests/hosts "$@"
+  logged "$VENV/bin/pytest" tests/hosts "$@"
   rc=$?
   set -e
   case $rc in
@@ -164,7 +188,7 @@ if [ $RUN_HOSTS = 1 ]; then
   esac
 elif [ -z "${LITESTREAM_SKIP_HOSTS:-}" ]; then
   TIMES+=("$(printf '%-28s %7s   %s' "pytest tests/hosts" "-" "FAILED (not run: see above)")")
-  FAILED+=("pytest tests/hosts")
+  FAILED+=("pytest tests/hosts|")
 fi
 
 # ---------------------------------------------------------------- 7. reliability (CI subset)
@@ -176,7 +200,7 @@ fi
 if [ -z "${LITESTREAM_SKIP_RELIABILITY:-}" ] && [ $# -eq 0 ]; then
   phase_start "pytest tests/reliability"
   set +e
-  "$VENV/bin/pytest" tests/reliability -q
+  logged "$VENV/bin/pytest" tests/reliability -q
   rc=$?
   set -e
   case $rc in
@@ -188,7 +212,9 @@ fi
 
 summary
 if [ ${#FAILED[@]} -gt 0 ]; then
-  echo "FAILED: ${FAILED[*]}"
+  echo; echo "FAILED: $(printf '%s\n' "${FAILED[@]}" | cut -d'|' -f1 | paste -sd, | sed 's/,/, /g')"
+  echo "each phase's whole output: $PHASE_LOGS"
   exit 1
 fi
+rm -rf "$PHASE_LOGS"
 echo "all phases passed"

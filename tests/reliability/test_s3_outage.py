@@ -65,7 +65,8 @@ def test_s3_killed_and_restarted_converges(outage, ext):
     for e in res["sync_errors"]:
         assert "litestream_sync" in e["error"] and "timed out" in e["error"], e
     final = res["status"]
-    assert final["state"] == "running" and final["last_error"] is None, final
+    assert final["state"] == "running" and final["last_error"] is None, (
+        "state %r, last_error %r after the final sync" % (final["state"], final["last_error"]))
     assert final["multipart_uploads"] >= 1, "no multipart upload happened: %s" % final
     print("final sync after the restart took %.2f s" % res["final_sync_s"])
     txids = l0_txids(outage["client"], "outage", "db")
