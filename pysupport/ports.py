@@ -14,9 +14,28 @@ import random
 import socket
 import sys
 
-# Bases the search draws from: each is at most 55000, as s3-server.sh requires, and leaves its
-# gRPC ports (base + 10000 ..) inside the valid range.
-S3_PORT_RANGE = (20000, 45000)
+
+
+def _ephemeral_low(default=32768):
+    """The first port the kernel hands out to outgoing connections (Linux's default 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _s3_port_range():
+    """Bases the search draws from: all ten derived ports (base .. base+4, base+10000 ..
+    base+10004) lie below the kernel's ephemeral range, so that no outgoing connection can take
+    one while a test has the server stopped (a restart after kill -9 failed with "bind: address
+    already in use" on a gRPC port of 51280). Each base is at most 55000, as s3-server.sh
+    requires. Where the ephemeral range starts too low for that, any base up to 45000."""
+    lo, hi = 10000, min(45000, _ephemeral_low() - 10005)
+    return (lo, hi) if hi - lo >= 1000 else (20000, 45000)
+
+
+S3_PORT_RANGE = _s3_port_range()
 
 
 def _is_free(port):

@@ -6,7 +6,8 @@
 //! - Only the replicator's task touches the `Worker` (its connections, position and WAL handle),
 //!   one step at a time; the SQL side talks to it through `Shared` and pokes it
 //!   (`Shared::wake`).
-//! - `synced_gen` advances only after a cycle that started after the request it covers.
+//! - `synced_gen` advances only after a cycle that started after the request it covers, and
+//!   with it the state leaves `Error`: a sync that returns never sees an error already mended.
 //! - While the lease is held by someone else the worker holds no read transaction (it must not pin
 //!   a WAL it does not replicate) and on every new acquisition re-reads the replica's position.
 
@@ -459,6 +460,13 @@ impl Worker {
             let newer = {
                 let mut g = self.shared.lock();
                 g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
+                // The replica has everything: an error of an earlier cycle is over. Said here, not
+                // only when the cycle ends (after its checkpoint), because a waiter released just
+                // below may read the status at once and must not see the old error.
+                if g.state == RunState::Error {
+                    g.state = RunState::Running;
+                    g.last_error = None;
+                }
                 g.txid = self
                     .pos
                     .map(|p| p.txid)
