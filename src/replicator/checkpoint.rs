@@ -1,19 +1,28 @@
-//! Checkpoints: ours run only after every frame they can backfill is in the replica, with the
-//! write lock held by the barrier connection so no commit slips between "uploaded everything" and
-//! "checkpoint"; a standby runs plain ones for a database nobody on this host replicates.
+//! Checkpoints. The complete ones, which let the WAL restart, run only after every frame is in
+//! the replica, with the write lock held by the barrier connection so no commit slips between
+//! "uploaded everything" and "checkpoint". When commits keep arriving, a PASSIVE one runs beside
+//! the writers instead (`backfill_unlocked`): it copies, and copying loses nothing, because only a
+//! restart overwrites frames and our read mark forbids restarts. A standby runs plain ones for a
+//! database nobody on this host replicates.
 //!
 //! Invariants:
 //! - Nothing is uploaded while writers are held off below the backpressure size: commits that
-//!   slipped in after the upload defer the checkpoint to the next cycle.
+//!   slipped in after the upload defer the complete checkpoint (to the pause a hooked writer is
+//!   asked for, or the next cycle).
+//! - Our read transaction always holds a read mark: 1 or more (no restart possible), or 0, which
+//!   SQLite gives only to a reader of a WAL backfilled to its end, and which we take only when
+//!   every frame is uploaded (after the complete checkpoint, or `move_pin_forward`).
 //! - A complete checkpoint marks the position `backfilled`: the WAL's next restart is the one
 //!   `decide::plan` may accept. TRUNCATE runs from the barrier connection while our read mark 0
 //!   is held, so a commit that slips in makes it give up rather than truncate unread frames.
 
 use std::time::{Duration, Instant};
 
-use super::decide::{self, CheckpointFacts, CheckpointMode, CheckpointPolicy, Plan};
+use super::decide::{
+    self, CheckpointFacts, CheckpointMode, CheckpointPolicy, CheckpointRoute, Plan,
+};
 use super::worker::Worker;
-use super::{BACKPRESSURE_WAL_BYTES, BUSY_TIMEOUT};
+use super::{BACKPRESSURE_WAL_BYTES, BUSY_TIMEOUT, RESTART_WAL_BYTES};
 use crate::error::{Context, Error, Result};
 use crate::host::{DbFile, WAL_CKPT_LOCK, WAL_WRITE_LOCK};
 use crate::state;
@@ -66,7 +75,110 @@ impl Worker {
         // Below the backpressure size, commits that slip in defer the checkpoint; above it an
         // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
         let in_use = self.wal_bytes_in_use()?;
-        self.checkpoint(mode, false, in_use < MAX_DEFERRED_WAL_BYTES)
+        let waiting = self.shared.lock().pressure;
+        // Looked at only when it can matter: a read of the WAL past the position.
+        let may_skip_lock = in_use < MAX_DEFERRED_WAL_BYTES && !waiting;
+        let slipped = may_skip_lock && self.has_unuploaded_commits()?;
+        let route = decide::checkpoint_route(
+            mode,
+            in_use,
+            waiting,
+            slipped,
+            MAX_DEFERRED_WAL_BYTES,
+            RESTART_WAL_BYTES,
+        );
+        match route {
+            CheckpointRoute::Locked { defer_if_busy } => {
+                self.checkpoint(mode, false, defer_if_busy)
+            }
+            CheckpointRoute::Unlocked { ask_pause } => {
+                // Commits arrived since the upload: taking the write lock now would only find
+                // them and give up, and make the writer wait for nothing. Backfill what is safe
+                // without it, and past `RESTART_WAL_BYTES` ask the next hooked commit for the
+                // pause in which the rest gets done.
+                self.backfill_unlocked()?;
+                if ask_pause {
+                    self.shared.lock().park_requested = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A PASSIVE checkpoint with writers free to run, right after a cycle uploaded every frame
+    /// of the WAL it saw. The pin first moves forward (a new read transaction taken before the
+    /// old one ends), so that the checkpoint may copy up to where the WAL ended then: backfill
+    /// stops at the lowest read mark in use, ours included. Frames it copies that are not
+    /// uploaded yet are not lost: only a restart of the WAL overwrites frames, and a restart
+    /// needs no reader on read marks 1 and up — ours keeps one, unless it got read mark 0, which
+    /// SQLite gives only to a reader of a completely backfilled WAL (see `move_pin_forward`).
+    /// The copying and the syncs it costs then happen beside the writers instead of in the pause
+    /// that lets the WAL restart.
+    pub(super) fn backfill_unlocked(&mut self) -> Result<()> {
+        self.move_pin_forward()?;
+        let r = self
+            .barrier
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        match r {
+            Ok(_) => {}
+            // Another connection is checkpointing: it backfills for us.
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+            Err(e) => return Err(Error::from(e).context("checkpoint without the write lock")),
+        }
+        self.note_backfill_at_position();
+        self.checkpoint_deferrals += 1;
+        let mut g = self.shared.lock();
+        g.checkpoints_unlocked += 1;
+        g.checkpoint_deferrals = self.checkpoint_deferrals;
+        Ok(())
+    }
+
+    /// Take a new read transaction on the spare connection, then end `conn`'s: the WAL is pinned
+    /// throughout, so nothing about `pinned` changes, and the new read mark is where the WAL ends
+    /// now. Called only right after a cycle uploaded everything up to the WAL's end, so that if
+    /// SQLite hands out read mark 0 (which lets the next writer restart the WAL) every frame is
+    /// in the replica: read mark 0 goes only to a reader of a WAL backfilled to its end, and
+    /// backfill cannot have passed the old pin, which that upload covered.
+    pub(super) fn move_pin_forward(&mut self) -> Result<()> {
+        if !self.in_read_txn {
+            return self.begin_read();
+        }
+        let mut spare = match self.spare.take() {
+            Some(c) => c,
+            None => self.open_connection()?,
+        };
+        spare.execute_batch("BEGIN")?;
+        if let Err(e) = spare.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            let _ = spare.execute_batch("ROLLBACK");
+            self.spare = Some(spare);
+            return Err(Error::from(e).context("moving the read transaction that pins the WAL"));
+        }
+        std::mem::swap(&mut self.conn, &mut spare);
+        let ended = spare.execute_batch("COMMIT");
+        self.spare = Some(spare);
+        ended?;
+        self.note_backfill_at_position();
+        Ok(())
+    }
+
+    /// The position counts as backfilled when the wal-index shows exactly its frames copied (see
+    /// `decide::backfilled_by_wal_index`), so that a restart of the WAL is continued from.
+    fn note_backfill_at_position(&mut self) {
+        if let (Some(pos), Ok(Some(idx))) = (self.pos, self.wal_index()) {
+            if decide::backfilled_by_wal_index(&pos, &idx, self.page_size) {
+                if let Some(p) = self.pos.as_mut() {
+                    p.backfilled = true;
+                }
+            }
+        }
     }
 
     /// The checkpoint the policy asks for at the current position, if any.

@@ -172,6 +172,63 @@ pub fn checkpoint_mode(policy: &CheckpointPolicy, f: &CheckpointFacts) -> Option
     }
 }
 
+/// How a due checkpoint runs (see `checkpoint::checkpoint_if_needed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointRoute {
+    /// With the write lock; `defer_if_busy`: give up if commits slipped in before the lock.
+    Locked { defer_if_busy: bool },
+    /// A PASSIVE one beside the writers; `ask_pause`: and ask the next hooked commit to wait.
+    Unlocked { ask_pause: bool },
+}
+
+/// Below `max_deferred` bytes of WAL, with no hooked writer waiting, a PASSIVE checkpoint that
+/// finds commits made since the upload runs without the write lock (taking it would only find
+/// them and give up), and past `restart_at` asks for the pause that lets the WAL restart. With a
+/// writer waiting (the pause), a TRUNCATE, or past `max_deferred`: the lock.
+pub fn checkpoint_route(
+    mode: CheckpointMode,
+    wal_in_use: u64,
+    writer_waiting: bool,
+    commits_since_upload: bool,
+    max_deferred: u64,
+    restart_at: u64,
+) -> CheckpointRoute {
+    let defer_if_busy = wal_in_use < max_deferred;
+    if defer_if_busy && !writer_waiting && mode == CheckpointMode::Passive && commits_since_upload {
+        CheckpointRoute::Unlocked {
+            ask_pause: wal_in_use >= restart_at,
+        }
+    } else {
+        CheckpointRoute::Locked { defer_if_busy }
+    }
+}
+
+/// What a hooked commit that leaves `wal_in_use` bytes in the WAL does: `step` is how many
+/// `catch_up_bytes` that is (kept for the next commit), `catch_up` whether it crossed into a new
+/// one (start a cycle now), `wait` whether the writer waits for a checkpoint (backpressure, or a
+/// pause asked for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPressure {
+    pub step: u64,
+    pub catch_up: bool,
+    pub wait: bool,
+}
+
+pub fn commit_pressure(
+    wal_in_use: u64,
+    last_step: u64,
+    pause_asked: bool,
+    catch_up_bytes: u64,
+    backpressure_bytes: u64,
+) -> CommitPressure {
+    let step = wal_in_use / catch_up_bytes;
+    CommitPressure {
+        step,
+        catch_up: step > last_step,
+        wait: wal_in_use >= backpressure_bytes || pause_asked,
+    }
+}
+
 /// The SQLite checkpoint a standby runs for a database nobody else on this host replicates
 /// (`PRAGMA wal_checkpoint(<mode>)`), given the WAL's frame count.
 pub fn standby_checkpoint_mode(
@@ -280,9 +337,9 @@ pub struct YieldOutcome {
 /// Whether the wal-index shows every frame up to `pos` — and none after it — already in the
 /// database file: a checkpoint of another connection (or of SQLite's auto-checkpoint before the
 /// hook was installed) backfilled exactly what the position covers. Then the position counts as
-/// backfilled, as after our own checkpoint: while our read transaction pins the WAL, backfill
-/// cannot pass it (a reader on read mark 0 forbids any) and the WAL can restart only over frames
-/// the position covers. Without this, a writer that restarted such a WAL cost a full snapshot
+/// backfilled, as after our own checkpoint: while our read transaction pins the WAL, the WAL can
+/// restart only over frames the position covers (on read mark 0 nothing can be backfilled
+/// further; on a read mark of 1 or more it cannot restart at all). Without this, a writer that restarted such a WAL cost a full snapshot
 /// (the first commit after a start whose database had been auto-checkpointed).
 pub fn backfilled_by_wal_index(pos: &Position, idx: &WalIndexHeader, page_size: u32) -> bool {
     let frame = 24 + page_size as u64;
@@ -332,6 +389,72 @@ pub fn next_backoff(previous: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_route_goes_without_the_lock_only_when_taking_it_would_be_for_nothing() {
+        const MIB: u64 = 1 << 20;
+        let route = |mode, in_use, waiting, slipped| {
+            checkpoint_route(mode, in_use * MIB, waiting, slipped, 48 * MIB, 16 * MIB)
+        };
+        let passive = CheckpointMode::Passive;
+        // Nothing new since the upload: the complete checkpoint, with the lock.
+        assert_eq!(
+            route(passive, 8, false, false),
+            CheckpointRoute::Locked {
+                defer_if_busy: true
+            }
+        );
+        // Commits since: beside the writers; past 16 MiB also ask for the pause.
+        assert_eq!(
+            route(passive, 8, false, true),
+            CheckpointRoute::Unlocked { ask_pause: false }
+        );
+        assert_eq!(
+            route(passive, 16, false, true),
+            CheckpointRoute::Unlocked { ask_pause: true }
+        );
+        // The pause itself (a writer waits): the lock, even if another writer slipped in.
+        assert_eq!(
+            route(passive, 20, true, true),
+            CheckpointRoute::Locked {
+                defer_if_busy: true
+            }
+        );
+        // Past the deferral size (a writer without the hook): the lock, uploading under it.
+        assert_eq!(
+            route(passive, 48, false, true),
+            CheckpointRoute::Locked {
+                defer_if_busy: false
+            }
+        );
+        // TRUNCATE needs the lock.
+        assert_eq!(
+            route(CheckpointMode::Truncate, 8, false, true),
+            CheckpointRoute::Locked {
+                defer_if_busy: true
+            }
+        );
+    }
+
+    #[test]
+    fn commit_pressure_pokes_once_per_step_and_waits_when_asked_or_past_the_bound() {
+        const MIB: u64 = 1 << 20;
+        let at = |in_use, last, asked| commit_pressure(in_use, last, asked, 16 * MIB, 48 * MIB);
+        let quiet = at(15 * MIB, 0, false);
+        assert_eq!((quiet.step, quiet.catch_up, quiet.wait), (0, false, false));
+        let crossed = at(16 * MIB, 0, false);
+        assert_eq!(
+            (crossed.step, crossed.catch_up, crossed.wait),
+            (1, true, false)
+        );
+        // The next commit in the same step does not poke again.
+        assert!(!at(17 * MIB, 1, false).catch_up);
+        // After a restart the step goes down, and the next crossing pokes again.
+        assert_eq!(at(MIB, 2, false).step, 0);
+        assert!(at(30 * MIB, 0, true).wait);
+        assert!(at(48 * MIB, 2, false).wait);
+        assert!(!at(47 * MIB, 2, false).wait);
+    }
     use crate::state::WalPosition;
 
     const SALTS: (u32, u32) = (7, 9);

@@ -35,6 +35,9 @@ pub struct Status {
     pub checkpoints_deferred: u64,
     /// Checkpoints of other connections our read transaction stepped aside for.
     pub checkpoints_yielded: u64,
+    /// Checkpoints run with writers free to commit: they copy what they can and leave the WAL's
+    /// restart to a later one.
+    pub checkpoints_unlocked: u64,
     pub wal_size: u64,
     pub sync_interval: Option<String>,
     pub part_size: Option<u64>,

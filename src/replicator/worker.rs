@@ -93,6 +93,9 @@ pub(super) struct Worker {
     pub(super) pinned: bool,
     /// The barrier connection holds the write lock right now.
     pub(super) barrier_held: bool,
+    /// A third connection, opened on first use: the read transaction that takes over from
+    /// `conn`'s when the pin moves forward without a gap (`checkpoint::move_pin_forward`).
+    pub(super) spare: Option<Connection>,
     /// None = lease off.
     pub(super) lease: Option<Arc<Lease>>,
     /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
@@ -214,7 +217,9 @@ impl Worker {
                     now: Instant::now(),
                     stop_requested: g.stop_requested,
                     lease_changed: g.lease_changed && self.lease.is_some(),
-                    sync_wanted: g.sync_requested > pace.attempted.max(g.synced_gen) || g.pressure,
+                    sync_wanted: g.sync_requested > pace.attempted.max(g.synced_gen)
+                        || g.pressure
+                        || g.catch_up,
                     level9_wanted: g.level9.is_some(),
                     dirty_since: g.dirty_since,
                     sync_interval: interval,
@@ -301,10 +306,12 @@ impl Worker {
 
     /// One cycle and what it tells status, waiters and the pace.
     fn run_cycle(&mut self, ticket: u64) {
-        {
+        let serves_pressure = {
             let mut g = self.shared.lock();
             g.covering_since = g.dirty_since.take();
-        }
+            g.catch_up = false;
+            g.pressure
+        };
         let txid_before = self.pos.map(|p| p.txid);
         // Read before the cycle: everything committed up to this header is in what the cycle
         // reads, and anything later (or the cycle's own checkpoint) changes the header again.
@@ -320,9 +327,11 @@ impl Worker {
             self.start_level9_snapshot(req);
         }
         let mut g = self.shared.lock();
-        if g.pressure {
+        if g.pressure && serves_pressure {
             // The cycle ended without a checkpoint attempt (an error, nothing to checkpoint):
-            // release backpressure waiters anyway rather than spin on the flag.
+            // release backpressure waiters anyway rather than spin on the flag. A writer that
+            // began to wait during the cycle (asked to, see `RESTART_WAL_BYTES`) waits for the
+            // next one, which runs at once.
             g.pressure = false;
             g.checkpoint_attempts += 1;
         }
