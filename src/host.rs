@@ -438,6 +438,9 @@ const WAL_INDEX_REGION_BYTES: c_int = 32768;
 /// The wal-index's locks, by SQLite's numbering (`WAL_WRITE_LOCK`, `WAL_CKPT_LOCK`).
 pub const WAL_WRITE_LOCK: c_int = 0;
 pub const WAL_CKPT_LOCK: c_int = 1;
+/// `WAL_READ_LOCK(1)`: the lock of read mark 1; marks 1 to 4 follow it (`WAL_NREADER` is 5).
+const WAL_READ_LOCK_1: c_int = 4;
+const WAL_READ_MARKS_PAST_0: c_int = 4;
 
 impl DbFile<'_> {
     fn io_methods(&self) -> &ffi::sqlite3_io_methods {
@@ -499,6 +502,49 @@ impl DbFile<'_> {
             ffi::SQLITE_OK => {
                 // SAFETY: as above: releases the lock just taken.
                 unsafe { shm_lock(self.file, lock, 1, ffi::SQLITE_SHM_UNLOCK | shared) };
+                Some(false)
+            }
+            ffi::SQLITE_BUSY => Some(true),
+            _ => None,
+        }
+    }
+}
+
+impl DbFile<'_> {
+    /// Whether a reader (of this process or another) holds read mark 1 or higher right now, the
+    /// readers that keep the next writer from restarting the WAL: try all those locks
+    /// exclusively and release them at once, as SQLite's writer does before a restart
+    /// (`walRestartLog`). A reader that starts meanwhile retries, as it does after a writer's.
+    /// None when the VFS has no shared-memory locks.
+    pub fn readers_past_mark_0(&self) -> Option<bool> {
+        let methods = self.io_methods();
+        if methods.iVersion < 2 {
+            return None;
+        }
+        let shm_lock = methods.xShmLock?;
+        let exclusive = ffi::SQLITE_SHM_EXCLUSIVE;
+        // SAFETY: xShmLock on lock slots of this connection's shared memory, none of which it
+        // holds (its own reads use mark 0 or no mark when this is called); a lock obtained is
+        // released before returning.
+        let rc = unsafe {
+            shm_lock(
+                self.file,
+                WAL_READ_LOCK_1,
+                WAL_READ_MARKS_PAST_0,
+                ffi::SQLITE_SHM_LOCK | exclusive,
+            )
+        };
+        match rc {
+            ffi::SQLITE_OK => {
+                // SAFETY: as above: releases the locks just taken.
+                unsafe {
+                    shm_lock(
+                        self.file,
+                        WAL_READ_LOCK_1,
+                        WAL_READ_MARKS_PAST_0,
+                        ffi::SQLITE_SHM_UNLOCK | exclusive,
+                    )
+                };
                 Some(false)
             }
             ffi::SQLITE_BUSY => Some(true),

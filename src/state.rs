@@ -47,14 +47,23 @@ pub struct Position {
     /// Database size in pages at `txid`.
     pub commit: u32,
     pub wal: WalPosition,
-    /// Every frame up to `wal.end` was checkpointed into the database file while writers were
-    /// held off (see `replicator` for why the next restart then cannot discard unseen frames).
+    /// Every frame up to `wal.end` is in the database file, and was found so with our read
+    /// transaction pinning the WAL (see `replicator` for why the next restart then cannot
+    /// discard unseen frames).
     pub backfilled: bool,
     /// Identity of the database file taken right after that checkpoint, with writers held off
     /// (only at `litestream_stop()`); lets the next start accept a WAL that was deleted and
     /// recreated meanwhile, as long as the file did not change.
     #[serde(default)]
     pub db_stamp: Option<DbStamp>,
+}
+
+impl Position {
+    /// Frames of its WAL generation the position covers.
+    pub fn frames(&self) -> u64 {
+        self.wal.end.saturating_sub(crate::wal::WAL_HEADER_SIZE)
+            / crate::wal::frame_size(self.page_size)
+    }
 }
 
 /// Size, inode and modification time of the database file.

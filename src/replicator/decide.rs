@@ -203,10 +203,12 @@ pub fn checkpoint_route(
     }
 }
 
-/// What a hooked commit that leaves `wal_in_use` bytes in the WAL does: `step` is how many
-/// `catch_up_bytes` that is (kept for the next commit), `catch_up` whether it crossed into a new
-/// one (start a cycle now), `wait` whether the writer waits for a checkpoint (backpressure, or a
-/// pause asked for).
+/// What a hooked commit that leaves `wal_frames` frames in the WAL does, `uploaded_frames` of
+/// them in the replica (counted in the generation they belong to: more than `wal_frames` means
+/// the WAL restarted since, and none is): `step` is how many `catch_up_bytes` the WAL holds (kept
+/// for the next commit), `catch_up` whether it crossed into a new one (start a cycle now), `wait`
+/// whether the writer waits for a checkpoint (backpressure on what is not uploaded, or a pause
+/// asked for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitPressure {
     pub step: u64,
@@ -215,17 +217,23 @@ pub struct CommitPressure {
 }
 
 pub fn commit_pressure(
-    wal_in_use: u64,
+    wal_frames: u64,
+    uploaded_frames: u64,
+    frame_size: u64,
     last_step: u64,
     pause_asked: bool,
     catch_up_bytes: u64,
     backpressure_bytes: u64,
 ) -> CommitPressure {
-    let step = wal_in_use / catch_up_bytes;
+    let step = wal_frames * frame_size / catch_up_bytes;
+    let pending = match wal_frames.checked_sub(uploaded_frames) {
+        Some(beyond) => beyond,
+        None => wal_frames,
+    };
     CommitPressure {
         step,
         catch_up: step > last_step,
-        wait: wal_in_use >= backpressure_bytes || pause_asked,
+        wait: pending * frame_size >= backpressure_bytes || pause_asked,
     }
 }
 
@@ -439,22 +447,31 @@ mod tests {
     #[test]
     fn commit_pressure_pokes_once_per_step_and_waits_when_asked_or_past_the_bound() {
         const MIB: u64 = 1 << 20;
-        let at = |in_use, last, asked| commit_pressure(in_use, last, asked, 16 * MIB, 48 * MIB);
-        let quiet = at(15 * MIB, 0, false);
+        // Frames of 1 MiB, to count in MiB.
+        let at = |wal, uploaded, last, asked| {
+            commit_pressure(wal, uploaded, MIB, last, asked, 16 * MIB, 48 * MIB)
+        };
+        let quiet = at(15, 0, 0, false);
         assert_eq!((quiet.step, quiet.catch_up, quiet.wait), (0, false, false));
-        let crossed = at(16 * MIB, 0, false);
+        let crossed = at(16, 0, 0, false);
         assert_eq!(
             (crossed.step, crossed.catch_up, crossed.wait),
             (1, true, false)
         );
         // The next commit in the same step does not poke again.
-        assert!(!at(17 * MIB, 1, false).catch_up);
+        assert!(!at(17, 0, 1, false).catch_up);
         // After a restart the step goes down, and the next crossing pokes again.
-        assert_eq!(at(MIB, 2, false).step, 0);
-        assert!(at(30 * MIB, 0, true).wait);
-        assert!(at(48 * MIB, 2, false).wait);
-        assert!(!at(47 * MIB, 2, false).wait);
+        assert_eq!(at(1, 40, 2, false).step, 0);
+        assert!(at(30, 30, 1, true).wait);
+        // Backpressure counts what is not uploaded: the frames past the upload, or all of a
+        // WAL that restarted since (fewer frames than uploaded).
+        assert!(at(48, 0, 2, false).wait);
+        assert!(!at(47, 0, 2, false).wait);
+        assert!(!at(90, 50, 5, false).wait);
+        assert!(at(100, 50, 6, false).wait);
+        assert!(at(48, 60, 3, false).wait);
     }
+
     use crate::state::WalPosition;
 
     const SALTS: (u32, u32) = (7, 9);

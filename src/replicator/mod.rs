@@ -58,9 +58,11 @@ use worker::Worker;
 
 /// How long our connections wait for locks (Litestream's `busy-timeout`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Backpressure: a hooked connection whose commit leaves the WAL larger than this waits (in the
-/// WAL hook, after its commit, holding no lock) until the replicator has caught up and attempted a
-/// checkpoint. Without it a writer faster than the upload grows the WAL without bound: the WAL can
+/// Backpressure: a hooked connection whose commit leaves more than this in the WAL that is not in
+/// the replica waits (in the WAL hook, after its commit, holding no lock) until the replicator has
+/// caught up and attempted a checkpoint. Counted from what is uploaded, not from the WAL's
+/// start: a WAL that a reader keeps from restarting grows, but waiting would not shrink it (a
+/// looping reader made the writer wait for a cycle per commit, 240 commits/s). Without it a writer faster than the upload grows the WAL without bound: the WAL can
 /// only restart once everything in it is in the replica (Litestream's sidecar let a 553 MB burst
 /// grow its WAL to 558 MB, test-infrastructure.md). Normally the writer is asked to wait long
 /// before (`RESTART_WAL_BYTES`); this is the bound when the replica is slower than the writer.
@@ -139,6 +141,9 @@ struct Inner {
     catch_up_step: u64,
     /// The next hooked commit waits as under backpressure (see `RESTART_WAL_BYTES`).
     park_requested: bool,
+    /// Frames of the WAL known to be in the replica, counted from the start of the generation
+    /// they belong to: after a commit that leaves the WAL with fewer, it has restarted since.
+    uploaded_frames: u64,
     wal_size: u64,
     /// The lease thread changed role or error since the worker last looked.
     lease_changed: bool,
@@ -285,6 +290,7 @@ impl Replicator {
                 catch_up: false,
                 catch_up_step: 0,
                 park_requested: false,
+                uploaded_frames: 0,
                 wal_size: 0,
                 lease_changed: false,
                 level9: None,
@@ -425,7 +431,9 @@ impl Replicator {
             g.dirty_since = Some(Instant::now());
         }
         let p = decide::commit_pressure(
-            wal_frames as u64 * self.shared.frame_size,
+            wal_frames as u64,
+            g.uploaded_frames,
+            self.shared.frame_size,
             g.catch_up_step,
             g.park_requested,
             CATCH_UP_WAL_BYTES,

@@ -284,8 +284,8 @@ impl Worker {
             self.pace.active_at = Instant::now();
         }
         // Commits of connections without the hook are otherwise only seen at the next poll: a
-        // WAL past the backpressure size is a reason to cycle now.
-        if self.wal_bytes_in_use().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
+        // WAL holding more than the backpressure size beyond the upload is a reason to cycle now.
+        if self.wal_bytes_pending().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
             self.shared.lock().pressure = true;
             self.pace.active_at = Instant::now();
         }
@@ -469,6 +469,7 @@ impl Worker {
             let newer = {
                 let mut g = self.shared.lock();
                 g.synced_gen = g.synced_gen.max(ticket.min(g.sync_requested));
+                g.uploaded_frames = self.pos.map_or(0, |p| p.frames());
                 // The replica has everything: an error of an earlier cycle is over. Said here, not
                 // only when the cycle ends (after its checkpoint), because a waiter released just
                 // below may read the status at once and must not see the old error.
