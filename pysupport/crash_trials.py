@@ -133,6 +133,7 @@ def _kill_once(i, k, ctx, rng, paths, config, prefix):
     db, ackf, out = paths
     params = {"db": str(db), "ext": ctx["ext"], "config": config, "ack": str(ackf),
               "seed": rng.randrange(1 << 30), "synchronous": rng.choice(["NORMAL", "FULL"])}
+    params.update(ctx.get("writer") or {})
     delay = rng.uniform(0.05, ctx["max_run"])
     w = HostProc(CRASH_HOST, "write", params)
     time.sleep(delay)
@@ -243,9 +244,11 @@ def summarize(seed, trials, kills, results, failures, seconds):
 
 def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=None, work=None,
         resume_commits=30, ltx_check_every=5, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-        keep=False, log=print, force=None, ext=None):
+        keep=False, log=print, force=None, ext=None, writer=None):
     """Run the trials (on a SeaweedFS of their own unless endpoint is given; `port` fixes its
-    port). Returns the summary dict; summary['failures'] lists what went wrong."""
+    port). `force`: the configuration of every trial; `writer`: parameters of the killed writer
+    (crash_host.py write) over the drawn ones. Returns the summary dict; summary['failures']
+    lists what went wrong."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     server = None
@@ -262,7 +265,8 @@ def run(trials=20, kills=1, max_run=2.5, seed=None, endpoint=None, port=None, wo
     ctx = {"client": client, "endpoint": endpoint, "work": work, "ext": ext or extension_path(),
            "run": "%s-%d" % (time.strftime("%H%M%S"), os.getpid()), "kills": kills,
            "max_run": max_run, "resume_commits": resume_commits, "ltx_check_every": ltx_check_every,
-           "access_key": access_key, "secret_key": secret_key, "keep": keep, "force": force}
+           "access_key": access_key, "secret_key": secret_key, "keep": keep, "force": force,
+           "writer": writer}
     results, failures = [], []
     t0 = time.time()
     try:

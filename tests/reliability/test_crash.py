@@ -42,3 +42,22 @@ def test_truncate_checkpoint_race(s3, ext):
     print("\n".join(lines))
     assert not s["failures"], "seed %d:\n%s" % (s["seed"], "\n\n".join(
         "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
+
+
+def test_fast_writer_crash_trials(s3, ext):
+    """Crash trials with a writer that commits as fast as it can at synchronous=NORMAL and syncs
+    only every few thousand commits: the WAL passes 16 MiB within the run, so the kill lands among
+    cycles started early, PASSIVE checkpoints run beside the writer (after the read transaction
+    moved forward on the spare connection) and the pauses in which the WAL restarts."""
+    lines = []
+    s = crash_trials.run(trials=int(os.environ.get("CRASH_FAST_TRIALS", "6")),
+                         endpoint=s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                         log=lines.append, ext=ext, max_run=3.0,
+                         force={"sync-interval": "1s"},
+                         writer={"synchronous": "NORMAL", "sync_every": [2000, 8000]})
+    for tr in s["results"]:
+        seen("fast writer trial %d" % tr["trial"], tr)
+    seen("fast writer failures", s["failures"])
+    print("\n".join(lines))
+    assert not s["failures"], "seed %d:\n%s" % (s["seed"], "\n\n".join(
+        "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
