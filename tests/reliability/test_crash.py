@@ -31,17 +31,8 @@ def test_crash_trials(s3, ext):
 
 def test_truncate_checkpoint_race(s3, ext):
     """Crash trials with TRUNCATE checkpoints every ~100 WAL pages (truncate-page-n=100)."""
-    lines = []
-    s = crash_trials.run(trials=int(os.environ.get("CRASH_TRUNCATE_TRIALS", "6")),
-                         endpoint=s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                         log=lines.append, ext=ext,
-                         force={"truncate-page-n": "100", "sync-interval": "100ms"})
-    for tr in s["results"]:
-        seen("truncate trial %d" % tr["trial"], tr)
-    seen("truncate failures", s["failures"])
-    print("\n".join(lines))
-    assert not s["failures"], "seed %d:\n%s" % (s["seed"], "\n\n".join(
-        "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
+    forced_trials(s3, ext, "truncate", int(os.environ.get("CRASH_TRUNCATE_TRIALS", "6")),
+                  force={"truncate-page-n": "100", "sync-interval": "100ms"})
 
 
 def test_fast_writer_crash_trials(s3, ext):
@@ -49,15 +40,19 @@ def test_fast_writer_crash_trials(s3, ext):
     only every few thousand commits: the WAL passes 16 MiB within the run, so the kill lands among
     cycles started early, PASSIVE checkpoints run beside the writer (after the read transaction
     moved forward on the spare connection) and the pauses in which the WAL restarts."""
+    forced_trials(s3, ext, "fast writer", int(os.environ.get("CRASH_FAST_TRIALS", "6")),
+                  max_run=3.0, force={"sync-interval": "1s"},
+                  writer={"synchronous": "NORMAL", "sync_every": [2000, 8000]})
+
+
+def forced_trials(s3, ext, label, trials, **options):
+    """`trials` crash trials with the given crash_trials.run options; none may fail."""
     lines = []
-    s = crash_trials.run(trials=int(os.environ.get("CRASH_FAST_TRIALS", "6")),
-                         endpoint=s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                         log=lines.append, ext=ext, max_run=3.0,
-                         force={"sync-interval": "1s"},
-                         writer={"synchronous": "NORMAL", "sync_every": [2000, 8000]})
+    s = crash_trials.run(trials=trials, endpoint=s3.endpoint, access_key=ACCESS_KEY,
+                         secret_key=SECRET_KEY, log=lines.append, ext=ext, **options)
     for tr in s["results"]:
-        seen("fast writer trial %d" % tr["trial"], tr)
-    seen("fast writer failures", s["failures"])
+        seen("%s trial %d" % (label, tr["trial"]), tr)
+    seen("%s failures" % label, s["failures"])
     print("\n".join(lines))
     assert not s["failures"], "seed %d:\n%s" % (s["seed"], "\n\n".join(
         "trial %d: %s" % (f["trial"], f["error"]) for f in s["failures"]))
