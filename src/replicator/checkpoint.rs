@@ -30,11 +30,19 @@ use crate::wal::{self, ScanOutcome};
 use crate::wal_index::{self, WalIndexHeader};
 
 /// A checkpoint that finds new commits under its write lock gives up (the next cycle uploads them
-/// without the lock) while the WAL is below this size. Hooked writers past it wait in
-/// backpressure, which gives the next attempt a quiet moment; past it, a writer that never
-/// pauses (another process, which backpressure does not slow down) gets its commits uploaded
-/// under the lock, so it cannot starve checkpoints and grow the WAL without bound.
+/// without the lock) while the WAL is below this size. Hooked writers are asked for a pause long
+/// before (`RESTART_WAL_BYTES`), and wait unasked at this size (backpressure); past it, a writer
+/// that never pauses gets its commits uploaded under the lock, taken eagerly, so it cannot
+/// starve checkpoints and grow the WAL without bound.
 const MAX_DEFERRED_WAL_BYTES: u64 = BACKPRESSURE_WAL_BYTES;
+/// The same, while commits of connections without the hook (another process, or a connection
+/// that never called `litestream_start()`) are arriving: no pause can be asked of them, so the
+/// lock is taken sooner. At 48 MiB a plain process writing 1 MiB transactions back to back grew
+/// the WAL to 103–141 MB, at this size to 67–75 MB (69–77 MB before hooked writers got pauses).
+const FOREIGN_MAX_DEFERRED_WAL_BYTES: u64 = 16 << 20;
+/// Commits counted by the wal-index but not (yet) by the hook that are still taken for hooked
+/// ones: a commit is in the wal-index a moment before its connection's hook runs.
+const HOOK_LAG_COMMITS: u64 = 4;
 /// A writer waiting for a complete checkpoint waits at most this much longer for older readers
 /// to end (`let_readers_leave`); a reader's query usually takes microseconds to milliseconds.
 const READERS_LEAVE_MAX: Duration = Duration::from_millis(20);
@@ -80,15 +88,20 @@ impl Worker {
         // upload under the lock is the lesser evil (see MAX_DEFERRED_WAL_BYTES).
         let in_use = self.wal_bytes_in_use()?;
         let waiting = self.shared.lock().pressure;
+        let max_deferred = if self.foreign_commits_since_last_look() {
+            FOREIGN_MAX_DEFERRED_WAL_BYTES
+        } else {
+            MAX_DEFERRED_WAL_BYTES
+        };
         // Looked at only when it can matter: a read of the WAL past the position.
-        let may_skip_lock = in_use < MAX_DEFERRED_WAL_BYTES && !waiting;
+        let may_skip_lock = in_use < max_deferred && !waiting;
         let slipped = may_skip_lock && self.has_unuploaded_commits()?;
         let route = decide::checkpoint_route(
             mode,
             in_use,
             waiting,
             slipped,
-            MAX_DEFERRED_WAL_BYTES,
+            max_deferred,
             RESTART_WAL_BYTES,
         );
         match route {
@@ -107,6 +120,21 @@ impl Worker {
                 Ok(())
             }
         }
+    }
+
+    /// Whether connections without the hook committed since the last look: the wal-index counts
+    /// every commit, the hook only those of connections that called `litestream_start()`.
+    fn foreign_commits_since_last_look(&mut self) -> bool {
+        let hooked = self.shared.lock().hooked_commits;
+        let Ok(Some(idx)) = self.wal_index() else {
+            return false;
+        };
+        let foreign = self.commit_marks.is_some_and(|(change, hooked_then)| {
+            u64::from(idx.change.wrapping_sub(change))
+                > hooked.wrapping_sub(hooked_then) + HOOK_LAG_COMMITS
+        });
+        self.commit_marks = Some((idx.change, hooked));
+        foreign
     }
 
     /// A PASSIVE checkpoint with writers free to run, right after a cycle uploaded every frame
@@ -229,10 +257,10 @@ impl Worker {
         // The cycle that calls this has just uploaded, with writers free to run: what is left
         // for the locked section below is normally nothing, so it does no network I/O while the
         // application cannot commit.
-        // Past the deferral size the WAL must not grow further: a writer that never pauses (in
-        // another process, which backpressure does not slow down) is out-waited by retrying the
-        // lock eagerly; below it, one ordinary attempt.
-        let eager = self.wal_bytes_in_use()? >= MAX_DEFERRED_WAL_BYTES;
+        // Past the deferral size (or outpaced, or at stop) the WAL must not grow further: a
+        // writer that never pauses (in another process, which backpressure does not slow down)
+        // is out-waited by retrying the lock eagerly; below it, one ordinary attempt.
+        let eager = !defer_if_busy;
         if eager {
             crate::host::set_eager_busy_handler(&self.barrier)?;
         }

@@ -141,6 +141,8 @@ struct Inner {
     catch_up_step: u64,
     /// The next hooked commit waits as under backpressure (see `RESTART_WAL_BYTES`).
     park_requested: bool,
+    /// Commits notified by the hook (see `checkpoint::foreign_commits_since_last_look`).
+    hooked_commits: u64,
     /// Frames of the WAL known to be in the replica, counted from the start of the generation
     /// they belong to: after a commit that leaves the WAL with fewer, it has restarted since.
     uploaded_frames: u64,
@@ -291,6 +293,7 @@ impl Replicator {
                 catch_up_step: 0,
                 park_requested: false,
                 uploaded_frames: 0,
+                hooked_commits: 0,
                 wal_size: 0,
                 lease_changed: false,
                 level9: None,
@@ -381,6 +384,7 @@ impl Replicator {
             pinned: false,
             barrier_held: false,
             spare: None,
+            commit_marks: None,
             lease: lease.clone(),
             lease_epoch: None,
             standby_wal_len: 0,
@@ -426,6 +430,7 @@ impl Replicator {
         if g.state == RunState::Stopped {
             return false;
         }
+        g.hooked_commits = g.hooked_commits.wrapping_add(1);
         let first = g.dirty_since.is_none();
         if first {
             g.dirty_since = Some(Instant::now());

@@ -96,6 +96,9 @@ pub(super) struct Worker {
     /// A third connection, opened on first use: the read transaction that takes over from
     /// `conn`'s when the pin moves forward without a gap (`checkpoint::move_pin_forward`).
     pub(super) spare: Option<Connection>,
+    /// The wal-index's commit counter and the hooked commits when last compared (see
+    /// `checkpoint::foreign_commits_since_last_look`).
+    pub(super) commit_marks: Option<(u32, u64)>,
     /// None = lease off.
     pub(super) lease: Option<Arc<Lease>>,
     /// Epoch of the lease acquisition this worker's position belongs to; None = not holding.
@@ -284,9 +287,10 @@ impl Worker {
             self.pace.active_at = Instant::now();
         }
         // Commits of connections without the hook are otherwise only seen at the next poll: a
-        // WAL holding more than the backpressure size beyond the upload is a reason to cycle now.
-        if self.wal_bytes_pending().unwrap_or(0) >= super::BACKPRESSURE_WAL_BYTES {
-            self.shared.lock().pressure = true;
+        // catch-up step of WAL beyond the upload is a reason to cycle now, as it is for a hooked
+        // commit. (Counted from the upload: a WAL a reader keeps from restarting is no reason.)
+        if self.wal_bytes_pending().unwrap_or(0) >= super::CATCH_UP_WAL_BYTES {
+            self.shared.lock().catch_up = true;
             self.pace.active_at = Instant::now();
         }
         self.pace.next_probe = Instant::now()
